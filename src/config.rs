@@ -1,0 +1,303 @@
+//! Server configuration: built-in defaults, then an optional TOML file, then `TIMELOCK__*`
+//! environment variables, then command-line flags (each layer overrides the one before).
+//!
+//! Every key has a default so that `timelock serve` with no arguments runs a usable server.
+//! `config/timelock.toml` documents every key with exactly these defaults; a test keeps the two in
+//! step. Unknown keys are rejected rather than ignored, so a typo in a config file or environment
+//! variable is an error at start-up instead of a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix (followed by `__`) override the file, e.g.
+/// `TIMELOCK__SERVER__LISTEN=127.0.0.1:9000` or `TIMELOCK__TIMESTAMP__RESERVATION=5000`.
+pub const ENV_PREFIX: &str = "TIMELOCK";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub timestamp: TimestampSettings,
+    pub namespaces: NamespaceSettings,
+    pub log: LogSettings,
+    pub faults: FaultSettings,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on. Port 0 picks a free port (see `--port-file`).
+    pub listen: String,
+    /// Every route is served at the root and again under this prefix ("" disables the copy).
+    pub path_prefix: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// A request that takes longer than this is answered with 408 (milliseconds).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8421".to_string(),
+            path_prefix: "/timelock/api".to_string(),
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// Where durable state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// RocksDB data directory (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("var/data"),
+        }
+    }
+}
+
+/// The timestamp allocator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimestampSettings {
+    /// How far ahead of the last issued timestamp the durable bound is pushed on each bound write.
+    /// TimeLock uses 1,000,000 ("some internal atlas clients have behaviour tied to this value").
+    pub reservation: i64,
+    /// When fewer than this many reserved timestamps remain, the bound is extended in the
+    /// background. Defaults to half the reservation.
+    pub low_water_mark: i64,
+    /// Largest range handed out by one batch request; larger requests are clamped (TimeLock: 10,000).
+    pub max_per_request: i64,
+}
+
+impl Default for TimestampSettings {
+    fn default() -> Self {
+        Self {
+            reservation: 1_000_000,
+            low_water_mark: 500_000,
+            max_per_request: 10_000,
+        }
+    }
+}
+
+/// Namespaces (AtlasDB "clients").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceSettings {
+    /// Most namespaces this server will create (TimeLock's `max-number-of-clients`).
+    pub max: usize,
+}
+
+impl Default for NamespaceSettings {
+    fn default() -> Self {
+        Self { max: 500 }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `plain` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `timelock=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Plain,
+            level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Fault injection, for tests of the fail-stop path only. Never set these in production.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSettings {
+    /// If set, every bound write after the first N successful ones fails with an injected I/O
+    /// error, as a full or broken disk would.
+    pub fail_bound_writes_after: Option<u64>,
+}
+
+/// Command-line values that override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads defaults < `file` < environment (`TIMELOCK__SECTION__KEY`) < `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(
+            file,
+            overrides,
+            config::Environment::with_prefix(ENV_PREFIX),
+        )
+    }
+
+    fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: config::Environment,
+    ) -> Result<Self, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(env.prefix_separator("__").separator("__").try_parsing(true));
+        if let Some(listen) = &overrides.listen {
+            builder = builder.set_override("server.listen", listen.as_str())?;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            builder = builder.set_override("storage.data_dir", dir.to_string_lossy().as_ref())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects values that would make the server unsafe or useless.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "server.listen must be an address such as 0.0.0.0:8421, got {:?}",
+                self.server.listen
+            ));
+        }
+        let prefix = &self.server.path_prefix;
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            return invalid(format!(
+                "server.path_prefix must be empty or start with '/' and not end with '/', got {prefix:?}"
+            ));
+        }
+        let ts = &self.timestamp;
+        if ts.max_per_request < 1 {
+            return invalid("timestamp.max_per_request must be at least 1".into());
+        }
+        if ts.reservation < ts.max_per_request {
+            return invalid(format!(
+                "timestamp.reservation ({}) must be at least timestamp.max_per_request ({})",
+                ts.reservation, ts.max_per_request
+            ));
+        }
+        if ts.low_water_mark < 0 || ts.low_water_mark >= ts.reservation {
+            return invalid(format!(
+                "timestamp.low_water_mark ({}) must be between 0 and the reservation ({})",
+                ts.low_water_mark, ts.reservation
+            ));
+        }
+        if self.namespaces.max == 0 {
+            return invalid("namespaces.max must be at least 1".into());
+        }
+        if self.server.max_body_bytes == 0 || self.server.request_timeout_ms == 0 {
+            return invalid(
+                "server.max_body_bytes and server.request_timeout_ms must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The listen address (validated by [`Settings::validate`]).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .expect("validated listen address")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> config::Environment {
+        config::Environment::with_prefix("TIMELOCK_TEST_UNUSED_PREFIX")
+    }
+
+    #[test]
+    fn shipped_config_file_matches_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/timelock.toml");
+        let from_file = Settings::load_with_env(Some(&path), &Overrides::default(), no_env())
+            .expect("shipped config loads");
+        assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let env = config::Environment::with_prefix("TIMELOCK").source(Some(
+            [
+                (
+                    "TIMELOCK__SERVER__LISTEN".to_string(),
+                    "127.0.0.1:1".to_string(),
+                ),
+                (
+                    "TIMELOCK__TIMESTAMP__RESERVATION".to_string(),
+                    "5000".to_string(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        ));
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            data_dir: None,
+        };
+        let s = Settings::load_with_env(None, &overrides, env).unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:2");
+        assert_eq!(s.timestamp.reservation, 5000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let env = config::Environment::with_prefix("TIMELOCK").source(Some(
+            [("TIMELOCK__SERVER__LISTN".to_string(), "x".to_string())]
+                .into_iter()
+                .collect(),
+        ));
+        assert!(Settings::load_with_env(None, &Overrides::default(), env).is_err());
+        let bad = Overrides {
+            listen: Some("not an address".into()),
+            data_dir: None,
+        };
+        assert!(Settings::load_with_env(None, &bad, no_env()).is_err());
+    }
+}

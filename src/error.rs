@@ -1,0 +1,52 @@
+//! The one error type of the core services.
+//!
+//! Core code returns [`TimelockError`] and never thinks about HTTP; `http::error` is the single
+//! place that turns each variant into a status code and a Conjure `SerializableError` body. The
+//! variants are chosen by what a caller must do about them (fix the request, stop using this
+//! namespace, try later), not by where they came from.
+
+use std::sync::Arc;
+
+/// Everything a core service can refuse or fail with.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TimelockError {
+    /// The request itself is wrong (bad namespace, bad number, bad JSON). Never retried.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The namespace was invalidated (its timestamps moved to another service). Not retryable:
+    /// a client that retries elsewhere could be handed timestamps from a service that is no
+    /// longer authoritative.
+    #[error("namespace {namespace:?} is invalidated: this server no longer issues its timestamps; revalidate it (POST /{namespace}/timestamp-management/revalidate?currentTimestamp=T) to use it here again")]
+    NamespaceInvalidated { namespace: Arc<str> },
+
+    /// The namespace's bound could not be made durable; its timestamp service has stopped for
+    /// good (until a restart re-reads the bound). See "fail-stop" in the README.
+    #[error("timestamp service for namespace {namespace:?} has stopped because its bound could not be made durable ({reason}); restart the server once storage is healthy")]
+    FailStopped {
+        namespace: Arc<str>,
+        reason: Arc<str>,
+    },
+
+    /// Creating one more namespace would pass the configured cap.
+    #[error("Maximum number of clients exceeded: this server already has {limit} namespaces (namespaces.max)")]
+    TooManyNamespaces { limit: usize },
+
+    /// The namespace has run out of 63-bit timestamps.
+    #[error("namespace {namespace:?} has exhausted the timestamp space (Long.MAX_VALUE)")]
+    TimestampsExhausted { namespace: Arc<str> },
+
+    /// Storage failed outside any one namespace (for example creating a namespace).
+    #[error("storage error: {0}")]
+    Storage(String),
+
+    /// The request body is larger than the configured limit.
+    #[error("{0}")]
+    RequestTooLarge(String),
+
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = TimelockError> = std::result::Result<T, E>;

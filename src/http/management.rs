@@ -1,0 +1,147 @@
+//! Timestamp management and TimeLock's management/feedback services:
+//! * `/{ns}/timestamp-management/fast-forward?currentTimestamp=T` (204) and `GET .../ping`
+//!   (`text/plain` `pong`), which AtlasDB clients call on every start-up;
+//! * ours: `/{ns}/timestamp-management/invalidate` (returns the durable bound) and
+//!   `/{ns}/timestamp-management/revalidate?currentTimestamp=T` (204), the old service's side of
+//!   a migration;
+//! * `/tl/management/{fastForward,getNamespaces,getActiveNamespaces,getServerLifecycleId,
+//!   achieveConsensus}` and `/tl/feedback/*` (accepted and ignored, 204).
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::extract::{query_str, required_i64, JsonBody, NsName};
+use super::{json, json_number, no_content, AppState};
+use crate::error::TimelockError;
+use crate::namespaces::validate_name;
+use crate::timestamp::validate_fast_forward;
+
+/// How far `achieveConsensus` moves a namespace ahead (TimeLock's `NamespacedConsensus`).
+const CONSENSUS_JUMP: i64 = 1_000_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/{ns}/timestamp-management/fast-forward",
+            post(fast_forward),
+        )
+        .route("/{ns}/timestamp-management/ping", get(ping))
+        .route("/{ns}/timestamp-management/invalidate", post(invalidate))
+        .route("/{ns}/timestamp-management/revalidate", post(revalidate))
+        .route("/tl/management/fastForward", post(management_fast_forward))
+        .route("/tl/management/getNamespaces", post(get_namespaces))
+        .route(
+            "/tl/management/getActiveNamespaces",
+            post(get_active_namespaces),
+        )
+        .route(
+            "/tl/management/getServerLifecycleId",
+            post(get_server_lifecycle_id),
+        )
+        .route("/tl/management/achieveConsensus", post(achieve_consensus))
+        .route(
+            "/tl/feedback/reportFeedback",
+            post(no_content_ignoring_body),
+        )
+        .route(
+            "/tl/feedback/reportLeaderMetrics",
+            post(no_content_ignoring_body),
+        )
+}
+
+async fn do_fast_forward(
+    state: &AppState,
+    ns: &str,
+    timestamp: i64,
+) -> Result<Response, TimelockError> {
+    validate_fast_forward(state.namespaces.limits(), timestamp)?;
+    let namespace = state.namespaces.get_or_create(ns).await?;
+    namespace.timestamps.fast_forward(timestamp).await?;
+    Ok(no_content())
+}
+
+async fn fast_forward(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    RawQuery(query): RawQuery,
+) -> Result<Response, TimelockError> {
+    // A missing parameter is TimeLock's Long.MIN_VALUE sentinel, rejected with 400.
+    let timestamp = required_i64(query.as_deref(), "currentTimestamp")?;
+    do_fast_forward(&state, &ns, timestamp).await
+}
+
+async fn management_fast_forward(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, TimelockError> {
+    let ns = query_str(query.as_deref(), "namespace")?.ok_or_else(|| {
+        TimelockError::InvalidArgument("query parameter namespace is required".into())
+    })?;
+    let timestamp = required_i64(query.as_deref(), "currentTimestamp")?;
+    do_fast_forward(&state, &ns, timestamp).await
+}
+
+async fn ping(NsName(ns): NsName) -> Result<Response, TimelockError> {
+    validate_name(&ns)?;
+    let mut response = "pong".into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(response)
+}
+
+async fn invalidate(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+) -> Result<Response, TimelockError> {
+    let namespace = state.namespaces.get_or_create(&ns).await?;
+    Ok(json_number(namespace.timestamps.invalidate().await?))
+}
+
+async fn revalidate(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    RawQuery(query): RawQuery,
+) -> Result<Response, TimelockError> {
+    let timestamp = required_i64(query.as_deref(), "currentTimestamp")?;
+    validate_fast_forward(state.namespaces.limits(), timestamp)?;
+    let namespace = state.namespaces.get_or_create(&ns).await?;
+    namespace.timestamps.revalidate(timestamp).await?;
+    Ok(no_content())
+}
+
+async fn get_namespaces(State(state): State<AppState>) -> Response {
+    json(&state.namespaces.names())
+}
+
+async fn get_active_namespaces(State(state): State<AppState>) -> Response {
+    json(&state.namespaces.active_names())
+}
+
+async fn get_server_lifecycle_id(State(state): State<AppState>) -> Response {
+    json(&state.lifecycle_id)
+}
+
+async fn achieve_consensus(
+    State(state): State<AppState>,
+    JsonBody(names): JsonBody<Vec<String>>,
+) -> Result<Response, TimelockError> {
+    for name in &names {
+        validate_name(name)?;
+    }
+    for name in &names {
+        let namespace = state.namespaces.get_or_create(name).await?;
+        let fresh = namespace.timestamps.fresh_timestamp().await?;
+        let target = fresh.saturating_add(CONSENSUS_JUMP);
+        validate_fast_forward(state.namespaces.limits(), target)?;
+        namespace.timestamps.fast_forward(target).await?;
+    }
+    Ok(no_content())
+}
+
+async fn no_content_ignoring_body() -> Response {
+    no_content()
+}

@@ -1,0 +1,106 @@
+//! The HTTP layer: thin axum routers over the core services.
+//!
+//! Handlers decode and validate the request (see [`extract`]), call one core service, and encode
+//! the result in exactly the JSON shape AtlasDB clients parse (spec `timelock-api.md`). Errors
+//! become responses in one place, [`error`]. Every route is served at the root and again under
+//! the configured prefix (`/timelock/api` by default), as TimeLock deployments use either.
+//!
+//! Modules: [`timestamp`] (fresh timestamps, legacy and Conjure), [`management`]
+//! (fast-forward, ping, invalidate/revalidate, `/tl/management`, `/tl/feedback`), [`ops`]
+//! (metrics, health, request metrics middleware).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
+
+pub mod error;
+pub mod extract;
+pub mod management;
+pub mod ops;
+pub mod timestamp;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub namespaces: Arc<Namespaces>,
+    pub metrics: Metrics,
+    /// Random per process start (TimeLock's `getServerLifecycleId`).
+    pub lifecycle_id: uuid::Uuid,
+    /// Set when graceful shutdown begins; readiness turns red.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// The complete application: client routes at the root and under `settings.server.path_prefix`.
+pub fn app(state: AppState, settings: &Settings) -> Router {
+    let routes = || {
+        Router::new()
+            .merge(timestamp::routes())
+            .merge(management::routes())
+            .merge(ops::routes())
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                ops::track_requests,
+            ))
+    };
+    let mut router = routes();
+    let prefix = settings.server.path_prefix.as_str();
+    if !prefix.is_empty() {
+        router = router.nest(prefix, routes());
+    }
+    router
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(settings.server.request_timeout_ms),
+        ))
+        .layer(RequestBodyLimitLayer::new(settings.server.max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error::conjure_error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "Default:NotFound",
+        None,
+        "no such endpoint".to_string(),
+    )
+}
+
+/// A bare JSON number, as TimeLock returns single timestamps.
+pub fn json_number(value: i64) -> Response {
+    let mut buf = itoa::Buffer::new();
+    json_bytes(bytes::Bytes::copy_from_slice(buf.format(value).as_bytes()))
+}
+
+/// Any value as a JSON body.
+pub fn json<T: serde::Serialize>(value: &T) -> Response {
+    json_bytes(bytes::Bytes::from(
+        serde_json::to_vec(value).expect("response serialises"),
+    ))
+}
+
+fn json_bytes(body: bytes::Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// 204 No Content (void endpoints).
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}

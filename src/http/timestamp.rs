@@ -1,0 +1,123 @@
+//! Fresh timestamps, in every shape AtlasDB clients ask for them:
+//! * legacy `/{ns}/timestamp/fresh-timestamp(s)` and `/{ns}/timelock/fresh-timestamp(s)`
+//!   (bare number; `{"lowerBound","upperBound"}`), POST, and GET so a plain `curl` works;
+//! * Conjure `/tl/ts/{ns}` (`{"inclusiveLower","inclusiveUpper"}`), `/tl/t2/{ns}`
+//!   (`{"start","count"}`) and `/tl/ts1/{ns}` (bare number).
+//!
+//! Requests are validated before the namespace is looked up or created.
+
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use super::extract::{required_i64, JsonBody, NsName};
+use super::{json, json_number, AppState};
+use crate::error::TimelockError;
+use crate::timestamp::validate_count;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/{ns}/timestamp/fresh-timestamp",
+            get(fresh_timestamp).post(fresh_timestamp),
+        )
+        .route(
+            "/{ns}/timestamp/fresh-timestamps",
+            get(fresh_timestamps).post(fresh_timestamps),
+        )
+        .route(
+            "/{ns}/timelock/fresh-timestamp",
+            get(fresh_timestamp).post(fresh_timestamp),
+        )
+        .route(
+            "/{ns}/timelock/fresh-timestamps",
+            get(fresh_timestamps).post(fresh_timestamps),
+        )
+        .route("/tl/ts/{ns}", post(conjure_fresh_timestamps))
+        .route("/tl/t2/{ns}", post(conjure_fresh_timestamps_v2))
+        .route("/tl/ts1/{ns}", post(fresh_timestamp))
+}
+
+async fn fresh_timestamp(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+) -> Result<Response, TimelockError> {
+    let namespace = state.namespaces.get_or_create(&ns).await?;
+    Ok(json_number(namespace.timestamps.fresh_timestamp().await?))
+}
+
+/// `TimestampRange` of the legacy API: both ends inclusive.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LegacyRange {
+    lower_bound: i64,
+    upper_bound: i64,
+}
+
+async fn fresh_timestamps(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    RawQuery(query): RawQuery,
+) -> Result<Response, TimelockError> {
+    let number = required_i64(query.as_deref(), "number")?;
+    validate_count(number)?;
+    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let range = namespace.timestamps.fresh_timestamps(number).await?;
+    Ok(json(&LegacyRange {
+        lower_bound: range.lower,
+        upper_bound: range.upper,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetFreshTimestampsRequest {
+    num_timestamps: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GetFreshTimestampsResponse {
+    inclusive_lower: i64,
+    inclusive_upper: i64,
+}
+
+async fn conjure_fresh_timestamps(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<GetFreshTimestampsRequest>,
+) -> Result<Response, TimelockError> {
+    validate_count(request.num_timestamps)?;
+    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let range = namespace
+        .timestamps
+        .fresh_timestamps(request.num_timestamps)
+        .await?;
+    Ok(json(&GetFreshTimestampsResponse {
+        inclusive_lower: range.lower,
+        inclusive_upper: range.upper,
+    }))
+}
+
+/// `[start, start + count)`.
+#[derive(Serialize)]
+struct GetFreshTimestampsResponseV2 {
+    start: i64,
+    count: i64,
+}
+
+async fn conjure_fresh_timestamps_v2(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(requested): JsonBody<i64>,
+) -> Result<Response, TimelockError> {
+    validate_count(requested)?;
+    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let range = namespace.timestamps.fresh_timestamps(requested).await?;
+    Ok(json(&GetFreshTimestampsResponseV2 {
+        start: range.lower,
+        count: range.count(),
+    }))
+}

@@ -1,0 +1,29 @@
+//! timelock: a standalone, TimeLock-compatible timestamp (and, later, lock) server.
+//!
+//! The crate is layered so that each layer knows only the one below it:
+//!
+//! * [`http`] — axum routers for the AtlasDB wire contract (legacy `/{ns}/...` paths and the
+//!   Conjure `/tl/...` paths), parsing and validation, and the single place where
+//!   [`error::TimelockError`] becomes an HTTP response.
+//! * [`namespaces`] and [`timestamp`] — the core services. They know nothing of HTTP: a
+//!   namespace registry that creates namespaces on first use, and a per-namespace allocator whose
+//!   hot path is an atomic compare-and-swap inside a durably reserved range.
+//! * [`storage`] — the bound store behind one trait ([`storage::BoundStore`]). RocksDB is the
+//!   embedded single-node engine; a distributed engine can implement the same trait without the
+//!   layers above noticing.
+//!
+//! [`server`] wires these together and runs the HTTP server; [`cli`] is the operator's command
+//! line, which talks to a running server over HTTP.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod namespaces;
+pub mod server;
+pub mod storage;
+pub mod timestamp;
+
+/// The server's version, as reported in logs and (later) backup metadata.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,218 @@
+//! The namespace registry: validates names, creates namespaces on first use (durably, so they
+//! survive restarts), enforces the cap, and hands out each namespace's services.
+//!
+//! Lookups of existing namespaces take a read lock on a small map and allocate nothing; only
+//! creation takes the creation mutex and writes to the store. A name is validated once, when it
+//! is created; an existing entry is valid by construction.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::sync::Mutex;
+
+use crate::error::{Result, TimelockError};
+use crate::metrics::Metrics;
+use crate::storage::{BoundStore, NamespaceRecord, StoreError};
+use crate::timestamp::{AllocatorLimits, TimestampService};
+
+/// Names reserved by TimeLock itself.
+const RESERVED: [&str; 3] = ["tl", "lw", "leader"];
+
+/// How recently a namespace must have been used to count as active (TimeLock: 6 hours).
+pub const ACTIVE_WINDOW: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// Checks a namespace name against TimeLock's rule `^(?!((tl|lw)$))[a-zA-Z0-9_-]+$` plus the
+/// reserved word `leader`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let well_formed = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !well_formed {
+        return Err(TimelockError::InvalidArgument(format!(
+            "invalid namespace {name:?}: a namespace must be non-empty and contain only [a-zA-Z0-9_-]"
+        )));
+    }
+    if RESERVED.contains(&name) {
+        return Err(TimelockError::InvalidArgument(format!(
+            "invalid namespace {name:?}: the names tl, lw and leader are reserved"
+        )));
+    }
+    Ok(())
+}
+
+/// One namespace and its services.
+pub struct Namespace {
+    pub timestamps: Arc<TimestampService>,
+    /// Seconds since the registry's epoch at the last request (for `getActiveNamespaces`).
+    last_used: AtomicU64,
+}
+
+/// All namespaces of this server.
+pub struct Namespaces {
+    map: RwLock<HashMap<Arc<str>, Arc<Namespace>>>,
+    create: Mutex<()>,
+    store: Arc<dyn BoundStore>,
+    limits: AllocatorLimits,
+    max_namespaces: usize,
+    metrics: Metrics,
+    epoch: Instant,
+}
+
+impl Namespaces {
+    /// Loads every persisted namespace from `store`.
+    pub async fn load(
+        store: Arc<dyn BoundStore>,
+        limits: AllocatorLimits,
+        max_namespaces: usize,
+        metrics: Metrics,
+    ) -> std::result::Result<Self, StoreError> {
+        let registry = Self {
+            map: RwLock::new(HashMap::new()),
+            create: Mutex::new(()),
+            store: store.clone(),
+            limits,
+            max_namespaces,
+            metrics,
+            epoch: Instant::now(),
+        };
+        let records = store.load_all().await?;
+        {
+            let mut map = registry.map.write();
+            for (name, record) in records {
+                let name: Arc<str> = Arc::from(name);
+                let ns = registry.build(name.clone(), record, 0);
+                map.insert(name, ns);
+            }
+            registry.metrics.namespaces.set(map.len() as i64);
+        }
+        Ok(registry)
+    }
+
+    fn build(&self, name: Arc<str>, record: NamespaceRecord, last_used: u64) -> Arc<Namespace> {
+        Arc::new(Namespace {
+            timestamps: Arc::new(TimestampService::new(
+                name,
+                record,
+                self.limits,
+                self.store.clone(),
+                self.metrics.clone(),
+            )),
+            last_used: AtomicU64::new(last_used),
+        })
+    }
+
+    fn now_secs(&self) -> u64 {
+        // +1 so that 0 means "never used since start-up".
+        self.epoch.elapsed().as_secs() + 1
+    }
+
+    /// The namespace, if it exists, without creating it.
+    pub fn get(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.map.read().get(name).cloned()
+    }
+
+    /// The namespace, created (durably) on first use. Invalid names and creation past the cap
+    /// are refused with nothing created.
+    pub async fn get_or_create(&self, name: &str) -> Result<Arc<Namespace>> {
+        let ns = match self.get(name) {
+            Some(ns) => ns,
+            None => self.create(name).await?,
+        };
+        let now = self.now_secs();
+        if ns.last_used.load(Ordering::Relaxed) != now {
+            ns.last_used.store(now, Ordering::Relaxed);
+        }
+        Ok(ns)
+    }
+
+    async fn create(&self, name: &str) -> Result<Arc<Namespace>> {
+        validate_name(name)?;
+        let _guard = self.create.lock().await;
+        if let Some(ns) = self.get(name) {
+            return Ok(ns);
+        }
+        let count = self.map.read().len();
+        if count >= self.max_namespaces {
+            return Err(TimelockError::TooManyNamespaces {
+                limit: self.max_namespaces,
+            });
+        }
+        let record = NamespaceRecord::default();
+        self.store
+            .put(name, record)
+            .await
+            .map_err(|e| TimelockError::Storage(format!("creating namespace {name:?}: {e}")))?;
+        let name: Arc<str> = Arc::from(name);
+        let ns = self.build(name.clone(), record, self.now_secs());
+        let mut map = self.map.write();
+        map.insert(name.clone(), ns.clone());
+        self.metrics.namespaces.set(map.len() as i64);
+        tracing::info!(namespace = %name, "namespace created");
+        Ok(ns)
+    }
+
+    /// Every namespace, sorted by name.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.map.read().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// Namespaces used within [`ACTIVE_WINDOW`], sorted by name.
+    pub fn active_names(&self) -> Vec<String> {
+        let now = self.now_secs();
+        let window = ACTIVE_WINDOW.as_secs();
+        let mut names: Vec<String> = self
+            .map
+            .read()
+            .iter()
+            .filter(|(_, ns)| {
+                let used = ns.last_used.load(Ordering::Relaxed);
+                used != 0 && now - used <= window
+            })
+            .map(|(k, _)| k.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Names of namespaces whose timestamp service has fail-stopped.
+    pub fn fail_stopped(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .map
+            .read()
+            .iter()
+            .filter(|(_, ns)| ns.timestamps.is_fail_stopped())
+            .map(|(k, _)| k.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn limits(&self) -> &AllocatorLimits {
+        &self.limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_timelock_rules() {
+        for ok in [
+            "a", "client", "tlsuffix", "tl-x", "learner", "acceptor", "A_b-9", "lwx",
+        ] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "tl", "lw", "leader", "a b", "a/b", "ns!", "é", "a.b", "%20",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Wiring and lifecycle: open the store, load namespaces, bind the listener, serve until a
+//! shutdown signal, then drain in-flight requests (graceful shutdown).
+//!
+//! Split in two steps — [`Server::bind`] then [`Server::serve`] — so that callers (the binary,
+//! tests, benches) learn the bound address before serving, which makes `--listen 127.0.0.1:0`
+//! usable.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::http::{app, AppState};
+use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
+use crate::storage::faults::FaultInjectingStore;
+use crate::storage::rocks::RocksStore;
+use crate::storage::BoundStore;
+use crate::timestamp::AllocatorLimits;
+
+/// A server that has opened its store and bound its socket but not yet started serving.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    router: axum::Router,
+    data_dir: PathBuf,
+    store_description: String,
+}
+
+impl Server {
+    /// Opens the RocksDB data dir named by `settings` and binds `settings.server.listen`.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let data_dir = settings.storage.data_dir.clone();
+        let open_dir = data_dir.clone();
+        let rocks = tokio::task::spawn_blocking(move || RocksStore::open(&open_dir))
+            .await
+            .context("store opener task")??;
+        let mut store: Arc<dyn BoundStore> = Arc::new(rocks);
+        if let Some(n) = settings.faults.fail_bound_writes_after {
+            tracing::warn!(
+                after = n,
+                "FAULT INJECTION enabled: bound writes will fail (test setting)"
+            );
+            store = Arc::new(FaultInjectingStore::new(store, n));
+        }
+        Self::bind_with_store(settings, store, data_dir).await
+    }
+
+    /// Like [`Server::bind`] with a caller-supplied store (tests, benches).
+    pub async fn bind_with_store(
+        settings: &Settings,
+        store: Arc<dyn BoundStore>,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let metrics = Metrics::new();
+        let namespaces = Namespaces::load(
+            store.clone(),
+            AllocatorLimits::from(&settings.timestamp),
+            settings.namespaces.max,
+            metrics.clone(),
+        )
+        .await
+        .context("loading namespaces")?;
+        let state = AppState {
+            namespaces: Arc::new(namespaces),
+            metrics,
+            lifecycle_id: uuid::Uuid::new_v4(),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        };
+        let router = app(state.clone(), settings);
+        let addr = settings.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        Ok(Self {
+            listener,
+            state,
+            router,
+            data_dir,
+            store_description: store.describe(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    pub fn store_description(&self) -> &str {
+        &self.store_description
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let shutting_down = self.state.shutting_down.clone();
+        let listener = self.listener.tap_io(|tcp| {
+            // Small request/response pairs on keep-alive connections: never wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                shutting_down.store(true, Ordering::Release);
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await
+            .context("serving HTTP")
+    }
+}
+
+/// Completes on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
