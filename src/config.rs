@@ -76,8 +76,8 @@ pub struct TimestampSettings {
     /// TimeLock uses 1,000,000 ("some internal atlas clients have behaviour tied to this value").
     pub reservation: i64,
     /// When fewer than this many reserved timestamps remain, the bound is extended in the
-    /// background. Defaults to half the reservation.
-    pub low_water_mark: i64,
+    /// background. Unset means half the reservation.
+    pub low_water_mark: Option<i64>,
     /// Largest range handed out by one batch request; larger requests are clamped (TimeLock: 10,000).
     pub max_per_request: i64,
 }
@@ -86,7 +86,7 @@ impl Default for TimestampSettings {
     fn default() -> Self {
         Self {
             reservation: 1_000_000,
-            low_water_mark: 500_000,
+            low_water_mark: None,
             max_per_request: 10_000,
         }
     }
@@ -213,15 +213,15 @@ impl Settings {
         if ts.max_per_request < 1 {
             return invalid("timestamp.max_per_request must be at least 1".into());
         }
-        if ts.reservation < ts.max_per_request {
-            return invalid(format!(
-                "timestamp.reservation ({}) must be at least timestamp.max_per_request ({})",
-                ts.reservation, ts.max_per_request
-            ));
+        if ts.reservation < 1 {
+            return invalid("timestamp.reservation must be at least 1".into());
         }
-        if ts.low_water_mark < 0 || ts.low_water_mark >= ts.reservation {
+        if ts
+            .low_water_mark
+            .is_some_and(|low| low < 0 || low >= ts.reservation)
+        {
             return invalid(format!(
-                "timestamp.low_water_mark ({}) must be between 0 and the reservation ({})",
+                "timestamp.low_water_mark ({:?}) must be at least 0 and below the reservation ({})",
                 ts.low_water_mark, ts.reservation
             ));
         }

@@ -61,7 +61,7 @@ impl From<&TimestampSettings> for AllocatorLimits {
     fn from(s: &TimestampSettings) -> Self {
         Self {
             reservation: s.reservation,
-            low_water_mark: s.low_water_mark,
+            low_water_mark: s.low_water_mark.unwrap_or(s.reservation / 2),
             max_per_request: s.max_per_request,
         }
     }
