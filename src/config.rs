@@ -58,12 +58,16 @@ impl Default for ServerSettings {
 pub struct StorageSettings {
     /// RocksDB data directory (created if missing).
     pub data_dir: PathBuf,
+    /// A bound write is refused (and the namespace fail-stops) when the data dir's file system
+    /// has less than this many bytes available. 0 disables the check.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("var/data"),
+            min_free_bytes: 256 * 1024,
         }
     }
 }

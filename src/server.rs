@@ -38,7 +38,8 @@ impl Server {
     pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
         let data_dir = settings.storage.data_dir.clone();
         let open_dir = data_dir.clone();
-        let rocks = tokio::task::spawn_blocking(move || RocksStore::open(&open_dir))
+        let min_free = settings.storage.min_free_bytes;
+        let rocks = tokio::task::spawn_blocking(move || RocksStore::open(&open_dir, min_free))
             .await
             .context("store opener task")??;
         let mut store: Arc<dyn BoundStore> = Arc::new(rocks);

@@ -27,12 +27,19 @@ const NAMESPACE_PREFIX: &[u8] = b"ns/";
 pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
+    min_free_bytes: u64,
 }
 
 impl RocksStore {
     /// Opens (creating if needed) the data directory. Fails with a clear message if another
     /// process holds it or if it was written by a newer, unknown format.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    ///
+    /// Every bound write first checks that the data dir's file system has at least
+    /// `min_free_bytes` available and refuses (fail-stop) if not: RocksDB as packaged by Debian is
+    /// built with assertions on, and a WAL write that hits `ENOSPC` aborts the whole process
+    /// instead of returning an error. Refusing while a margin is left turns a filling disk into a
+    /// clean, per-namespace fail-stop (503, readiness red) instead of a crash.
+    pub fn open(path: &Path, min_free_bytes: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError(format!("cannot create data dir {}: {e}", path.display())))?;
         let mut opts = Options::default();
@@ -52,6 +59,7 @@ impl RocksStore {
         let store = Self {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            min_free_bytes,
         };
         store.check_format()?;
         Ok(store)
@@ -117,7 +125,10 @@ impl BoundStore for RocksStore {
     async fn put(&self, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError> {
         let db = self.db.clone();
         let key = Self::namespace_key(namespace);
+        let path = self.path.clone();
+        let min_free = self.min_free_bytes;
         tokio::task::spawn_blocking(move || {
+            check_free_space(&path, min_free)?;
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             db.put_opt(key, codec::encode(record), &wo)
@@ -130,4 +141,35 @@ impl BoundStore for RocksStore {
     fn describe(&self) -> String {
         format!("rocksdb at {}", self.path.display())
     }
+}
+
+/// Refuses when the file system holding `path` has fewer than `min_free` bytes available to us.
+fn check_free_space(path: &Path, min_free: u64) -> Result<(), StoreError> {
+    if min_free == 0 {
+        return Ok(());
+    }
+    let available = available_bytes(path)
+        .map_err(|e| StoreError(format!("cannot check free space of {}: {e}", path.display())))?;
+    if available < min_free {
+        return Err(StoreError(format!(
+            "file system of {} has only {available} bytes available (storage.min_free_bytes = {min_free}); refusing to write the bound",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path contains NUL"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stat points to writable memory of
+    // the right type; statvfs initialises it when it returns 0.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let stat = unsafe { stat.assume_init() };
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
