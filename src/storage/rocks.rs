@@ -148,8 +148,12 @@ fn check_free_space(path: &Path, min_free: u64) -> Result<(), StoreError> {
     if min_free == 0 {
         return Ok(());
     }
-    let available = available_bytes(path)
-        .map_err(|e| StoreError(format!("cannot check free space of {}: {e}", path.display())))?;
+    let available = available_bytes(path).map_err(|e| {
+        StoreError(format!(
+            "cannot check free space of {}: {e}",
+            path.display()
+        ))
+    })?;
     if available < min_free {
         return Err(StoreError(format!(
             "file system of {} has only {available} bytes available (storage.min_free_bytes = {min_free}); refusing to write the bound",

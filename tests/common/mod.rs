@@ -24,10 +24,13 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on `data_dir` with extra `TIMELOCK__...` environment variables.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let work = data_dir
-            .parent()
-            .expect("data dir has a parent")
-            .to_path_buf();
+        let work = data_dir.parent().expect("data dir has a parent");
+        Self::start_in(data_dir, work, env)
+    }
+
+    /// Like [`TestServer::start`] with logs and the port file in `work`.
+    pub fn start_in(data_dir: &Path, work: &Path, env: &[(&str, &str)]) -> Self {
+        let work = work.to_path_buf();
         let mut server = Self {
             child: None,
             port: 0,

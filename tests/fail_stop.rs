@@ -1,0 +1,175 @@
+//! Fail-stop: when a bound cannot be made durable the namespace's timestamp service stops for
+//! good — 503 with a Conjure body, readiness red, a metric and a log line — and no timestamp
+//! above the durable bound is ever issued. A restart on healthy storage resumes above everything
+//! acknowledged. Two ways to break the disk: an injected store error, and a real tmpfs that fills.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// Hammers `ns` until the first failure; returns the highest timestamp acknowledged and the
+/// failing reply.
+async fn issue_until_failure(server: &TestServer, ns: &str, limit: usize) -> (i64, Reply) {
+    let mut highest = 0;
+    for i in 0..limit {
+        let r = if i % 2 == 0 {
+            post(server, &format!("/{ns}/timestamp/fresh-timestamp")).await
+        } else {
+            post(
+                server,
+                &format!("/{ns}/timestamp/fresh-timestamps?number=3"),
+            )
+            .await
+        };
+        if r.status != 200 {
+            return (highest, r);
+        }
+        let v = r.json();
+        let ts = v
+            .as_i64()
+            .unwrap_or_else(|| v["upperBound"].as_i64().unwrap());
+        assert!(ts > highest);
+        highest = ts;
+    }
+    panic!("no failure within {limit} requests");
+}
+
+async fn assert_fail_stopped(server: &TestServer, ns: &str, failure: Reply) {
+    let v = failure.assert_conjure_error(503, "INTERNAL");
+    assert_eq!(v["errorName"], "TimeLock:TimestampServiceStopped");
+    assert_eq!(v["parameters"]["namespace"], ns);
+    // Stopped for good: every later call on that namespace is refused, even below the bound.
+    for _ in 0..5 {
+        post(server, &format!("/{ns}/timestamp/fresh-timestamp"))
+            .await
+            .assert_conjure_error(503, "INTERNAL");
+    }
+    post_json(server, &format!("/tl/ts/{ns}"), r#"{"numTimestamps":1}"#)
+        .await
+        .assert_conjure_error(503, "INTERNAL");
+    let ready = get(server, "/health/ready").await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert_eq!(
+        ready.json()["failStoppedNamespaces"],
+        serde_json::json!([ns])
+    );
+    assert_eq!(get(server, "/health/live").await.status, 200);
+    let metrics = get(server, "/metrics").await.body;
+    assert!(
+        metrics.contains("timelock_fail_stopped_services 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("timelock_bound_writes_total{result=\"error\"}"),
+        "{metrics}"
+    );
+    assert!(
+        server.log().contains("FAIL-STOP"),
+        "log says why:\n{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn injected_store_error_fail_stops_and_restart_recovers() {
+    let (_dir, data) = temp_data_dir();
+    let faulty = [
+        ("TIMELOCK__TIMESTAMP__RESERVATION", "10"),
+        ("TIMELOCK__FAULTS__FAIL_BOUND_WRITES_AFTER", "6"),
+    ];
+    let mut server = TestServer::start(&data, &faulty);
+    let (highest, failure) = issue_until_failure(&server, "ns", 1_000).await;
+    assert!(highest > 10, "some bound extensions succeeded first");
+    assert_fail_stopped(&server, "ns", failure).await;
+
+    // Recovery is a restart (here without the fault) that re-reads the durable bound: the first
+    // timestamp is above everything acknowledged, proving none was issued above the bound.
+    server.kill9();
+    let mut healthy = TestServer::start(&data, &[("TIMELOCK__TIMESTAMP__RESERVATION", "10")]);
+    let first = post(&healthy, "/ns/timestamp/fresh-timestamp")
+        .await
+        .number();
+    assert!(
+        first > highest,
+        "first {first} after restart must exceed {highest}"
+    );
+    assert_eq!(get(&healthy, "/health/ready").await.status, 200);
+    healthy.kill9();
+}
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system at `dir` until `ENOSPC`.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[tokio::test]
+async fn full_tmpfs_fail_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("mnt");
+    let Some(tmpfs) = Tmpfs::mount(&mount_point, "8m") else {
+        eprintln!("SKIPPED full_tmpfs_fail_stops_cleanly: cannot mount tmpfs here (needs root)");
+        return;
+    };
+    let data = tmpfs.0.join("data");
+    let mut server = TestServer::start_in(
+        &data,
+        dir.path(),
+        &[("TIMELOCK__TIMESTAMP__RESERVATION", "1")],
+    );
+    // Healthy at first: every timestamp is its own synced bound write.
+    let mut highest = 0;
+    for _ in 0..20 {
+        highest = post(&server, "/ns/timestamp/fresh-timestamp")
+            .await
+            .number();
+    }
+    let filler = fill(&tmpfs.0);
+    let (more, failure) = issue_until_failure(&server, "ns", 100).await;
+    highest = highest.max(more);
+    assert_fail_stopped(&server, "ns", failure).await;
+    assert!(server.log().contains("bytes available"), "{}", server.log());
+
+    // Free the space and restart: the namespace resumes above everything acknowledged.
+    server.kill9();
+    std::fs::remove_file(filler).unwrap();
+    server.restart();
+    let first = post(&server, "/ns/timestamp/fresh-timestamp")
+        .await
+        .number();
+    assert!(
+        first > highest,
+        "first {first} after restart must exceed {highest}"
+    );
+    server.kill9();
+    drop(server);
+    drop(tmpfs);
+}
