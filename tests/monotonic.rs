@@ -2,7 +2,8 @@
 //! * per client, every timestamp is greater than that client's previous one (`MonotonicChecker`);
 //! * if read A completed before read B was invoked, B's value is greater (`NonOverlappingReadsMonotonicChecker`);
 //! * no value is returned twice (`UniquenessChecker`);
-//! plus, for fast-forward, every read invoked after a fast-forward to T completed returns > T.
+//!
+//! Plus, for fast-forward: every read invoked after a fast-forward to T completed returns > T.
 //!
 //! The reservation is tiny so bound writes (in line and in the background) happen constantly
 //! while clients race.

@@ -141,7 +141,7 @@ fn top_of_the_range_errors_cleanly_without_wrapping() {
                 Err(e) => panic!("unexpected {e}"),
             }
         }
-        assert!(last <= i64::MAX && last > i64::MAX - 4);
+        assert!(last > i64::MAX - 4, "stopped early at {last}");
         assert_within_durable(&store, &svc);
     });
 }
