@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Settings;
@@ -60,11 +60,13 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
     }
     router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(settings.server.request_timeout_ms),
         ))
-        .layer(RequestBodyLimitLayer::new(settings.server.max_body_bytes))
+        // Enforced where a body is read (`extract::JsonBody`), which answers with a Conjure 413.
+        .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
         .with_state(state)
 }
 
@@ -75,6 +77,17 @@ async fn not_found() -> Response {
         "Default:NotFound",
         None,
         "no such endpoint".to_string(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error::conjure_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "INVALID_ARGUMENT",
+        "Default:MethodNotAllowed",
+        None,
+        "method not allowed on this endpoint (TimeLock endpoints are POST, except ping and leader-time)"
+            .to_string(),
     )
 }
 
