@@ -16,7 +16,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
-use crate::http::{app, AppState};
+use crate::http::{app, AppState, Shared};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::storage::faults::FaultInjectingStore;
@@ -69,12 +69,12 @@ impl Server {
         )
         .await
         .context("loading namespaces")?;
-        let state = AppState {
+        let state = AppState::new(Shared {
             namespaces: Arc::new(namespaces),
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),
-        };
+        });
         let router = app(state.clone(), settings);
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)

@@ -30,15 +30,32 @@ pub mod management;
 pub mod ops;
 pub mod timestamp;
 
-/// What every handler can reach.
+/// What every handler can reach. One `Arc`, so handing it to a handler costs one reference
+/// count increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub namespaces: Arc<Namespaces>,
     pub metrics: Metrics,
     /// Random per process start (TimeLock's `getServerLifecycleId`).
     pub lifecycle_id: uuid::Uuid,
     /// Set when graceful shutdown begins; readiness turns red.
     pub shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The complete application: client routes at the root and under `settings.server.path_prefix`.
