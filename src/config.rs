@@ -23,6 +23,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub timestamp: TimestampSettings,
     pub namespaces: NamespaceSettings,
+    pub lock: LockSettings,
     pub log: LogSettings,
     pub faults: FaultSettings,
 }
@@ -46,7 +47,7 @@ impl Default for ServerSettings {
         Self {
             listen: "0.0.0.0:8421".to_string(),
             path_prefix: "/timelock/api".to_string(),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
             request_timeout_ms: 120_000,
         }
     }
@@ -107,6 +108,37 @@ pub struct NamespaceSettings {
 impl Default for NamespaceSettings {
     fn default() -> Self {
         Self { max: 500 }
+    }
+}
+
+/// The v2 lock service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockSettings {
+    /// A lock token not refreshed for this long is released (TimeLock: 20 s).
+    pub server_lease_ms: u64,
+    /// The lease validity told to clients (TimeLock: 8 s, "PT8S"); must be below the server lease.
+    pub client_lease_ms: u64,
+    /// How often expired tokens are reaped.
+    pub reaper_interval_ms: u64,
+    /// Most lock descriptors in one request.
+    pub max_descriptors_per_request: usize,
+    /// Largest lock descriptor, in bytes.
+    pub max_descriptor_bytes: usize,
+    /// Most requests queued on locks per namespace; past it, 429.
+    pub max_waiters_per_namespace: usize,
+}
+
+impl Default for LockSettings {
+    fn default() -> Self {
+        Self {
+            server_lease_ms: 20_000,
+            client_lease_ms: 8_000,
+            reaper_interval_ms: 1_000,
+            max_descriptors_per_request: 100_000,
+            max_descriptor_bytes: 65_536,
+            max_waiters_per_namespace: 10_000,
+        }
     }
 }
 
@@ -228,6 +260,20 @@ impl Settings {
                 "timestamp.low_water_mark ({:?}) must be at least 0 and below the reservation ({})",
                 ts.low_water_mark, ts.reservation
             ));
+        }
+        let lock = &self.lock;
+        if lock.client_lease_ms == 0 || lock.client_lease_ms >= lock.server_lease_ms {
+            return invalid(format!(
+                "lock.client_lease_ms ({}) must be positive and below lock.server_lease_ms ({}): clients must give up a lock before the server frees it",
+                lock.client_lease_ms, lock.server_lease_ms
+            ));
+        }
+        if lock.reaper_interval_ms == 0
+            || lock.max_descriptors_per_request == 0
+            || lock.max_descriptor_bytes == 0
+            || lock.max_waiters_per_namespace == 0
+        {
+            return invalid("lock.reaper_interval_ms and the lock limits must be positive".into());
         }
         if self.namespaces.max == 0 {
             return invalid("namespaces.max must be at least 1".into());

@@ -44,6 +44,15 @@ pub enum TimelockError {
     #[error("{0}")]
     RequestTooLarge(String),
 
+    /// This node no longer leads the namespace's services (they were closed by a leadership
+    /// change or `invalidateResources`). Clients retry on another node (503).
+    #[error("not the current leader for this namespace")]
+    NotCurrentLeader,
+
+    /// A bounded resource (for example lock waiters) is exhausted; retry later (429).
+    #[error("{0}")]
+    TooManyRequests(String),
+
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,

@@ -19,11 +19,13 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod lock;
 pub mod metrics;
 pub mod namespaces;
 pub mod server;
 pub mod storage;
 pub mod timestamp;
+pub mod transactions;
 
 /// The server's version, as reported in logs and (later) backup metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -17,6 +17,11 @@ pub struct Metrics {
     pub bound_write_latency: Histogram,
     pub namespaces: IntGauge,
     pub fail_stopped: IntGauge,
+    pub locks_held: IntGauge,
+    pub lock_waiters: IntGauge,
+    pub lock_acquisitions: IntCounterVec,
+    pub lock_expiries: IntCounter,
+    pub lock_wait_latency: Histogram,
 }
 
 impl Metrics {
@@ -72,6 +77,39 @@ impl Metrics {
             "Timestamp services stopped because their bound could not be made durable",
         )
         .expect("metric");
+        let locks_held = IntGauge::new(
+            "timelock_locks_held",
+            "Lock descriptors currently held (v2 locks)",
+        )
+        .expect("metric");
+        let lock_waiters = IntGauge::new(
+            "timelock_lock_waiters",
+            "Lock and wait-for-locks requests queued on a lock",
+        )
+        .expect("metric");
+        let lock_acquisitions = IntCounterVec::new(
+            Opts::new(
+                "timelock_lock_acquisitions_total",
+                "Lock and wait-for-locks requests by outcome",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let lock_expiries = IntCounter::new(
+            "timelock_lock_expiries_total",
+            "Lock tokens reaped because they were not refreshed within the server lease",
+        )
+        .expect("metric");
+        let lock_wait_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "timelock_lock_wait_duration_seconds",
+                "Time lock requests spent queued",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
+            ]),
+        )
+        .expect("metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -80,6 +118,11 @@ impl Metrics {
             Box::new(bound_write_latency.clone()),
             Box::new(namespaces.clone()),
             Box::new(fail_stopped.clone()),
+            Box::new(locks_held.clone()),
+            Box::new(lock_waiters.clone()),
+            Box::new(lock_acquisitions.clone()),
+            Box::new(lock_expiries.clone()),
+            Box::new(lock_wait_latency.clone()),
         ] {
             registry.register(m).expect("register metric");
         }
@@ -92,6 +135,11 @@ impl Metrics {
             bound_write_latency,
             namespaces,
             fail_stopped,
+            locks_held,
+            lock_waiters,
+            lock_acquisitions,
+            lock_expiries,
+            lock_wait_latency,
         }
     }
 

@@ -14,9 +14,11 @@ use parking_lot::RwLock;
 use tokio::sync::Mutex;
 
 use crate::error::{Result, TimelockError};
+use crate::lock::{LockLimits, LockService};
 use crate::metrics::Metrics;
 use crate::storage::{BoundStore, NamespaceRecord, StoreError};
 use crate::timestamp::{AllocatorLimits, TimestampService};
+use crate::transactions::PartitionAllocator;
 
 /// Names reserved by TimeLock itself.
 const RESERVED: [&str; 3] = ["tl", "lw", "leader"];
@@ -47,8 +49,32 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// One namespace and its services.
 pub struct Namespace {
     pub timestamps: Arc<TimestampService>,
+    /// The current term's lock service; replaced (and the old one closed) by
+    /// [`Namespace::invalidate_resources`].
+    locks: RwLock<Arc<LockService>>,
+    /// Start-transaction partitions per requestor.
+    pub partitions: parking_lot::Mutex<PartitionAllocator>,
+    lock_limits: LockLimits,
+    metrics: Metrics,
     /// Seconds since the registry's epoch at the last request (for `getActiveNamespaces`).
     last_used: AtomicU64,
+}
+
+impl Namespace {
+    /// The lock service of the current term.
+    pub fn locks(&self) -> Arc<LockService> {
+        self.locks.read().clone()
+    }
+
+    /// Drops the in-memory services and starts a new term: a new leadership id, all locks,
+    /// leases, waiters and lock watches gone (TimeLock's `invalidateResources`). Timestamps are
+    /// unaffected: they continue above the durable bound.
+    pub fn invalidate_resources(&self) {
+        let fresh = LockService::new(self.lock_limits, self.metrics.clone());
+        let old = std::mem::replace(&mut *self.locks.write(), fresh);
+        old.close();
+        *self.partitions.lock() = PartitionAllocator::default();
+    }
 }
 
 /// All namespaces of this server.
@@ -57,6 +83,7 @@ pub struct Namespaces {
     create: Mutex<()>,
     store: Arc<dyn BoundStore>,
     limits: AllocatorLimits,
+    lock_limits: LockLimits,
     max_namespaces: usize,
     metrics: Metrics,
     epoch: Instant,
@@ -67,6 +94,7 @@ impl Namespaces {
     pub async fn load(
         store: Arc<dyn BoundStore>,
         limits: AllocatorLimits,
+        lock_limits: LockLimits,
         max_namespaces: usize,
         metrics: Metrics,
     ) -> std::result::Result<Self, StoreError> {
@@ -75,6 +103,7 @@ impl Namespaces {
             create: Mutex::new(()),
             store: store.clone(),
             limits,
+            lock_limits,
             max_namespaces,
             metrics,
             epoch: Instant::now(),
@@ -101,6 +130,10 @@ impl Namespaces {
                 self.store.clone(),
                 self.metrics.clone(),
             )),
+            locks: RwLock::new(LockService::new(self.lock_limits, self.metrics.clone())),
+            partitions: parking_lot::Mutex::new(PartitionAllocator::default()),
+            lock_limits: self.lock_limits,
+            metrics: self.metrics.clone(),
             last_used: AtomicU64::new(last_used),
         })
     }
@@ -191,6 +224,15 @@ impl Namespaces {
             .collect();
         names.sort();
         names
+    }
+
+    /// Reaps expired lock tokens and idle partition assignments in every namespace.
+    pub fn reap(&self) {
+        let all: Vec<Arc<Namespace>> = self.map.read().values().cloned().collect();
+        for ns in all {
+            ns.locks().reap();
+            ns.partitions.lock().evict_idle();
+        }
     }
 
     pub fn limits(&self) -> &AllocatorLimits {

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::http::{app, AppState, Shared};
+use crate::lock::LockLimits;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::storage::faults::FaultInjectingStore;
@@ -31,6 +32,7 @@ pub struct Server {
     router: axum::Router,
     data_dir: PathBuf,
     store_description: String,
+    reaper_interval: std::time::Duration,
 }
 
 impl Server {
@@ -64,6 +66,7 @@ impl Server {
         let namespaces = Namespaces::load(
             store.clone(),
             AllocatorLimits::from(&settings.timestamp),
+            LockLimits::from(&settings.lock),
             settings.namespaces.max,
             metrics.clone(),
         )
@@ -86,6 +89,7 @@ impl Server {
             router,
             data_dir,
             store_description: store.describe(),
+            reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
         })
     }
 
@@ -113,6 +117,18 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let shutting_down = self.state.shutting_down.clone();
+        // Lease reaper: unlocks tokens not refreshed within the server lease.
+        let namespaces = self.state.namespaces.clone();
+        let interval = self.reaper_interval;
+        let reaper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                namespaces.reap();
+            }
+        });
+        let _stop_reaper = AbortOnDrop(reaper);
         let listener = self.listener.tap_io(|tcp| {
             // Small request/response pairs on keep-alive connections: never wait for Nagle.
             let _ = tcp.set_nodelay(true);
@@ -125,6 +141,14 @@ impl Server {
             })
             .await
             .context("serving HTTP")
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -162,7 +162,7 @@ async fn bad_numbers_are_rejected_without_side_effects() {
 #[tokio::test]
 async fn garbage_bodies_are_rejected() {
     let (_dir, data) = temp_data_dir();
-    let server = TestServer::start(&data, &[]);
+    let server = TestServer::start(&data, &[("TIMELOCK__SERVER__MAX_BODY_BYTES", "1000000")]);
     assert_eq!(next(&server, "ns").await, 1);
     for body in [
         "",

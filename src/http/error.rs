@@ -81,6 +81,18 @@ fn classify(err: &TimelockError) -> (StatusCode, &'static str, &'static str, Opt
             "TimeLock:ShuttingDown",
             None,
         ),
+        NotCurrentLeader => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "INTERNAL",
+            "TimeLock:NotCurrentLeader",
+            None,
+        ),
+        TooManyRequests(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "INTERNAL",
+            "TimeLock:TooManyRequests",
+            None,
+        ),
     }
 }
 
@@ -109,6 +121,18 @@ pub fn conjure_error(
 
 impl IntoResponse for TimelockError {
     fn into_response(self) -> Response {
+        // QoS answers have no body, as conjure-java's `QosException` responses (spec section 2).
+        match &self {
+            TimelockError::NotCurrentLeader => {
+                tracing::debug!("not the current leader: 503");
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            TimelockError::TooManyRequests(reason) => {
+                tracing::info!(%reason, "throttled: 429");
+                return StatusCode::TOO_MANY_REQUESTS.into_response();
+            }
+            _ => {}
+        }
         let (status, code, name, namespace) = classify(&self);
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");

@@ -26,9 +26,11 @@ use crate::namespaces::Namespaces;
 
 pub mod error;
 pub mod extract;
+pub mod lock;
 pub mod management;
 pub mod ops;
 pub mod timestamp;
+pub mod transactions;
 
 /// What every handler can reach. One `Arc`, so handing it to a handler costs one reference
 /// count increment.
@@ -64,6 +66,8 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
         Router::new()
             .merge(timestamp::routes())
             .merge(management::routes())
+            .merge(lock::routes())
+            .merge(transactions::routes())
             .merge(ops::routes())
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),

@@ -1,0 +1,416 @@
+//! Lock endpoints: Conjure `/tl/{l,wl,rl,rl2,ul,ul2,lt}/{ns}`, lock watches `/lw/...`,
+//! `/tl/management/invalidateResources`, and the legacy async v2 lock paths under
+//! `/{ns}/timelock/` (`lock`, `lock-v2`, `await-locks`, `refresh-locks(-v2)`, `unlock`,
+//! `leader-time`, `current-time-millis`, `lock-diagnostic-config`).
+//!
+//! Conjure carries lock descriptors as base64 strings; the legacy paths as `{"bytes":"<b64>"}`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+use super::extract::{JsonBody, NsName};
+use super::{json, json_number, no_content, AppState};
+use crate::error::TimelockError;
+use crate::lock::watch::LockWatchReference;
+use crate::lock::{Lease, LockOutcome};
+use crate::namespaces::{validate_name, Namespace};
+use crate::transactions::LockToken;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tl/l/{ns}", post(conjure_lock))
+        .route("/tl/wl/{ns}", post(conjure_wait_for_locks))
+        .route("/tl/rl/{ns}", post(conjure_refresh))
+        .route("/tl/rl2/{ns}", post(conjure_refresh_v2))
+        .route("/tl/ul/{ns}", post(conjure_unlock))
+        .route("/tl/ul2/{ns}", post(conjure_unlock_v2))
+        .route("/tl/lt/{ns}", post(leader_time))
+        .route("/lw/sw/{ns}", post(start_watching))
+        .route("/lw/diagnostics/logState/{ns}", post(log_state))
+        .route("/tl/management/invalidateResources", post(invalidate_resources))
+        .route("/{ns}/timelock/lock", post(legacy_lock))
+        .route("/{ns}/timelock/lock-v2", post(legacy_lock_v2))
+        .route("/{ns}/timelock/await-locks", post(legacy_await_locks))
+        .route("/{ns}/timelock/refresh-locks", post(legacy_refresh))
+        .route("/{ns}/timelock/refresh-locks-v2", post(legacy_refresh_v2))
+        .route("/{ns}/timelock/unlock", post(legacy_unlock))
+        .route("/{ns}/timelock/leader-time", get(leader_time).post(leader_time))
+        .route("/{ns}/timelock/current-time-millis", post(current_time_millis))
+        .route(
+            "/{ns}/timelock/do-not-use-without-explicit-atlasdb-authorisation/lock-diagnostic-config",
+            post(lock_diagnostic_config),
+        )
+}
+
+/// A base64-encoded byte string (Conjure `binary`).
+#[derive(Debug, Clone)]
+pub struct B64(pub Bytes);
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(|v| B64(Bytes::from(v)))
+            .map_err(|e| serde::de::Error::custom(format!("invalid base64 lock descriptor: {e}")))
+    }
+}
+
+/// A legacy JSON lock descriptor, `{"bytes":"<b64>"}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LegacyDescriptor {
+    pub bytes: B64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConjureLockRequest {
+    request_id: Uuid,
+    lock_descriptors: Vec<B64>,
+    acquire_timeout_ms: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LegacyLockRequest {
+    request_id: Uuid,
+    lock_descriptors: Vec<LegacyDescriptor>,
+    acquire_timeout_ms: i64,
+}
+
+fn timeout(ms: i64) -> Result<Duration, TimelockError> {
+    u64::try_from(ms).map(Duration::from_millis).map_err(|_| {
+        TimelockError::InvalidArgument(format!("acquireTimeoutMs must not be negative, got {ms}"))
+    })
+}
+
+/// Validates the namespace name and request, then finds or creates the namespace.
+async fn namespace(state: &AppState, ns: &str) -> Result<std::sync::Arc<Namespace>, TimelockError> {
+    state.namespaces.get_or_create(ns).await
+}
+
+async fn do_lock(
+    state: &AppState,
+    ns: &str,
+    request_id: Uuid,
+    descriptors: Vec<Bytes>,
+    timeout_ms: i64,
+    wait_only: bool,
+) -> Result<LockOutcome, TimelockError> {
+    let timeout = timeout(timeout_ms)?;
+    let namespace = namespace(state, ns).await?;
+    let locks = namespace.locks();
+    locks.validate_descriptors(&descriptors)?;
+    if wait_only {
+        locks.wait_for_locks(request_id, descriptors, timeout).await
+    } else {
+        locks.lock(request_id, descriptors, timeout).await
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SuccessfulLock<'a> {
+    lock_token: LockToken,
+    lease: &'a Lease,
+}
+
+async fn conjure_lock(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<ConjureLockRequest>,
+) -> Result<Response, TimelockError> {
+    let descriptors = request.lock_descriptors.into_iter().map(|d| d.0).collect();
+    let outcome = do_lock(
+        &state,
+        &ns,
+        request.request_id,
+        descriptors,
+        request.acquire_timeout_ms,
+        false,
+    )
+    .await?;
+    Ok(match outcome {
+        LockOutcome::Acquired(lease) => json(&serde_json::json!({
+            "type": "successful",
+            "successful": SuccessfulLock { lock_token: LockToken { request_id: request.request_id }, lease: &lease },
+        })),
+        LockOutcome::TimedOut => {
+            json(&serde_json::json!({"type": "unsuccessful", "unsuccessful": {}}))
+        }
+    })
+}
+
+async fn conjure_wait_for_locks(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<ConjureLockRequest>,
+) -> Result<Response, TimelockError> {
+    let descriptors = request.lock_descriptors.into_iter().map(|d| d.0).collect();
+    let outcome = do_lock(
+        &state,
+        &ns,
+        request.request_id,
+        descriptors,
+        request.acquire_timeout_ms,
+        true,
+    )
+    .await?;
+    Ok(json(
+        &serde_json::json!({"wasSuccessful": matches!(outcome, LockOutcome::Acquired(_))}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct TokensRequest {
+    tokens: Vec<LockToken>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RefreshResponse<T> {
+    refreshed_tokens: Vec<T>,
+    lease: Lease,
+}
+
+fn ids(tokens: &[LockToken]) -> Vec<Uuid> {
+    tokens.iter().map(|t| t.request_id).collect()
+}
+
+fn tokens(ids: Vec<Uuid>) -> Vec<LockToken> {
+    ids.into_iter()
+        .map(|request_id| LockToken { request_id })
+        .collect()
+}
+
+/// Refreshes and returns the still-valid subset with a lease that starts before the refresh.
+async fn do_refresh(
+    state: &AppState,
+    ns: &str,
+    requested: &[Uuid],
+) -> Result<(Vec<Uuid>, Lease), TimelockError> {
+    let namespace = namespace(state, ns).await?;
+    let locks = namespace.locks();
+    let lease = locks.lease();
+    Ok((locks.refresh(requested)?, lease))
+}
+
+async fn do_unlock(
+    state: &AppState,
+    ns: &str,
+    requested: &[Uuid],
+) -> Result<Vec<Uuid>, TimelockError> {
+    namespace(state, ns).await?.locks().unlock(requested)
+}
+
+async fn conjure_refresh(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<TokensRequest>,
+) -> Result<Response, TimelockError> {
+    let (refreshed, lease) = do_refresh(&state, &ns, &ids(&request.tokens)).await?;
+    Ok(json(&RefreshResponse {
+        refreshed_tokens: tokens(refreshed),
+        lease,
+    }))
+}
+
+async fn conjure_refresh_v2(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<Vec<Uuid>>,
+) -> Result<Response, TimelockError> {
+    let (refreshed, lease) = do_refresh(&state, &ns, &request).await?;
+    Ok(json(&RefreshResponse {
+        refreshed_tokens: refreshed,
+        lease,
+    }))
+}
+
+async fn conjure_unlock(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<TokensRequest>,
+) -> Result<Response, TimelockError> {
+    let unlocked = do_unlock(&state, &ns, &ids(&request.tokens)).await?;
+    Ok(json(&serde_json::json!({"tokens": tokens(unlocked)})))
+}
+
+async fn conjure_unlock_v2(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<Vec<Uuid>>,
+) -> Result<Response, TimelockError> {
+    Ok(json(&do_unlock(&state, &ns, &request).await?))
+}
+
+async fn leader_time(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+) -> Result<Response, TimelockError> {
+    Ok(json(&namespace(&state, &ns).await?.locks().leader_time()))
+}
+
+#[derive(Deserialize)]
+struct StartWatchingRequest {
+    references: Vec<LockWatchReference>,
+}
+
+async fn start_watching(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<StartWatchingRequest>,
+) -> Result<Response, TimelockError> {
+    namespace(&state, &ns)
+        .await?
+        .locks()
+        .start_watching(request.references)?;
+    Ok(no_content())
+}
+
+async fn log_state(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+) -> Result<Response, TimelockError> {
+    let namespace = namespace(&state, &ns).await?;
+    let update = namespace.locks().watch_update(None);
+    tracing::info!(namespace = %ns, state = %serde_json::to_string(&update).unwrap_or_default(), "lock watch log state");
+    Ok(no_content())
+}
+
+async fn invalidate_resources(
+    State(state): State<AppState>,
+    JsonBody(names): JsonBody<Vec<String>>,
+) -> Result<Response, TimelockError> {
+    for name in &names {
+        validate_name(name)?;
+    }
+    for name in &names {
+        if let Some(namespace) = state.namespaces.get(name) {
+            namespace.invalidate_resources();
+            tracing::info!(namespace = %name, "resources invalidated: new leadership id, locks dropped");
+        }
+    }
+    Ok(no_content())
+}
+
+fn legacy_descriptors(descriptors: Vec<LegacyDescriptor>) -> Vec<Bytes> {
+    descriptors.into_iter().map(|d| d.bytes.0).collect()
+}
+
+async fn legacy_lock(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<LegacyLockRequest>,
+) -> Result<Response, TimelockError> {
+    let descriptors = legacy_descriptors(request.lock_descriptors);
+    let outcome = do_lock(
+        &state,
+        &ns,
+        request.request_id,
+        descriptors,
+        request.acquire_timeout_ms,
+        false,
+    )
+    .await?;
+    let token = matches!(outcome, LockOutcome::Acquired(_)).then_some(LockToken {
+        request_id: request.request_id,
+    });
+    Ok(json(&serde_json::json!({"tokenOrEmpty": token})))
+}
+
+async fn legacy_lock_v2(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<LegacyLockRequest>,
+) -> Result<Response, TimelockError> {
+    let descriptors = legacy_descriptors(request.lock_descriptors);
+    let outcome = do_lock(
+        &state,
+        &ns,
+        request.request_id,
+        descriptors,
+        request.acquire_timeout_ms,
+        false,
+    )
+    .await?;
+    Ok(match outcome {
+        LockOutcome::Acquired(lease) => json(&serde_json::json!({
+            "type": "success",
+            "token": LockToken { request_id: request.request_id },
+            "lease": lease,
+        })),
+        LockOutcome::TimedOut => json(&serde_json::json!({"type": "failure"})),
+    })
+}
+
+async fn legacy_await_locks(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<LegacyLockRequest>,
+) -> Result<Response, TimelockError> {
+    let descriptors = legacy_descriptors(request.lock_descriptors);
+    let outcome = do_lock(
+        &state,
+        &ns,
+        request.request_id,
+        descriptors,
+        request.acquire_timeout_ms,
+        true,
+    )
+    .await?;
+    Ok(json(
+        &serde_json::json!({"wasSuccessful": matches!(outcome, LockOutcome::Acquired(_))}),
+    ))
+}
+
+async fn legacy_refresh(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<Vec<LockToken>>,
+) -> Result<Response, TimelockError> {
+    let (refreshed, _) = do_refresh(&state, &ns, &ids(&request)).await?;
+    Ok(json(&tokens(refreshed)))
+}
+
+async fn legacy_refresh_v2(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<Vec<LockToken>>,
+) -> Result<Response, TimelockError> {
+    let (refreshed, lease) = do_refresh(&state, &ns, &ids(&request)).await?;
+    Ok(json(&RefreshResponse {
+        refreshed_tokens: tokens(refreshed),
+        lease,
+    }))
+}
+
+async fn legacy_unlock(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+    JsonBody(request): JsonBody<Vec<LockToken>>,
+) -> Result<Response, TimelockError> {
+    Ok(json(&tokens(do_unlock(&state, &ns, &ids(&request)).await?)))
+}
+
+async fn current_time_millis(NsName(ns): NsName) -> Result<Response, TimelockError> {
+    validate_name(&ns)?;
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Ok(json_number(millis))
+}
+
+async fn lock_diagnostic_config(NsName(ns): NsName) -> Result<Response, TimelockError> {
+    validate_name(&ns)?;
+    Ok(no_content())
+}

@@ -1,0 +1,11 @@
+//! The v2 lock service (TimeLock's `AsyncLockService`): exclusive locks with FIFO queues and
+//! leases ([`service`]), the leader clock that leases are measured on ([`clock`]), and the
+//! lock-watch event log ([`watch`]). Locks live in memory on the serving node and die with its
+//! term, as in TimeLock; clients detect that through the leadership id.
+
+pub mod clock;
+pub mod service;
+pub mod watch;
+
+pub use clock::{LeaderTime, Lease};
+pub use service::{LockLimits, LockOutcome, LockService};

@@ -1,0 +1,750 @@
+//! The v2 (async / Conjure) lock service of one namespace for one leadership term.
+//!
+//! Semantics follow TimeLock's `AsyncLockService` (spec section 5.1):
+//! * exclusive locks on opaque byte strings; a request's descriptors are de-duplicated and sorted
+//!   and acquired one after another (a global order, so no deadlocks);
+//! * a FIFO queue per lock: a request finding a lock held or queued waits behind the others, and
+//!   a release hands the lock straight to the queue head;
+//! * `acquireTimeoutMs` bounds the whole acquisition; on timeout every lock taken so far is
+//!   released and the answer is "unsuccessful";
+//! * idempotency by `requestId`: a retry while the acquisition runs joins it, a retry after
+//!   success gets the same token, a retry shortly after a timeout times out again;
+//! * wait-for-locks queues like a lock request but passes each lock as soon as it reaches the head;
+//! * leases: a token not refreshed for `server_lease` is reaped (unlocked), and clients are told
+//!   `client_lease` (shorter) as the validity of what they hold.
+//!
+//! All state sits behind one mutex per namespace; critical sections are short and never await.
+//! Waiting happens outside it on a oneshot channel per waiter. An acquisition that has to wait
+//! runs in its own task, so a client that disconnects does not leave waiters behind; what it was
+//! granted is reaped with its lease. Closing the service (leadership change, restart,
+//! `invalidateResources`) fails every waiter and drops every lock; clients notice through the
+//! new leadership id.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use super::clock::{now_nanos, IsoDuration, LeaderTime, Lease};
+use super::watch::{IdentifiedVersion, LockWatchLog, LockWatchReference, LockWatchStateUpdate};
+use crate::error::{Result, TimelockError};
+use crate::metrics::Metrics;
+
+/// How long a timed-out request id keeps answering "timed out" to retries.
+const TIMED_OUT_MEMORY: Duration = Duration::from_secs(10);
+
+/// Tuning and limits of the lock service.
+#[derive(Debug, Clone, Copy)]
+pub struct LockLimits {
+    /// A token not refreshed for this long is unlocked by the reaper (TimeLock: 20 s).
+    pub server_lease: Duration,
+    /// The validity told to clients (TimeLock: 8 s); must be shorter than `server_lease`.
+    pub client_lease: Duration,
+    pub max_descriptors_per_request: usize,
+    pub max_descriptor_bytes: usize,
+    pub max_waiters: usize,
+}
+
+impl Default for LockLimits {
+    fn default() -> Self {
+        Self {
+            server_lease: Duration::from_secs(20),
+            client_lease: Duration::from_secs(8),
+            max_descriptors_per_request: 100_000,
+            max_descriptor_bytes: 64 * 1024,
+            max_waiters: 10_000,
+        }
+    }
+}
+
+impl From<&crate::config::LockSettings> for LockLimits {
+    fn from(s: &crate::config::LockSettings) -> Self {
+        Self {
+            server_lease: Duration::from_millis(s.server_lease_ms),
+            client_lease: Duration::from_millis(s.client_lease_ms),
+            max_descriptors_per_request: s.max_descriptors_per_request,
+            max_descriptor_bytes: s.max_descriptor_bytes,
+            max_waiters: s.max_waiters_per_namespace,
+        }
+    }
+}
+
+/// The answer to a lock or wait-for-locks request. The token id of a lock is its request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    Acquired(Lease),
+    TimedOut,
+}
+
+type Shared = Option<Result<LockOutcome>>;
+
+struct Waiter {
+    id: u64,
+    request: Uuid,
+    wait_only: bool,
+    wake: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct LockEntry {
+    holder: Option<Uuid>,
+    queue: VecDeque<Waiter>,
+}
+
+enum TokenKind {
+    Locks,
+    ImmutableTimestamp(i64),
+    TimestampLeases(Vec<(String, i64)>),
+}
+
+struct Token {
+    descriptors: Vec<Bytes>,
+    last_refresh: Instant,
+    acquired_at: i64,
+    kind: TokenKind,
+}
+
+/// A multiset of timestamps with a cheap minimum.
+#[derive(Default)]
+struct MinTracker(BTreeMap<i64, u32>);
+
+impl MinTracker {
+    fn add(&mut self, ts: i64) {
+        *self.0.entry(ts).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, ts: i64) {
+        if let Some(count) = self.0.get_mut(&ts) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&ts);
+            }
+        }
+    }
+
+    fn min(&self) -> Option<i64> {
+        self.0.keys().next().copied()
+    }
+}
+
+struct State {
+    closed: bool,
+    locks: HashMap<Bytes, LockEntry>,
+    tokens: HashMap<Uuid, Token>,
+    pending: HashMap<Uuid, watch::Receiver<Shared>>,
+    timed_out: HashMap<Uuid, Instant>,
+    waiters: usize,
+    next_waiter: u64,
+    immutable: MinTracker,
+    timestamp_leases: HashMap<String, MinTracker>,
+    watches: LockWatchLog,
+}
+
+/// One namespace's lock service for one leadership term.
+pub struct LockService {
+    leadership_id: Uuid,
+    limits: LockLimits,
+    state: Mutex<State>,
+    metrics: Metrics,
+}
+
+impl LockService {
+    pub fn new(limits: LockLimits, metrics: Metrics) -> Arc<Self> {
+        let leadership_id = Uuid::new_v4();
+        Arc::new(Self {
+            leadership_id,
+            limits,
+            state: Mutex::new(State {
+                closed: false,
+                locks: HashMap::new(),
+                tokens: HashMap::new(),
+                pending: HashMap::new(),
+                timed_out: HashMap::new(),
+                waiters: 0,
+                next_waiter: 0,
+                immutable: MinTracker::default(),
+                timestamp_leases: HashMap::new(),
+                watches: LockWatchLog::new(leadership_id),
+            }),
+            metrics,
+        })
+    }
+
+    /// The leadership id: random per (re)creation of the namespace's services.
+    pub fn leadership_id(&self) -> Uuid {
+        self.leadership_id
+    }
+
+    pub fn leader_time(&self) -> LeaderTime {
+        LeaderTime {
+            id: self.leadership_id,
+            current_time: now_nanos(),
+        }
+    }
+
+    fn lease_at(&self, current_time: i64) -> Lease {
+        Lease {
+            leader_time: LeaderTime {
+                id: self.leadership_id,
+                current_time,
+            },
+            validity: IsoDuration(self.limits.client_lease),
+        }
+    }
+
+    /// A lease starting now.
+    pub fn lease(&self) -> Lease {
+        self.lease_at(now_nanos())
+    }
+
+    /// Checks request-level limits on descriptors.
+    pub fn validate_descriptors(&self, descriptors: &[Bytes]) -> Result<()> {
+        if descriptors.len() > self.limits.max_descriptors_per_request {
+            return Err(TimelockError::InvalidArgument(format!(
+                "too many lock descriptors in one request: {} (limit {})",
+                descriptors.len(),
+                self.limits.max_descriptors_per_request
+            )));
+        }
+        if let Some(d) = descriptors
+            .iter()
+            .find(|d| d.len() > self.limits.max_descriptor_bytes)
+        {
+            return Err(TimelockError::InvalidArgument(format!(
+                "lock descriptor of {} bytes exceeds the limit of {} bytes",
+                d.len(),
+                self.limits.max_descriptor_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Locks `descriptors` under token `request_id`, waiting at most `timeout`.
+    pub async fn lock(
+        self: &Arc<Self>,
+        request_id: Uuid,
+        descriptors: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<LockOutcome> {
+        self.acquire(request_id, descriptors, timeout, false).await
+    }
+
+    /// Waits until each of `descriptors` is free in turn (FIFO with lock requests), holding none.
+    /// `Acquired` means "was successful".
+    pub async fn wait_for_locks(
+        self: &Arc<Self>,
+        request_id: Uuid,
+        descriptors: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<LockOutcome> {
+        self.acquire(request_id, descriptors, timeout, true).await
+    }
+
+    async fn acquire(
+        self: &Arc<Self>,
+        request_id: Uuid,
+        mut descriptors: Vec<Bytes>,
+        timeout: Duration,
+        wait_only: bool,
+    ) -> Result<LockOutcome> {
+        self.validate_descriptors(&descriptors)?;
+        descriptors.sort_unstable();
+        descriptors.dedup();
+        let started = Instant::now();
+        let mut done = {
+            let mut st = self.state.lock();
+            st.check_open()?;
+            if let Some(token) = st.tokens.get(&request_id) {
+                return Ok(LockOutcome::Acquired(self.lease_at(token.acquired_at)));
+            }
+            if st.timed_out.contains_key(&request_id) {
+                return Ok(LockOutcome::TimedOut);
+            }
+            if let Some(pending) = st.pending.get(&request_id) {
+                pending.clone()
+            } else if descriptors.iter().all(|d| st.is_free(d)) {
+                // Uncontended: take everything at once, no task, no channel.
+                let outcome = if wait_only {
+                    LockOutcome::Acquired(self.lease())
+                } else {
+                    self.grant_token(&mut st, request_id, descriptors)
+                };
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&["acquired"])
+                    .inc();
+                return Ok(outcome);
+            } else {
+                if st.waiters >= self.limits.max_waiters {
+                    return Err(TimelockError::TooManyRequests(format!(
+                        "too many lock requests waiting in this namespace (limit {})",
+                        self.limits.max_waiters
+                    )));
+                }
+                let (tx, rx) = watch::channel(None);
+                st.pending.insert(request_id, rx.clone());
+                let deadline = tokio::time::Instant::now() + timeout;
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let outcome = this
+                        .acquire_in_order(request_id, descriptors, deadline, wait_only)
+                        .await;
+                    this.metrics
+                        .lock_wait_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    let _ = tx.send(Some(outcome));
+                });
+                rx
+            }
+        };
+        loop {
+            if let Some(result) = done.borrow_and_update().clone() {
+                return result;
+            }
+            if done.changed().await.is_err() {
+                return Err(TimelockError::NotCurrentLeader);
+            }
+        }
+    }
+
+    /// The slow path: one descriptor after another, queueing where needed.
+    async fn acquire_in_order(
+        &self,
+        request_id: Uuid,
+        descriptors: Vec<Bytes>,
+        deadline: tokio::time::Instant,
+        wait_only: bool,
+    ) -> Result<LockOutcome> {
+        let mut held: Vec<Bytes> = Vec::new();
+        let mut failure: Option<Result<LockOutcome>> = None;
+        for descriptor in &descriptors {
+            let (id, wake) = {
+                let mut st = self.state.lock();
+                if st.closed {
+                    failure = Some(Err(TimelockError::NotCurrentLeader));
+                    break;
+                }
+                if st.is_free(descriptor) {
+                    if !wait_only {
+                        st.take(descriptor, request_id, &self.metrics);
+                        held.push(descriptor.clone());
+                    }
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                let id = st.next_waiter;
+                st.next_waiter += 1;
+                st.waiters += 1;
+                self.metrics.lock_waiters.inc();
+                let entry = st.locks.entry(descriptor.clone()).or_default();
+                entry.queue.push_back(Waiter {
+                    id,
+                    request: request_id,
+                    wait_only,
+                    wake: tx,
+                });
+                (id, rx)
+            };
+            match tokio::time::timeout_at(deadline, wake).await {
+                Ok(Ok(())) => {
+                    if !wait_only {
+                        held.push(descriptor.clone());
+                    }
+                }
+                Ok(Err(_)) => {
+                    failure = Some(Err(TimelockError::NotCurrentLeader));
+                    break;
+                }
+                Err(_elapsed) => {
+                    let mut st = self.state.lock();
+                    if st.remove_waiter(descriptor, id, &self.metrics) {
+                        // Still queued: a plain timeout.
+                    } else if !wait_only && st.holder_of(descriptor) == Some(request_id) {
+                        // Granted in the same instant as the timeout fired: count it, release below.
+                        held.push(descriptor.clone());
+                    }
+                    failure = Some(Ok(LockOutcome::TimedOut));
+                    break;
+                }
+            }
+        }
+        let mut st = self.state.lock();
+        st.pending.remove(&request_id);
+        match failure {
+            None if st.closed => Err(TimelockError::NotCurrentLeader),
+            None => {
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&["acquired"])
+                    .inc();
+                if wait_only {
+                    Ok(LockOutcome::Acquired(self.lease()))
+                } else {
+                    for d in &held {
+                        // `take` already ran for fast grants; queued grants were set by the releaser.
+                        debug_assert_eq!(st.holder_of(d), Some(request_id));
+                    }
+                    Ok(self.grant_token_held(&mut st, request_id, held))
+                }
+            }
+            Some(result) => {
+                if !st.closed {
+                    for d in &held {
+                        st.release(d, request_id, &self.metrics);
+                    }
+                }
+                if matches!(result, Ok(LockOutcome::TimedOut)) {
+                    st.timed_out.insert(request_id, Instant::now());
+                    self.metrics
+                        .lock_acquisitions
+                        .with_label_values(&["timed_out"])
+                        .inc();
+                }
+                result
+            }
+        }
+    }
+
+    /// Marks every descriptor held by `request_id` and records the token (fast path).
+    fn grant_token(
+        &self,
+        st: &mut State,
+        request_id: Uuid,
+        descriptors: Vec<Bytes>,
+    ) -> LockOutcome {
+        for d in &descriptors {
+            st.take(d, request_id, &self.metrics);
+        }
+        self.grant_token_held(st, request_id, descriptors)
+    }
+
+    /// Records the token for descriptors already marked held.
+    fn grant_token_held(
+        &self,
+        st: &mut State,
+        request_id: Uuid,
+        descriptors: Vec<Bytes>,
+    ) -> LockOutcome {
+        let now = now_nanos();
+        if st.watches.has_watches() {
+            st.watches.log_lock(&descriptors, request_id);
+        }
+        st.tokens.insert(
+            request_id,
+            Token {
+                descriptors,
+                last_refresh: Instant::now(),
+                acquired_at: now,
+                kind: TokenKind::Locks,
+            },
+        );
+        LockOutcome::Acquired(self.lease_at(now))
+    }
+
+    /// Refreshes the tokens that are still held; returns exactly those.
+    pub fn refresh(&self, tokens: &[Uuid]) -> Result<Vec<Uuid>> {
+        let mut st = self.state.lock();
+        st.check_open()?;
+        let now = Instant::now();
+        Ok(tokens
+            .iter()
+            .filter(|id| match st.tokens.get_mut(id) {
+                Some(token) => {
+                    token.last_refresh = now;
+                    true
+                }
+                None => false,
+            })
+            .copied()
+            .collect())
+    }
+
+    /// Unlocks the tokens that are still held; returns exactly those.
+    pub fn unlock(&self, tokens: &[Uuid]) -> Result<Vec<Uuid>> {
+        let mut st = self.state.lock();
+        st.check_open()?;
+        Ok(tokens
+            .iter()
+            .filter(|id| st.unlock_token(id, &self.metrics))
+            .copied()
+            .collect())
+    }
+
+    /// Unlocks every token not refreshed within the server lease, and forgets old timeouts.
+    /// Returns how many tokens were reaped.
+    pub fn reap(&self) -> usize {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let expired: Vec<Uuid> = st
+            .tokens
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.last_refresh) > self.limits.server_lease)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            st.unlock_token(id, &self.metrics);
+        }
+        st.timed_out
+            .retain(|_, at| now.duration_since(*at) < TIMED_OUT_MEMORY);
+        if !expired.is_empty() {
+            self.metrics.lock_expiries.inc_by(expired.len() as u64);
+            tracing::debug!(count = expired.len(), "reaped expired lock tokens");
+        }
+        expired.len()
+    }
+
+    /// Ends this term: every waiter fails, every lock and lease is dropped.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let held = st.locks.values().filter(|e| e.holder.is_some()).count();
+        self.metrics.locks_held.sub(held as i64);
+        self.metrics.lock_waiters.sub(st.waiters as i64);
+        st.waiters = 0;
+        st.locks.clear(); // drops the waiters' senders: they fail with NotCurrentLeader
+        st.tokens.clear();
+        st.immutable = MinTracker::default();
+        st.timestamp_leases.clear();
+    }
+
+    /// Locks timestamp `ts` in the immutable-timestamp tracker under `request_id` and returns the
+    /// immutable timestamp (the minimum held, which is at most `ts`).
+    pub fn lock_immutable_timestamp(&self, request_id: Uuid, ts: i64) -> Result<(i64, Lease)> {
+        let mut st = self.state.lock();
+        st.check_open()?;
+        let now = now_nanos();
+        if !st.tokens.contains_key(&request_id) {
+            st.immutable.add(ts);
+            st.tokens.insert(
+                request_id,
+                Token {
+                    descriptors: Vec::new(),
+                    last_refresh: Instant::now(),
+                    acquired_at: now,
+                    kind: TokenKind::ImmutableTimestamp(ts),
+                },
+            );
+        }
+        let min = st.immutable.min().unwrap_or(ts);
+        Ok((min, self.lease_at(now)))
+    }
+
+    /// The lowest timestamp held by an immutable-timestamp lock, if any.
+    pub fn immutable_timestamp(&self) -> Option<i64> {
+        self.state.lock().immutable.min()
+    }
+
+    /// Locks `ts` in each named timestamp-lease collection under `request_id`; returns, per name,
+    /// the minimum leased timestamp in that collection (at most `ts`).
+    pub fn acquire_timestamp_leases(
+        &self,
+        request_id: Uuid,
+        names: &[String],
+        ts: i64,
+    ) -> Result<(Vec<i64>, Lease)> {
+        let mut st = self.state.lock();
+        st.check_open()?;
+        let now = now_nanos();
+        if !st.tokens.contains_key(&request_id) {
+            for name in names {
+                st.timestamp_leases.entry(name.clone()).or_default().add(ts);
+            }
+            st.tokens.insert(
+                request_id,
+                Token {
+                    descriptors: Vec::new(),
+                    last_refresh: Instant::now(),
+                    acquired_at: now,
+                    kind: TokenKind::TimestampLeases(
+                        names.iter().map(|n| (n.clone(), ts)).collect(),
+                    ),
+                },
+            );
+        }
+        let mins = names
+            .iter()
+            .map(|n| {
+                st.timestamp_leases
+                    .get(n)
+                    .and_then(MinTracker::min)
+                    .unwrap_or(ts)
+            })
+            .collect();
+        Ok((mins, self.lease_at(now)))
+    }
+
+    /// The minimum timestamp leased under `name`, if any.
+    pub fn min_leased_timestamp(&self, name: &str) -> Option<i64> {
+        self.state
+            .lock()
+            .timestamp_leases
+            .get(name)
+            .and_then(MinTracker::min)
+    }
+
+    /// Adds lock watches.
+    pub fn start_watching(&self, references: Vec<LockWatchReference>) -> Result<()> {
+        let mut st = self.state.lock();
+        st.check_open()?;
+        let State { locks, watches, .. } = &mut *st;
+        let locked = locks
+            .iter()
+            .filter(|(_, e)| e.holder.is_some())
+            .map(|(d, _)| d);
+        watches.start_watching(references, locked);
+        Ok(())
+    }
+
+    /// The lock-watch update for a client that last saw `last_known`.
+    pub fn watch_update(&self, last_known: Option<&IdentifiedVersion>) -> LockWatchStateUpdate {
+        let st = self.state.lock();
+        let locked = st
+            .locks
+            .iter()
+            .filter(|(_, e)| e.holder.is_some())
+            .map(|(d, _)| d);
+        st.watches.update(last_known, locked)
+    }
+
+    /// Number of descriptors currently held (for tests and diagnostics).
+    pub fn held_descriptor_count(&self) -> usize {
+        self.state
+            .lock()
+            .locks
+            .values()
+            .filter(|e| e.holder.is_some())
+            .count()
+    }
+}
+
+impl Drop for LockService {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl State {
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            Err(TimelockError::NotCurrentLeader)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn is_free(&self, descriptor: &Bytes) -> bool {
+        self.locks
+            .get(descriptor)
+            .is_none_or(|e| e.holder.is_none() && e.queue.is_empty())
+    }
+
+    fn holder_of(&self, descriptor: &Bytes) -> Option<Uuid> {
+        self.locks.get(descriptor).and_then(|e| e.holder)
+    }
+
+    fn take(&mut self, descriptor: &Bytes, owner: Uuid, metrics: &Metrics) {
+        self.locks.entry(descriptor.clone()).or_default().holder = Some(owner);
+        metrics.locks_held.inc();
+    }
+
+    /// Releases `descriptor` if `owner` holds it, handing it to the queue head.
+    fn release(&mut self, descriptor: &Bytes, owner: Uuid, metrics: &Metrics) {
+        let Some(entry) = self.locks.get_mut(descriptor) else {
+            return;
+        };
+        if entry.holder != Some(owner) {
+            return;
+        }
+        entry.holder = None;
+        metrics.locks_held.dec();
+        while let Some(waiter) = entry.queue.pop_front() {
+            self.waiters -= 1;
+            metrics.lock_waiters.dec();
+            if waiter.wait_only {
+                let _ = waiter.wake.send(());
+                continue;
+            }
+            entry.holder = Some(waiter.request);
+            metrics.locks_held.inc();
+            let _ = waiter.wake.send(());
+            break;
+        }
+        if entry.holder.is_none() && entry.queue.is_empty() {
+            self.locks.remove(descriptor);
+        }
+    }
+
+    /// Removes waiter `id` from `descriptor`'s queue; false if it is no longer queued.
+    fn remove_waiter(&mut self, descriptor: &Bytes, id: u64, metrics: &Metrics) -> bool {
+        let Some(entry) = self.locks.get_mut(descriptor) else {
+            return false;
+        };
+        let Some(pos) = entry.queue.iter().position(|w| w.id == id) else {
+            return false;
+        };
+        entry.queue.remove(pos);
+        self.waiters -= 1;
+        metrics.lock_waiters.dec();
+        if entry.holder.is_none() {
+            // The head may now be a wait-only waiter or a lock waiter behind a free lock.
+            Self::advance_free_queue(entry, &mut self.waiters, metrics);
+        }
+        if entry.holder.is_none() && entry.queue.is_empty() {
+            self.locks.remove(descriptor);
+        }
+        true
+    }
+
+    /// Grants a free lock to its queue head (wait-only heads pass straight through).
+    fn advance_free_queue(entry: &mut LockEntry, waiters: &mut usize, metrics: &Metrics) {
+        while entry.holder.is_none() {
+            let Some(waiter) = entry.queue.pop_front() else {
+                break;
+            };
+            *waiters -= 1;
+            metrics.lock_waiters.dec();
+            if !waiter.wait_only {
+                entry.holder = Some(waiter.request);
+                metrics.locks_held.inc();
+            }
+            let _ = waiter.wake.send(());
+        }
+    }
+
+    fn unlock_token(&mut self, id: &Uuid, metrics: &Metrics) -> bool {
+        let Some(token) = self.tokens.remove(id) else {
+            return false;
+        };
+        for d in &token.descriptors {
+            self.release(d, *id, metrics);
+        }
+        if self.watches.has_watches() && !token.descriptors.is_empty() {
+            self.watches.log_unlock(&token.descriptors);
+        }
+        match token.kind {
+            TokenKind::Locks => {}
+            TokenKind::ImmutableTimestamp(ts) => self.immutable.remove(ts),
+            TokenKind::TimestampLeases(leases) => {
+                for (name, ts) in leases {
+                    if let Some(tracker) = self.timestamp_leases.get_mut(&name) {
+                        tracker.remove(ts);
+                        if tracker.min().is_none() {
+                            self.timestamp_leases.remove(&name);
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

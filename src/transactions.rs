@@ -1,0 +1,222 @@
+//! Starting transactions and handing out commit timestamps, as TimeLock does for AtlasDB
+//! (spec section 3): the immutable timestamp, 16-way partitioned start timestamps, and the
+//! lock-watch update that rides along with both.
+//!
+//! Partitioning: each `requestorId` (one AtlasDB client instance) is given a residue mod 16, the
+//! least used one, remembered for 5 minutes after its last use. A start-transactions call takes
+//! `16 × n` fresh timestamps and returns those congruent to the residue, so one client's start
+//! timestamps fall in one partition of AtlasDB's transactions table.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Result, TimelockError};
+use crate::lock::watch::{IdentifiedVersion, LockWatchStateUpdate};
+use crate::lock::Lease;
+use crate::namespaces::Namespace;
+
+pub const NUM_PARTITIONS: i64 = 16;
+
+/// How long a requestor keeps its residue after its last request (TimeLock: 5 minutes).
+pub const PARTITION_MEMORY: Duration = Duration::from_secs(5 * 60);
+
+/// Residues mod 16 per requestor, least-used first.
+#[derive(Default)]
+pub struct PartitionAllocator {
+    by_client: HashMap<Uuid, (i64, Instant)>,
+    usage: [u32; NUM_PARTITIONS as usize],
+}
+
+impl PartitionAllocator {
+    /// The requestor's residue, allocating the least used one on first sight.
+    pub fn residue_for(&mut self, client: Uuid) -> i64 {
+        let now = Instant::now();
+        if let Some((residue, last)) = self.by_client.get_mut(&client) {
+            *last = now;
+            return *residue;
+        }
+        let residue = (0..NUM_PARTITIONS)
+            .min_by_key(|r| self.usage[*r as usize])
+            .expect("16 partitions");
+        self.usage[residue as usize] += 1;
+        self.by_client.insert(client, (residue, now));
+        residue
+    }
+
+    /// Forgets requestors idle for longer than [`PARTITION_MEMORY`].
+    pub fn evict_idle(&mut self) {
+        let now = Instant::now();
+        let usage = &mut self.usage;
+        self.by_client.retain(|_, (residue, last)| {
+            let keep = now.duration_since(*last) <= PARTITION_MEMORY;
+            if !keep {
+                usage[*residue as usize] -= 1;
+            }
+            keep
+        });
+    }
+}
+
+/// `{"requestId":..}`: a lock token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockToken {
+    pub request_id: Uuid,
+}
+
+/// `{"immutableTimestamp":90,"lock":{"requestId":..}}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockImmutableTimestampResponse {
+    pub immutable_timestamp: i64,
+    pub lock: LockToken,
+}
+
+/// `{"start":113,"interval":16,"count":1}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PartitionedTimestamps {
+    pub start: i64,
+    pub interval: i64,
+    pub count: i64,
+}
+
+/// Everything `startTransactions` returns.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartTransactionsResponse {
+    pub immutable_timestamp: LockImmutableTimestampResponse,
+    pub timestamps: PartitionedTimestamps,
+    pub lease: Lease,
+    pub lock_watch_update: LockWatchStateUpdate,
+}
+
+/// Takes a fresh timestamp and locks it as an immutable timestamp under `request_id`.
+pub async fn lock_immutable_timestamp(
+    ns: &Namespace,
+    request_id: Uuid,
+) -> Result<(LockImmutableTimestampResponse, Lease)> {
+    let locks = ns.locks();
+    let fresh = ns.timestamps.fresh_timestamp().await?;
+    let (immutable, lease) = locks.lock_immutable_timestamp(request_id, fresh)?;
+    Ok((
+        LockImmutableTimestampResponse {
+            immutable_timestamp: immutable,
+            lock: LockToken { request_id },
+        },
+        lease,
+    ))
+}
+
+/// `numTransactions` start timestamps in the requestor's partition (at most 625 per call, as
+/// 16 × 625 = 10,000 is the batch cap).
+pub async fn partitioned_timestamps(
+    ns: &Namespace,
+    requestor_id: Uuid,
+    num_transactions: i64,
+) -> Result<PartitionedTimestamps> {
+    if num_transactions <= 0 {
+        return Err(TimelockError::InvalidArgument(format!(
+            "numTransactions must be positive, got {num_transactions}"
+        )));
+    }
+    let residue = ns.partitions.lock().residue_for(requestor_id);
+    let wanted = num_transactions.saturating_mul(NUM_PARTITIONS);
+    loop {
+        let range = ns.timestamps.fresh_timestamps(wanted).await?;
+        let offset = (residue - range.lower).rem_euclid(NUM_PARTITIONS);
+        let start = range.lower + offset;
+        if start <= range.upper {
+            let count = (range.upper - start) / NUM_PARTITIONS + 1;
+            return Ok(PartitionedTimestamps {
+                start,
+                interval: NUM_PARTITIONS,
+                count,
+            });
+        }
+        // A range shorter than 16 may miss the residue (only with a tiny batch cap): try again.
+    }
+}
+
+/// `startTransactions`: immutable timestamp lock, partitioned start timestamps, lease, and the
+/// lock-watch update computed after the timestamps were issued.
+pub async fn start_transactions(
+    ns: &Namespace,
+    request_id: Uuid,
+    requestor_id: Uuid,
+    num_transactions: i64,
+    last_known: Option<&IdentifiedVersion>,
+) -> Result<StartTransactionsResponse> {
+    if num_transactions <= 0 {
+        return Err(TimelockError::InvalidArgument(format!(
+            "numTransactions must be positive, got {num_transactions}"
+        )));
+    }
+    let (immutable_timestamp, lease) = lock_immutable_timestamp(ns, request_id).await?;
+    let timestamps = partitioned_timestamps(ns, requestor_id, num_transactions).await?;
+    let lock_watch_update = ns.locks().watch_update(last_known);
+    Ok(StartTransactionsResponse {
+        immutable_timestamp,
+        timestamps,
+        lease,
+        lock_watch_update,
+    })
+}
+
+/// `getCommitTimestamps`: `{"inclusiveLower","inclusiveUpper","lockWatchUpdate"}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitTimestampsResponse {
+    pub inclusive_lower: i64,
+    pub inclusive_upper: i64,
+    pub lock_watch_update: LockWatchStateUpdate,
+}
+
+pub async fn commit_timestamps(
+    ns: &Namespace,
+    num_timestamps: i64,
+    last_known: Option<&IdentifiedVersion>,
+) -> Result<CommitTimestampsResponse> {
+    let range = ns.timestamps.fresh_timestamps(num_timestamps).await?;
+    let lock_watch_update = ns.locks().watch_update(last_known);
+    Ok(CommitTimestampsResponse {
+        inclusive_lower: range.lower,
+        inclusive_upper: range.upper,
+        lock_watch_update,
+    })
+}
+
+/// The immutable timestamp: the lowest held immutable-timestamp lock, or a fresh timestamp if
+/// none is held.
+pub async fn immutable_timestamp(ns: &Namespace) -> Result<i64> {
+    match ns.locks().immutable_timestamp() {
+        Some(ts) => Ok(ts),
+        None => ns.timestamps.fresh_timestamp().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_least_used_and_sticky() {
+        let mut p = PartitionAllocator::default();
+        let clients: Vec<Uuid> = (0..32).map(|_| Uuid::new_v4()).collect();
+        let residues: Vec<i64> = clients.iter().map(|c| p.residue_for(*c)).collect();
+        for r in 0..NUM_PARTITIONS {
+            assert_eq!(
+                residues.iter().filter(|x| **x == r).count(),
+                2,
+                "evenly spread"
+            );
+        }
+        for (c, r) in clients.iter().zip(&residues) {
+            assert_eq!(p.residue_for(*c), *r, "sticky");
+        }
+        p.evict_idle();
+        assert_eq!(p.by_client.len(), 32, "recently used clients are kept");
+    }
+}
