@@ -269,6 +269,11 @@ async fn start_watching(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<StartWatchingRequest>,
 ) -> Result<Response, TimelockError> {
+    for reference in &request.references {
+        reference.validate().map_err(|e| {
+            TimelockError::InvalidArgument(format!("invalid lock watch reference: {e}"))
+        })?;
+    }
     namespace(&state, &ns)
         .await?
         .locks()
