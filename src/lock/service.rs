@@ -613,6 +613,11 @@ impl LockService {
         st.watches.update(last_known, locked)
     }
 
+    /// Number of requests queued on locks (for tests, benches and diagnostics).
+    pub fn waiting_count(&self) -> usize {
+        self.state.lock().waiters
+    }
+
     /// Number of descriptors currently held (for tests and diagnostics).
     pub fn held_descriptor_count(&self) -> usize {
         self.state
