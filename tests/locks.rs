@@ -853,3 +853,24 @@ async fn multi_client_endpoints() {
         .await
         .assert_conjure_error(400, "INVALID_ARGUMENT");
 }
+
+#[tokio::test]
+async fn lock_waits_are_bounded_by_their_own_timeout_not_the_request_timeout() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[("TIMELOCK__SERVER__REQUEST_TIMEOUT_MS", "300")]);
+    lock(&server, "ns", Uuid::new_v4(), &["x"], 0).await;
+    let started = Instant::now();
+    let v = lock(&server, "ns", Uuid::new_v4(), &["x"], 900).await;
+    assert_eq!(v["type"], "unsuccessful", "{v}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "waited its full acquireTimeoutMs"
+    );
+    let r = post_json(
+        &server,
+        "/tl/wl/ns",
+        &lock_body(Uuid::new_v4(), &["x"], 600),
+    )
+    .await;
+    assert_eq!(r.body, r#"{"wasSuccessful":false}"#);
+}

@@ -62,13 +62,23 @@ impl std::ops::Deref for AppState {
 
 /// The complete application: client routes at the root and under `settings.server.path_prefix`.
 pub fn app(state: AppState, settings: &Settings) -> Router {
+    // Requests are cut off after `request_timeout_ms` (408), except lock requests, whose wait is
+    // bounded by each request's own `acquireTimeoutMs`, as in TimeLock.
+    let timeout = TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        Duration::from_millis(settings.server.request_timeout_ms),
+    );
     let routes = || {
         Router::new()
-            .merge(timestamp::routes())
-            .merge(management::routes())
+            .merge(
+                Router::new()
+                    .merge(timestamp::routes())
+                    .merge(management::routes())
+                    .merge(transactions::routes())
+                    .merge(ops::routes())
+                    .layer(timeout.clone()),
+            )
             .merge(lock::routes())
-            .merge(transactions::routes())
-            .merge(ops::routes())
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 ops::track_requests,
@@ -82,10 +92,6 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_millis(settings.server.request_timeout_ms),
-        ))
         // Enforced where a body is read (`extract::JsonBody`), which answers with a Conjure 413.
         .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
         .with_state(state)
