@@ -18,7 +18,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -62,12 +61,16 @@ impl std::ops::Deref for AppState {
 
 /// The complete application: client routes at the root and under `settings.server.path_prefix`.
 pub fn app(state: AppState, settings: &Settings) -> Router {
-    // Requests are cut off after `request_timeout_ms` (408), except lock requests, whose wait is
-    // bounded by each request's own `acquireTimeoutMs`, as in TimeLock.
-    let timeout = TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        Duration::from_millis(settings.server.request_timeout_ms),
-    );
+    // Requests are cut off after `request_timeout_ms` (a Conjure 408), except lock requests,
+    // whose wait is bounded by each request's own `acquireTimeoutMs`, as in TimeLock.
+    let timed = ops::Tracking {
+        state: state.clone(),
+        timeout: Some(Duration::from_millis(settings.server.request_timeout_ms)),
+    };
+    let untimed = ops::Tracking {
+        state: state.clone(),
+        timeout: None,
+    };
     let routes = || {
         Router::new()
             .merge(
@@ -76,13 +79,17 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
                     .merge(management::routes())
                     .merge(transactions::routes())
                     .merge(ops::routes())
-                    .layer(timeout.clone()),
+                    .route_layer(axum::middleware::from_fn_with_state(
+                        timed.clone(),
+                        ops::track_requests,
+                    )),
             )
-            .merge(lock::routes())
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                ops::track_requests,
-            ))
+            .merge(
+                lock::routes().route_layer(axum::middleware::from_fn_with_state(
+                    untimed.clone(),
+                    ops::track_requests,
+                )),
+            )
     };
     let mut router = routes();
     let prefix = settings.server.path_prefix.as_str();

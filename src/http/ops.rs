@@ -5,8 +5,10 @@
 //! fail-stopped, so a load balancer stops sending it traffic; liveness stays green (restarting is
 //! the operator's decision, and the recovery path, once storage is fixed).
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -54,30 +56,150 @@ async fn ready(State(state): State<AppState>) -> Response {
     response
 }
 
+/// The per-route-group settings of [`track_requests`].
+#[derive(Clone)]
+pub struct Tracking {
+    pub state: AppState,
+    /// Requests still running after this get a Conjure 408; `None` for routes whose waits are
+    /// bounded by the request itself (lock acquisition's `acquireTimeoutMs`).
+    pub timeout: Option<Duration>,
+}
+
 /// Counts and times every routed request under its route template (not the raw path, so
-/// namespaces do not explode label cardinality).
+/// namespaces do not explode label cardinality), and enforces the request timeout.
+///
+/// The timeout timer is armed only if the handler does not finish on its first poll: the hot
+/// paths (a timestamp from the reservation, an uncontended lock) complete immediately and never
+/// touch the timer wheel; a request that waits (for a bound write, say) gets its deadline.
 pub async fn track_requests(
-    State(state): State<AppState>,
+    State(tracking): State<Tracking>,
     request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
+    let mut handler = std::pin::pin!(next.run(request));
+    let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
+    let response = match (first, tracking.timeout) {
+        (Poll::Ready(response), _) => response,
+        (Poll::Pending, None) => handler.await,
+        (Poll::Pending, Some(limit)) => {
+            let deadline = tokio::time::Instant::from_std(started) + limit;
+            match tokio::time::timeout_at(deadline, handler).await {
+                Ok(response) => response,
+                Err(_) => super::error::conjure_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "TIMEOUT",
+                    "Default:Timeout",
+                    None,
+                    format!(
+                        "request did not complete within {} ms (server.request_timeout_ms)",
+                        limit.as_millis()
+                    ),
+                ),
+            }
+        }
+    };
     let route = route
         .as_ref()
         .map(MatchedPath::as_str)
         .unwrap_or("unmatched");
-    state
-        .metrics
+    let metrics = &tracking.state.metrics;
+    metrics
         .http_requests
         .with_label_values(&[route, method.as_str(), response.status().as_str()])
         .inc();
-    state
-        .metrics
+    metrics
         .http_latency
         .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::http::Shared;
+    use crate::lock::LockLimits;
+    use crate::metrics::Metrics;
+    use crate::namespaces::Namespaces;
+    use crate::storage::memory::MemoryStore;
+    use crate::timestamp::AllocatorLimits;
+
+    async fn state() -> AppState {
+        let metrics = Metrics::new();
+        let limits = AllocatorLimits {
+            reservation: 100,
+            low_water_mark: 50,
+            max_per_request: 10,
+        };
+        let namespaces = Namespaces::load(
+            Arc::new(MemoryStore::new()),
+            limits,
+            LockLimits::default(),
+            10,
+            metrics.clone(),
+        )
+        .await
+        .unwrap();
+        AppState::new(Shared {
+            namespaces: Arc::new(namespaces),
+            metrics,
+            lifecycle_id: uuid::Uuid::new_v4(),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn call(timeout: Option<Duration>, path: &str) -> Response {
+        let state = state().await;
+        let tracking = Tracking {
+            state: state.clone(),
+            timeout,
+        };
+        let app: Router = Router::new()
+            .route("/fast", post(|| async { "fast" }))
+            .route(
+                "/slow",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "slow"
+                }),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                tracking,
+                track_requests,
+            ));
+        let request = axum::http::Request::post(path).body(Body::empty()).unwrap();
+        app.oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn timeout_applies_only_to_requests_that_wait_too_long() {
+        let limit = Some(Duration::from_millis(50));
+        assert_eq!(call(limit, "/fast").await.status(), StatusCode::OK);
+        let timed_out = call(limit, "/slow").await;
+        assert_eq!(timed_out.status(), StatusCode::REQUEST_TIMEOUT);
+        let body = axum::body::to_bytes(timed_out.into_body(), 10_000)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errorCode"], "TIMEOUT");
+        assert_eq!(
+            call(None, "/slow").await.status(),
+            StatusCode::OK,
+            "untimed routes wait"
+        );
+        assert_eq!(
+            call(Some(Duration::from_secs(5)), "/slow").await.status(),
+            StatusCode::OK
+        );
+    }
 }
