@@ -46,6 +46,11 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Validates every name; the first invalid one is the error.
+pub fn validate_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    names.into_iter().try_for_each(|n| validate_name(n))
+}
+
 /// One namespace and its services.
 pub struct Namespace {
     pub timestamps: Arc<TimestampService>,

@@ -21,7 +21,7 @@ use super::{json, json_number, no_content, AppState};
 use crate::error::TimelockError;
 use crate::lock::watch::LockWatchReference;
 use crate::lock::{Lease, LockOutcome};
-use crate::namespaces::{validate_name, Namespace};
+use crate::namespaces::{validate_name, validate_names, Namespace};
 use crate::transactions::LockToken;
 
 pub fn routes() -> Router<AppState> {
@@ -97,22 +97,51 @@ async fn namespace(state: &AppState, ns: &str) -> Result<std::sync::Arc<Namespac
     state.namespaces.get_or_create(ns).await
 }
 
-async fn do_lock(
-    state: &AppState,
-    ns: &str,
+/// A lock or wait-for-locks request, whichever API it came through.
+struct LockCall {
     request_id: Uuid,
     descriptors: Vec<Bytes>,
     timeout_ms: i64,
+}
+
+impl From<ConjureLockRequest> for LockCall {
+    fn from(r: ConjureLockRequest) -> Self {
+        let descriptors = r.lock_descriptors.into_iter().map(|d| d.0).collect();
+        Self {
+            request_id: r.request_id,
+            descriptors,
+            timeout_ms: r.acquire_timeout_ms,
+        }
+    }
+}
+
+impl From<LegacyLockRequest> for LockCall {
+    fn from(r: LegacyLockRequest) -> Self {
+        let descriptors = r.lock_descriptors.into_iter().map(|d| d.bytes.0).collect();
+        Self {
+            request_id: r.request_id,
+            descriptors,
+            timeout_ms: r.acquire_timeout_ms,
+        }
+    }
+}
+
+async fn do_lock(
+    state: &AppState,
+    ns: &str,
+    call: LockCall,
     wait_only: bool,
 ) -> Result<LockOutcome, TimelockError> {
-    let timeout = timeout(timeout_ms)?;
+    let timeout = timeout(call.timeout_ms)?;
     let namespace = namespace(state, ns).await?;
     let locks = namespace.locks();
-    locks.validate_descriptors(&descriptors)?;
+    locks.validate_descriptors(&call.descriptors)?;
     if wait_only {
-        locks.wait_for_locks(request_id, descriptors, timeout).await
+        locks
+            .wait_for_locks(call.request_id, call.descriptors, timeout)
+            .await
     } else {
-        locks.lock(request_id, descriptors, timeout).await
+        locks.lock(call.request_id, call.descriptors, timeout).await
     }
 }
 
@@ -128,20 +157,12 @@ async fn conjure_lock(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<ConjureLockRequest>,
 ) -> Result<Response, TimelockError> {
-    let descriptors = request.lock_descriptors.into_iter().map(|d| d.0).collect();
-    let outcome = do_lock(
-        &state,
-        &ns,
-        request.request_id,
-        descriptors,
-        request.acquire_timeout_ms,
-        false,
-    )
-    .await?;
+    let request_id = request.request_id;
+    let outcome = do_lock(&state, &ns, request.into(), false).await?;
     Ok(match outcome {
         LockOutcome::Acquired(lease) => json(&serde_json::json!({
             "type": "successful",
-            "successful": SuccessfulLock { lock_token: LockToken { request_id: request.request_id }, lease: &lease },
+            "successful": SuccessfulLock { lock_token: LockToken { request_id }, lease: &lease },
         })),
         LockOutcome::TimedOut => {
             json(&serde_json::json!({"type": "unsuccessful", "unsuccessful": {}}))
@@ -154,16 +175,7 @@ async fn conjure_wait_for_locks(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<ConjureLockRequest>,
 ) -> Result<Response, TimelockError> {
-    let descriptors = request.lock_descriptors.into_iter().map(|d| d.0).collect();
-    let outcome = do_lock(
-        &state,
-        &ns,
-        request.request_id,
-        descriptors,
-        request.acquire_timeout_ms,
-        true,
-    )
-    .await?;
+    let outcome = do_lock(&state, &ns, request.into(), true).await?;
     Ok(json(
         &serde_json::json!({"wasSuccessful": matches!(outcome, LockOutcome::Acquired(_))}),
     ))
@@ -295,9 +307,7 @@ async fn invalidate_resources(
     State(state): State<AppState>,
     JsonBody(names): JsonBody<Vec<String>>,
 ) -> Result<Response, TimelockError> {
-    for name in &names {
-        validate_name(name)?;
-    }
+    validate_names(&names)?;
     for name in &names {
         if let Some(namespace) = state.namespaces.get(name) {
             namespace.invalidate_resources();
@@ -307,28 +317,14 @@ async fn invalidate_resources(
     Ok(no_content())
 }
 
-fn legacy_descriptors(descriptors: Vec<LegacyDescriptor>) -> Vec<Bytes> {
-    descriptors.into_iter().map(|d| d.bytes.0).collect()
-}
-
 async fn legacy_lock(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(request): JsonBody<LegacyLockRequest>,
 ) -> Result<Response, TimelockError> {
-    let descriptors = legacy_descriptors(request.lock_descriptors);
-    let outcome = do_lock(
-        &state,
-        &ns,
-        request.request_id,
-        descriptors,
-        request.acquire_timeout_ms,
-        false,
-    )
-    .await?;
-    let token = matches!(outcome, LockOutcome::Acquired(_)).then_some(LockToken {
-        request_id: request.request_id,
-    });
+    let request_id = request.request_id;
+    let outcome = do_lock(&state, &ns, request.into(), false).await?;
+    let token = matches!(outcome, LockOutcome::Acquired(_)).then_some(LockToken { request_id });
     Ok(json(&serde_json::json!({"tokenOrEmpty": token})))
 }
 
@@ -337,20 +333,12 @@ async fn legacy_lock_v2(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<LegacyLockRequest>,
 ) -> Result<Response, TimelockError> {
-    let descriptors = legacy_descriptors(request.lock_descriptors);
-    let outcome = do_lock(
-        &state,
-        &ns,
-        request.request_id,
-        descriptors,
-        request.acquire_timeout_ms,
-        false,
-    )
-    .await?;
+    let request_id = request.request_id;
+    let outcome = do_lock(&state, &ns, request.into(), false).await?;
     Ok(match outcome {
         LockOutcome::Acquired(lease) => json(&serde_json::json!({
             "type": "success",
-            "token": LockToken { request_id: request.request_id },
+            "token": LockToken { request_id },
             "lease": lease,
         })),
         LockOutcome::TimedOut => json(&serde_json::json!({"type": "failure"})),
@@ -362,16 +350,7 @@ async fn legacy_await_locks(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<LegacyLockRequest>,
 ) -> Result<Response, TimelockError> {
-    let descriptors = legacy_descriptors(request.lock_descriptors);
-    let outcome = do_lock(
-        &state,
-        &ns,
-        request.request_id,
-        descriptors,
-        request.acquire_timeout_ms,
-        true,
-    )
-    .await?;
+    let outcome = do_lock(&state, &ns, request.into(), true).await?;
     Ok(json(
         &serde_json::json!({"wasSuccessful": matches!(outcome, LockOutcome::Acquired(_))}),
     ))

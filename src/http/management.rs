@@ -16,7 +16,7 @@ use axum::Router;
 use super::extract::{query_str, required_i64, JsonBody, NsName};
 use super::{json, json_number, no_content, AppState};
 use crate::error::TimelockError;
-use crate::namespaces::validate_name;
+use crate::namespaces::{validate_name, validate_names};
 use crate::timestamp::validate_fast_forward;
 
 /// How far `achieveConsensus` moves a namespace ahead (TimeLock's `NamespacedConsensus`).
@@ -129,9 +129,7 @@ async fn achieve_consensus(
     State(state): State<AppState>,
     JsonBody(names): JsonBody<Vec<String>>,
 ) -> Result<Response, TimelockError> {
-    for name in &names {
-        validate_name(name)?;
-    }
+    validate_names(&names)?;
     for name in &names {
         let namespace = state.namespaces.get_or_create(name).await?;
         let fresh = namespace.timestamps.fresh_timestamp().await?;

@@ -20,7 +20,7 @@ use super::{json, json_number, AppState};
 use crate::error::TimelockError;
 use crate::lock::watch::IdentifiedVersion;
 use crate::lock::{LeaderTime, Lease};
-use crate::namespaces::validate_name;
+use crate::namespaces::validate_names;
 use crate::timestamp::validate_count;
 use crate::transactions::{self, PartitionedTimestamps, StartTransactionsResponse};
 
@@ -148,15 +148,11 @@ async fn commit_timestamp(
     ))
 }
 
-fn validate_all<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), TimelockError> {
-    names.into_iter().try_for_each(|n| validate_name(n))
-}
-
 async fn multi_leader_times(
     State(state): State<AppState>,
     JsonBody(names): JsonBody<Vec<String>>,
 ) -> Result<Response, TimelockError> {
-    validate_all(&names)?;
+    validate_names(&names)?;
     let mut leader_times: BTreeMap<String, LeaderTime> = BTreeMap::new();
     for name in names {
         let namespace = state.namespaces.get_or_create(&name).await?;
@@ -169,7 +165,7 @@ async fn multi_start_transactions(
     State(state): State<AppState>,
     JsonBody(requests): JsonBody<BTreeMap<String, StartTransactionsRequest>>,
 ) -> Result<Response, TimelockError> {
-    validate_all(requests.keys())?;
+    validate_names(requests.keys())?;
     let mut out = BTreeMap::new();
     for (name, request) in &requests {
         out.insert(name.clone(), do_start(&state, name, request).await?);
@@ -181,7 +177,7 @@ async fn multi_commit_timestamps(
     State(state): State<AppState>,
     JsonBody(requests): JsonBody<BTreeMap<String, CommitTimestampsRequest>>,
 ) -> Result<Response, TimelockError> {
-    validate_all(requests.keys())?;
+    validate_names(requests.keys())?;
     let mut out = BTreeMap::new();
     for (name, request) in &requests {
         out.insert(
@@ -196,7 +192,7 @@ async fn multi_unlock(
     State(state): State<AppState>,
     JsonBody(requests): JsonBody<BTreeMap<String, Vec<Uuid>>>,
 ) -> Result<Response, TimelockError> {
-    validate_all(requests.keys())?;
+    validate_names(requests.keys())?;
     let mut out = BTreeMap::new();
     for (name, tokens) in &requests {
         let namespace = state.namespaces.get_or_create(name).await?;
@@ -254,7 +250,7 @@ async fn multi_acquire_timestamp_leases(
     State(state): State<AppState>,
     JsonBody(requests): JsonBody<BTreeMap<String, Vec<TimestampLeaseRequest>>>,
 ) -> Result<Response, TimelockError> {
-    validate_all(requests.keys())?;
+    validate_names(requests.keys())?;
     for request in requests.values().flatten() {
         for (name, count) in &request.num_fresh_timestamps {
             validate_lease_name(name)?;
@@ -307,7 +303,7 @@ async fn multi_min_leased_timestamps(
     State(state): State<AppState>,
     JsonBody(requests): JsonBody<BTreeMap<String, Vec<String>>>,
 ) -> Result<Response, TimelockError> {
-    validate_all(requests.keys())?;
+    validate_names(requests.keys())?;
     for name in requests.values().flatten() {
         validate_lease_name(name)?;
     }
