@@ -37,6 +37,9 @@ use crate::metrics::Metrics;
 /// How long a timed-out request id keeps answering "timed out" to retries.
 const TIMED_OUT_MEMORY: Duration = Duration::from_secs(10);
 
+/// Stands in for timeouts too large to represent as a deadline (about 30 years).
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 /// Tuning and limits of the lock service.
 #[derive(Debug, Clone, Copy)]
 pub struct LockLimits {
@@ -287,7 +290,9 @@ impl LockService {
                 }
                 let (tx, rx) = watch::channel(None);
                 st.pending.insert(request_id, rx.clone());
-                let deadline = tokio::time::Instant::now() + timeout;
+                // `acquireTimeoutMs` may be anything up to Long.MAX_VALUE: cap it instead of overflowing.
+                let now = tokio::time::Instant::now();
+                let deadline = now.checked_add(timeout).unwrap_or_else(|| now + FOREVER);
                 let this = self.clone();
                 tokio::spawn(async move {
                     let outcome = this

@@ -276,3 +276,24 @@ async fn waiter_cap_answers_too_many_requests() {
         assert_eq!(w.await.unwrap().unwrap(), LockOutcome::TimedOut);
     }
 }
+
+#[tokio::test]
+async fn huge_timeouts_do_not_overflow() {
+    let s = service(20_000);
+    let holder = Uuid::new_v4();
+    s.lock(holder, vec![d("x")], LONG).await.unwrap();
+    let waiter = tokio::spawn({
+        let s = s.clone();
+        async move {
+            s.lock(
+                Uuid::new_v4(),
+                vec![d("x")],
+                Duration::from_millis(i64::MAX as u64),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.unlock(&[holder]).unwrap();
+    assert!(acquired(&waiter.await.unwrap().unwrap()));
+}
