@@ -133,3 +133,27 @@ async fn kill_9_loop_never_goes_backwards() {
         all_seen.len()
     );
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another timelock process"),
+        "{stderr}"
+    );
+    assert_eq!(
+        post(&server, "/ns/timestamp/fresh-timestamp")
+            .await
+            .number(),
+        1,
+        "the first is unaffected"
+    );
+}
