@@ -20,6 +20,11 @@ pub enum TimelockError {
     #[error("namespace {namespace:?} is invalidated: this server no longer issues its timestamps; revalidate it (POST /{namespace}/timestamp-management/revalidate?currentTimestamp=T) to use it here again")]
     NamespaceInvalidated { namespace: Arc<str> },
 
+    /// The namespace was restored from a backup and has not been fast-forwarded since: its bound
+    /// may be below timestamps already handed out before the restore.
+    #[error("namespace {namespace:?} was restored from a backup and is fenced: fast-forward it past the last timestamp issued before the restore (POST /{namespace}/timestamp-management/fast-forward?currentTimestamp=T) before using it")]
+    NamespaceFenced { namespace: Arc<str> },
+
     /// The namespace's bound could not be made durable; its timestamp service has stopped for
     /// good (until a restart re-reads the bound). See "fail-stop" in the README.
     #[error("timestamp service for namespace {namespace:?} has stopped because its bound could not be made durable ({reason}); restart the server once storage is healthy")]

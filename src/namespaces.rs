@@ -218,13 +218,22 @@ impl Namespaces {
         names
     }
 
+    /// Names of namespaces restored from a backup and not yet fast-forwarded.
+    pub fn fenced(&self) -> Vec<String> {
+        self.names_where(|ns| ns.timestamps.is_fenced())
+    }
+
     /// Names of namespaces whose timestamp service has fail-stopped.
     pub fn fail_stopped(&self) -> Vec<String> {
+        self.names_where(|ns| ns.timestamps.is_fail_stopped())
+    }
+
+    fn names_where(&self, keep: impl Fn(&Namespace) -> bool) -> Vec<String> {
         let mut names: Vec<String> = self
             .map
             .read()
             .iter()
-            .filter(|(_, ns)| ns.timestamps.is_fail_stopped())
+            .filter(|(_, ns)| keep(ns))
             .map(|(k, _)| k.to_string())
             .collect();
         names.sort();

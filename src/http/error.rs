@@ -51,6 +51,12 @@ fn classify(err: &TimelockError) -> (StatusCode, &'static str, &'static str, Opt
             "TimeLock:NamespaceInvalidated",
             Some(namespace),
         ),
+        NamespaceFenced { namespace } => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "FAILED_PRECONDITION",
+            "TimeLock:NamespaceFenced",
+            Some(namespace),
+        ),
         FailStopped { namespace, .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             "INTERNAL",

@@ -48,6 +48,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         "status": if ok { "READY" } else { "NOT_READY" },
         "shuttingDown": shutting_down,
         "failStoppedNamespaces": fail_stopped,
+        "fencedNamespaces": state.namespaces.fenced(),
     });
     let mut response = super::json(&body);
     if !ok {

@@ -25,6 +25,9 @@ pub struct NamespaceRecord {
     pub bound: i64,
     /// Set by `invalidate`; a namespace so marked issues nothing until revalidated.
     pub invalidated: bool,
+    /// Set when the namespace is restored from a backup: its bound may be older than timestamps
+    /// the world has seen, so it issues nothing until fast-forwarded (or revalidated).
+    pub fenced: bool,
 }
 
 /// A storage failure. Carries text only: the caller's reaction (fail-stop) is the same for all.
@@ -52,17 +55,18 @@ pub(crate) mod codec {
 
     const RECORD_VERSION: u8 = 1;
     const FLAG_INVALIDATED: u8 = 1;
+    const FLAG_FENCED: u8 = 2;
     pub(crate) const RECORD_LEN: usize = 10;
 
     pub(crate) fn encode(record: NamespaceRecord) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
         out[0] = RECORD_VERSION;
         out[1..9].copy_from_slice(&record.bound.to_be_bytes());
-        out[9] = if record.invalidated {
+        out[9] = (if record.invalidated {
             FLAG_INVALIDATED
         } else {
             0
-        };
+        }) | (if record.fenced { FLAG_FENCED } else { 0 });
         out
     }
 
@@ -76,7 +80,7 @@ pub(crate) mod codec {
         }
         let bound = i64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
         let flags = bytes[9];
-        if flags & !FLAG_INVALIDATED != 0 || bound < 0 {
+        if flags & !(FLAG_INVALIDATED | FLAG_FENCED) != 0 || bound < 0 {
             return Err(StoreError(format!(
                 "corrupt namespace record (bound {bound}, flags {flags})"
             )));
@@ -84,6 +88,7 @@ pub(crate) mod codec {
         Ok(NamespaceRecord {
             bound,
             invalidated: flags & FLAG_INVALIDATED != 0,
+            fenced: flags & FLAG_FENCED != 0,
         })
     }
 
@@ -97,10 +102,17 @@ pub(crate) mod codec {
                 NamespaceRecord {
                     bound: 0,
                     invalidated: false,
+                    fenced: false,
                 },
                 NamespaceRecord {
                     bound: i64::MAX,
                     invalidated: true,
+                    fenced: false,
+                },
+                NamespaceRecord {
+                    bound: 77,
+                    invalidated: false,
+                    fenced: true,
                 },
             ] {
                 assert_eq!(decode(&encode(record)).unwrap(), record);
@@ -112,6 +124,7 @@ pub(crate) mod codec {
             let mut negative = encode(NamespaceRecord {
                 bound: -5,
                 invalidated: false,
+                fenced: false,
             });
             negative[0] = 1;
             assert!(decode(&negative).is_err());

@@ -35,6 +35,7 @@ use crate::storage::{BoundStore, NamespaceRecord};
 const ACTIVE: u8 = 0;
 const INVALIDATED: u8 = 1;
 const FAILED: u8 = 2;
+const FENCED: u8 = 3;
 
 /// An inclusive range of fresh timestamps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +133,8 @@ impl TimestampService {
             durable: AtomicI64::new(record.bound),
             state: AtomicU8::new(if record.invalidated {
                 INVALIDATED
+            } else if record.fenced {
+                FENCED
             } else {
                 ACTIVE
             }),
@@ -162,6 +165,11 @@ impl TimestampService {
         self.state.load(Ordering::Acquire) == INVALIDATED
     }
 
+    /// Restored from a backup and not yet fast-forwarded.
+    pub fn is_fenced(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FENCED
+    }
+
     pub fn is_fail_stopped(&self) -> bool {
         self.state.load(Ordering::Acquire) == FAILED
     }
@@ -170,6 +178,9 @@ impl TimestampService {
         match self.state.load(Ordering::Acquire) {
             ACTIVE => Ok(()),
             INVALIDATED => Err(TimelockError::NamespaceInvalidated {
+                namespace: self.namespace.clone(),
+            }),
+            FENCED => Err(TimelockError::NamespaceFenced {
                 namespace: self.namespace.clone(),
             }),
             _ => Err(self.failed_error()),
@@ -234,6 +245,10 @@ impl TimestampService {
     /// it; idempotent. Persists before returning, so the promise survives a crash.
     pub async fn fast_forward(self: &Arc<Self>, timestamp: i64) -> Result<()> {
         self.check_fast_forward_target(timestamp)?;
+        if self.state.load(Ordering::Acquire) == FENCED {
+            // The operator names the last timestamp the world may have seen: lift the fence.
+            return self.lift(timestamp, false).await;
+        }
         self.check_state()?;
         if timestamp <= self.issued.load(Ordering::Acquire) {
             return Ok(()); // already past it (covers AtlasDB's Long.MIN_VALUE + 1 start-up call)
@@ -261,6 +276,7 @@ impl TimestampService {
         self.persist(NamespaceRecord {
             bound,
             invalidated: true,
+            fenced: false,
         })
         .await?;
         self.state.store(INVALIDATED, Ordering::Release);
@@ -268,13 +284,26 @@ impl TimestampService {
         Ok(bound)
     }
 
-    /// Lifts an invalidation and fast-forwards past `timestamp` in one durable write. On a
-    /// namespace that is not invalidated this is a plain fast-forward.
+    /// Lifts an invalidation (or a restore fence) and fast-forwards past `timestamp` in one
+    /// durable write. On an active namespace this is a plain fast-forward.
     pub async fn revalidate(self: &Arc<Self>, timestamp: i64) -> Result<()> {
         self.check_fast_forward_target(timestamp)?;
+        self.lift(timestamp, true).await
+    }
+
+    /// Persists `max(durable, timestamp + reservation)` with no flags and becomes active.
+    /// An invalidated namespace is lifted only if `allow_invalidated` (revalidate, not
+    /// fast-forward).
+    async fn lift(&self, timestamp: i64, allow_invalidated: bool) -> Result<()> {
         let _guard = self.writer.lock().await;
-        if self.state.load(Ordering::Acquire) == FAILED {
-            return Err(self.failed_error());
+        match self.state.load(Ordering::Acquire) {
+            FAILED => return Err(self.failed_error()),
+            INVALIDATED if !allow_invalidated => {
+                return Err(TimelockError::NamespaceInvalidated {
+                    namespace: self.namespace.clone(),
+                })
+            }
+            _ => {}
         }
         let bound = self
             .durable_bound()
@@ -282,12 +311,18 @@ impl TimestampService {
         self.persist(NamespaceRecord {
             bound,
             invalidated: false,
+            fenced: false,
         })
         .await?;
         self.issued.fetch_max(timestamp, Ordering::AcqRel);
-        let was = self.state.swap(ACTIVE, Ordering::AcqRel);
-        if was == INVALIDATED {
-            tracing::warn!(namespace = %self.namespace, timestamp, "namespace revalidated");
+        match self.state.swap(ACTIVE, Ordering::AcqRel) {
+            INVALIDATED => {
+                tracing::warn!(namespace = %self.namespace, timestamp, "namespace revalidated")
+            }
+            FENCED => {
+                tracing::warn!(namespace = %self.namespace, timestamp, "restore fence lifted")
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -302,6 +337,7 @@ impl TimestampService {
         self.persist(NamespaceRecord {
             bound: target.max(needed),
             invalidated: false,
+            fenced: false,
         })
         .await
     }

@@ -337,3 +337,56 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn restored_namespace_is_fenced_until_fast_forwarded() {
+    rt().block_on(async {
+        let store = Arc::new(MemoryStore::new());
+        let l = limits(100, 50, 10);
+        store
+            .put(
+                NS,
+                NamespaceRecord {
+                    bound: 1_000,
+                    invalidated: false,
+                    fenced: true,
+                },
+            )
+            .await
+            .unwrap();
+        let svc = service(&store, l);
+        assert!(svc.is_fenced());
+        assert!(matches!(
+            svc.fresh_timestamp().await,
+            Err(TimelockError::NamespaceFenced { .. })
+        ));
+        // Fast-forward to the last timestamp the world saw lifts the fence, durably.
+        svc.fast_forward(5_000).await.unwrap();
+        assert_eq!(svc.fresh_timestamp().await.unwrap(), 5_001);
+        drop(svc);
+        let svc = service(&store, l);
+        assert!(!svc.is_fenced());
+        assert!(svc.fresh_timestamp().await.unwrap() > 5_001);
+
+        // Invalidating a fenced namespace leaves it invalidated; only revalidate lifts that.
+        store
+            .put(
+                NS,
+                NamespaceRecord {
+                    bound: 9_000,
+                    invalidated: false,
+                    fenced: true,
+                },
+            )
+            .await
+            .unwrap();
+        let svc = service(&store, l);
+        assert_eq!(svc.invalidate().await.unwrap(), 9_000);
+        assert!(matches!(
+            svc.fast_forward(10_000).await,
+            Err(TimelockError::NamespaceInvalidated { .. })
+        ));
+        svc.revalidate(10_000).await.unwrap();
+        assert_eq!(svc.fresh_timestamp().await.unwrap(), 10_001);
+    });
+}
