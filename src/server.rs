@@ -41,7 +41,7 @@ impl Server {
         let data_dir = settings.storage.data_dir.clone();
         let open_dir = data_dir.clone();
         let min_free = settings.storage.min_free_bytes;
-        let rocks = tokio::task::spawn_blocking(move || RocksStore::open(&open_dir, min_free))
+        let rocks = tokio::task::spawn_blocking(move || RocksStore::open(&open_dir, min_free, None))
             .await
             .context("store opener task")??;
         let mut store: Arc<dyn BoundStore> = Arc::new(rocks);

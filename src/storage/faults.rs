@@ -41,6 +41,10 @@ impl BoundStore for FaultInjectingStore {
         self.inner.put(namespace, record).await
     }
 
+    fn checkpoint(&self, target: &std::path::Path) -> Result<(), StoreError> {
+        self.inner.checkpoint(target)
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} with injected write faults after {} writes",

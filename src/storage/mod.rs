@@ -45,6 +45,16 @@ pub trait BoundStore: Send + Sync + 'static {
     /// write is synced to stable storage.
     async fn put(&self, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError>;
 
+    /// Writes a consistent point-in-time copy of the store's files to `target` (online backups).
+    /// Stores without files (in memory, remote engines) do not support it.
+    fn checkpoint(&self, target: &std::path::Path) -> Result<(), StoreError> {
+        Err(StoreError(format!(
+            "{} cannot take file checkpoints (asked for {})",
+            self.describe(),
+            target.display()
+        )))
+    }
+
     /// Human-readable location, for logs ("rocksdb at /var/lib/timelock").
     fn describe(&self) -> String;
 }

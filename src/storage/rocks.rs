@@ -24,77 +24,136 @@ pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &[u8] = b"meta/format_version";
 const NAMESPACE_PREFIX: &[u8] = b"ns/";
 
+/// What to do before upgrading an older data dir: take a `pre-upgrade` backup (see
+/// `crate::backup`). Called with the open database and its format version.
+pub type UpgradeHook<'a> = &'a dyn Fn(&DB, u32) -> Result<(), StoreError>;
+
 pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
     min_free_bytes: u64,
 }
 
+fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("lock") || text.contains("LOCK") {
+        StoreError(format!("data dir {} is in use by another timelock process ({text})", path.display()))
+    } else {
+        StoreError(format!("cannot open RocksDB at {}: {text}", path.display()))
+    }
+}
+
+fn sync_writes() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+/// Opens an existing data dir for writing, without creating it (offline tools). Fails if a
+/// server holds it.
+pub fn open_existing(path: &Path) -> Result<DB, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(false);
+    DB::open(&opts, path).map_err(|e| open_error(path, e))
+}
+
+/// Opens a data dir (or a checkpoint) read-only.
+pub fn open_read_only(path: &Path) -> Result<DB, StoreError> {
+    DB::open_for_read_only(&Options::default(), path, false).map_err(|e| open_error(path, e))
+}
+
+/// The recorded on-disk format version, if any.
+pub fn read_format_version(db: &DB) -> Result<Option<u32>, StoreError> {
+    match db.get(FORMAT_KEY).map_err(|e| StoreError(format!("reading format version: {e}")))? {
+        None => Ok(None),
+        Some(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
+            .map(|b| Some(u32::from_be_bytes(b)))
+            .map_err(|_| StoreError("unreadable format version in data dir".into())),
+    }
+}
+
+/// Records `version` as the on-disk format (synced).
+pub fn write_format_version(db: &DB, version: u32) -> Result<(), StoreError> {
+    db.put_opt(FORMAT_KEY, version.to_be_bytes(), &sync_writes())
+        .map_err(|e| StoreError(format!("writing format version: {e}")))
+}
+
+/// Every namespace record, in name order.
+pub fn read_records(db: &DB) -> Result<Vec<(String, NamespaceRecord)>, StoreError> {
+    let mut out = Vec::new();
+    let mode = IteratorMode::From(NAMESPACE_PREFIX, rocksdb::Direction::Forward);
+    for item in db.iterator(mode) {
+        let (key, value) = item.map_err(|e| StoreError(format!("reading bounds: {e}")))?;
+        let Some(name) = key.strip_prefix(NAMESPACE_PREFIX) else { break };
+        let name = String::from_utf8(name.to_vec()).map_err(|_| StoreError("namespace key is not UTF-8".into()))?;
+        let record = codec::decode(&value).map_err(|e| StoreError(format!("namespace {name:?}: {e}")))?;
+        out.push((name, record));
+    }
+    Ok(out)
+}
+
+/// Writes one namespace record (synced).
+pub fn write_record(db: &DB, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError> {
+    db.put_opt(namespace_key(namespace), codec::encode(record), &sync_writes())
+        .map_err(|e| StoreError(format!("synced RocksDB write failed: {e}")))
+}
+
+/// A consistent point-in-time copy of `db` in `target` (which must not exist): hard links where
+/// possible, after flushing the memtable.
+pub fn checkpoint(db: &DB, target: &Path) -> Result<(), StoreError> {
+    rocksdb::checkpoint::Checkpoint::new(db)
+        .and_then(|c| c.create_checkpoint(target))
+        .map_err(|e| StoreError(format!("RocksDB checkpoint to {} failed: {e}", target.display())))
+}
+
+fn namespace_key(namespace: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(NAMESPACE_PREFIX.len() + namespace.len());
+    key.extend_from_slice(NAMESPACE_PREFIX);
+    key.extend_from_slice(namespace.as_bytes());
+    key
+}
+
 impl RocksStore {
     /// Opens (creating if needed) the data directory. Fails with a clear message if another
-    /// process holds it or if it was written by a newer, unknown format.
+    /// process holds it or if it was written by a newer, unknown format. A data dir in an older
+    /// format is upgraded, after `before_upgrade` (a pre-upgrade backup) succeeded.
     ///
     /// Every bound write first checks that the data dir's file system has at least
     /// `min_free_bytes` available and refuses (fail-stop) if not: RocksDB as packaged by Debian is
     /// built with assertions on, and a WAL write that hits `ENOSPC` aborts the whole process
     /// instead of returning an error. Refusing while a margin is left turns a filling disk into a
     /// clean, per-namespace fail-stop (503, readiness red) instead of a crash.
-    pub fn open(path: &Path, min_free_bytes: u64) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, min_free_bytes: u64, before_upgrade: Option<UpgradeHook>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError(format!("cannot create data dir {}: {e}", path.display())))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_keep_log_file_num(5);
-        let db = DB::open(&opts, path).map_err(|e| {
-            let text = e.to_string();
-            if text.contains("lock") || text.contains("LOCK") {
-                StoreError(format!(
-                    "data dir {} is in use by another timelock process ({text})",
+        let db = DB::open(&opts, path).map_err(|e| open_error(path, e))?;
+        match read_format_version(&db)? {
+            Some(version) if version > FORMAT_VERSION => {
+                return Err(StoreError(format!(
+                    "data dir {} has on-disk format {version}, newer than this binary's {FORMAT_VERSION}; run the newer timelock version, or roll back by restoring the pre-upgrade backup (timelock backup list)",
                     path.display()
-                ))
-            } else {
-                StoreError(format!("cannot open RocksDB at {}: {text}", path.display()))
+                )));
             }
-        })?;
-        let store = Self {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-            min_free_bytes,
-        };
-        store.check_format()?;
-        Ok(store)
-    }
-
-    fn check_format(&self) -> Result<(), StoreError> {
-        let err = |e: rocksdb::Error| StoreError(format!("reading format version: {e}"));
-        match self.db.get(FORMAT_KEY).map_err(err)? {
-            Some(bytes) => {
-                let version = <[u8; 4]>::try_from(bytes.as_slice())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError("unreadable format version in data dir".into()))?;
-                if version > FORMAT_VERSION {
-                    return Err(StoreError(format!(
-                        "data dir {} has on-disk format {version}, newer than this binary's {FORMAT_VERSION}; run the newer timelock version (or restore a backup taken before the upgrade)",
-                        self.path.display()
-                    )));
+            Some(version) if version < FORMAT_VERSION => {
+                if let Some(hook) = before_upgrade {
+                    hook(&db, version)?;
                 }
-                Ok(())
+                // Format 0 -> 1 changes no record; the version key is all there is to migrate.
+                write_format_version(&db, FORMAT_VERSION)?;
+                tracing::warn!(from = version, to = FORMAT_VERSION, "upgraded the data dir's on-disk format");
             }
-            None => {
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
-                self.db
-                    .put_opt(FORMAT_KEY, FORMAT_VERSION.to_be_bytes(), &wo)
-                    .map_err(|e| StoreError(format!("writing format version: {e}")))
-            }
+            Some(_) => {}
+            None => write_format_version(&db, FORMAT_VERSION)?,
         }
+        Ok(Self { db: Arc::new(db), path: path.to_path_buf(), min_free_bytes })
     }
 
-    fn namespace_key(namespace: &str) -> Vec<u8> {
-        let mut key = Vec::with_capacity(NAMESPACE_PREFIX.len() + namespace.len());
-        key.extend_from_slice(NAMESPACE_PREFIX);
-        key.extend_from_slice(namespace.as_bytes());
-        key
+    /// The open database (for online backups).
+    pub fn db(&self) -> &DB {
+        &self.db
     }
 }
 
@@ -102,40 +161,26 @@ impl RocksStore {
 impl BoundStore for RocksStore {
     async fn load_all(&self) -> Result<Vec<(String, NamespaceRecord)>, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mode = IteratorMode::From(NAMESPACE_PREFIX, rocksdb::Direction::Forward);
-            for item in db.iterator(mode) {
-                let (key, value) = item.map_err(|e| StoreError(format!("reading bounds: {e}")))?;
-                let Some(name) = key.strip_prefix(NAMESPACE_PREFIX) else {
-                    break;
-                };
-                let name = String::from_utf8(name.to_vec())
-                    .map_err(|_| StoreError("namespace key is not UTF-8".into()))?;
-                let record = codec::decode(&value)
-                    .map_err(|e| StoreError(format!("namespace {name:?}: {e}")))?;
-                out.push((name, record));
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError(format!("bound reader task failed: {e}")))?
+        tokio::task::spawn_blocking(move || read_records(&db))
+            .await
+            .map_err(|e| StoreError(format!("bound reader task failed: {e}")))?
     }
 
     async fn put(&self, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError> {
         let db = self.db.clone();
-        let key = Self::namespace_key(namespace);
+        let namespace = namespace.to_string();
         let path = self.path.clone();
         let min_free = self.min_free_bytes;
         tokio::task::spawn_blocking(move || {
             check_free_space(&path, min_free)?;
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            db.put_opt(key, codec::encode(record), &wo)
-                .map_err(|e| StoreError(format!("synced RocksDB write failed: {e}")))
+            write_record(&db, &namespace, record)
         })
         .await
         .map_err(|e| StoreError(format!("bound writer task failed: {e}")))?
+    }
+
+    fn checkpoint(&self, target: &Path) -> Result<(), StoreError> {
+        checkpoint(&self.db, target)
     }
 
     fn describe(&self) -> String {
