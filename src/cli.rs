@@ -32,6 +32,9 @@ pub enum Command {
     /// Fetch, fast-forward, invalidate or revalidate a namespace's timestamps on a running server.
     #[command(subcommand)]
     Timestamp(TimestampCommand),
+    /// Back up, list, inspect, verify and restore the server's own state.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Check a running server's readiness (exit 0 when ready); used by the Docker HEALTHCHECK.
     Health {
         /// Base URL of the server.
@@ -108,6 +111,274 @@ pub enum TimestampCommand {
         #[command(flatten)]
         source: TimestampSource,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupDir {
+    /// Directory holding the backups (the server's backup.dir).
+    #[arg(long, default_value = "var/backups")]
+    pub backup_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Take a consistent point-in-time backup: of a running server through its admin API
+    /// (--server, written to the server's backup.dir), or of a stopped server's data dir
+    /// (--data-dir, written to --backup-dir).
+    Create {
+        /// Base URL of a running server (no /timelock/api prefix: admin routes live at /admin).
+        #[arg(
+            long,
+            conflicts_with = "data_dir",
+            required_unless_present = "data_dir"
+        )]
+        server: Option<String>,
+        /// Data dir of a stopped server.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: BackupDir,
+        /// Name of the backup (default: creation time and type).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List backups: name, created, type, version, size.
+    List {
+        #[command(flatten)]
+        dir: BackupDir,
+    },
+    /// Show a backup's metadata (--json for the raw metadata.json).
+    Show {
+        name: String,
+        #[command(flatten)]
+        dir: BackupDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every file's checksum and open the backup read-only.
+    Verify {
+        name: String,
+        #[command(flatten)]
+        dir: BackupDir,
+    },
+    /// Restore a backup into a stopped server's data dir. DESTRUCTIVE: the current data is moved
+    /// aside (not deleted). Restored namespaces are fenced until fast-forwarded, unless
+    /// --fast-forward-to/--fast-forward-file gives the last timestamp the world may have seen.
+    Restore {
+        name: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: BackupDir,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+        /// Raise every namespace past this timestamp and leave it unfenced.
+        #[arg(
+            long,
+            allow_negative_numbers = true,
+            conflicts_with = "fast_forward_file"
+        )]
+        fast_forward_to: Option<i64>,
+        /// A file holding that timestamp (as `timestamp fetch --file` writes it).
+        #[arg(long)]
+        fast_forward_file: Option<PathBuf>,
+    },
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// The metadata as `key: value` lines, as operators know it from ThingPark's `get-backup-metadatas`.
+pub fn describe_backup(m: &crate::backup::BackupMetadata) -> String {
+    let mut out = format!(
+        "id: {}\ntm: '{}'\ntype: {}\nserverVersion: {}\nformatVersion: {}\nsize: {}\nfiles: {}\nnamespaces:\n",
+        m.name,
+        m.created_at,
+        m.backup_type.as_str(),
+        m.server_version,
+        m.format_version,
+        human_bytes(m.total_bytes()),
+        m.files.len()
+    );
+    for ns in &m.namespaces {
+        let mut flags = Vec::new();
+        if ns.invalidated {
+            flags.push("invalidated");
+        }
+        if ns.fenced {
+            flags.push("fenced");
+        }
+        out.push_str(&format!(
+            "    {}: bound {}{}\n",
+            ns.name,
+            ns.bound,
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", flags.join(", "))
+            }
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// Runs a backup command; returns what to print on success.
+pub async fn run_backup_command(command: BackupCommand) -> anyhow::Result<Option<String>> {
+    use crate::backup;
+    match command {
+        BackupCommand::Create {
+            server: Some(server),
+            name,
+            ..
+        } => {
+            let client = Client::new()?;
+            let path = match &name {
+                Some(n) => format!("admin/backups?name={n}"),
+                None => "admin/backups".to_string(),
+            };
+            let body = client.call(Method::POST, &server, &path).await?;
+            let m: backup::BackupMetadata = serde_json::from_str(&body)
+                .context("server returned unreadable backup metadata")?;
+            Ok(Some(format!(
+                "backup {} created by {server}\n{}",
+                m.name,
+                describe_backup(&m)
+            )))
+        }
+        BackupCommand::Create {
+            server: None,
+            data_dir,
+            dir,
+            name,
+        } => {
+            let data_dir = data_dir.ok_or_else(|| anyhow!("give --server or --data-dir"))?;
+            let m = tokio::task::spawn_blocking(move || {
+                backup::create_offline(
+                    &data_dir,
+                    &dir.backup_dir,
+                    name.as_deref(),
+                    backup::BackupType::OnDemand,
+                )
+            })
+            .await??;
+            Ok(Some(format!(
+                "backup {} created\n{}",
+                m.name,
+                describe_backup(&m)
+            )))
+        }
+        BackupCommand::List { dir } => {
+            let all = backup::list(&dir.backup_dir)?;
+            let mut out = format!(
+                "{:<40} {:<22} {:<12} {:<10} {:>10}",
+                "NAME", "CREATED", "TYPE", "VERSION", "SIZE"
+            );
+            for m in &all {
+                out.push_str(&format!(
+                    "\n{:<40} {:<22} {:<12} {:<10} {:>10}",
+                    m.name,
+                    m.created_at,
+                    m.backup_type.as_str(),
+                    m.server_version,
+                    human_bytes(m.total_bytes())
+                ));
+            }
+            if all.is_empty() {
+                out.push_str(&format!("\n(no backups in {})", dir.backup_dir.display()));
+            }
+            Ok(Some(out))
+        }
+        BackupCommand::Show { name, dir, json } => {
+            let m = backup::show(&dir.backup_dir, &name)?;
+            Ok(Some(if json {
+                serde_json::to_string_pretty(&m)?
+            } else {
+                describe_backup(&m)
+            }))
+        }
+        BackupCommand::Verify { name, dir } => {
+            let m = backup::verify(&dir.backup_dir, &name)?;
+            Ok(Some(format!(
+                "backup {} is intact: {} files, {}, {} namespaces",
+                m.name,
+                m.files.len(),
+                human_bytes(m.total_bytes()),
+                m.namespaces.len()
+            )))
+        }
+        BackupCommand::Restore {
+            name,
+            data_dir,
+            dir,
+            yes,
+            fast_forward_to,
+            fast_forward_file,
+        } => {
+            let fast_forward = match (fast_forward_to, fast_forward_file) {
+                (Some(t), _) => Some(t),
+                (None, Some(f)) => Some(read_timestamp_file(&f)?),
+                (None, None) => None,
+            };
+            let m = backup::show(&dir.backup_dir, &name)?;
+            eprintln!(
+                "{} backup will be used to restore {}",
+                m.name,
+                data_dir.display()
+            );
+            eprintln!("WARNING: Destructive Operation !!!");
+            eprintln!("This replaces the data in {} with the backup taken {}; the current data is moved aside, not deleted.", data_dir.display(), m.created_at);
+            if !yes {
+                use std::io::IsTerminal;
+                if !std::io::stdin().is_terminal() {
+                    bail!("refusing to restore without confirmation: no terminal to ask on; pass --yes to confirm");
+                }
+                eprint!("Are you sure you want to replace the current data? (yes/no) ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim() != "yes" {
+                    bail!("restore cancelled; nothing was changed");
+                }
+            }
+            let report = tokio::task::spawn_blocking(move || {
+                backup::restore(
+                    &dir.backup_dir,
+                    &name,
+                    &data_dir,
+                    fast_forward,
+                    |done, total| {
+                        eprintln!("copied {} of {}", human_bytes(done), human_bytes(total));
+                    },
+                )
+                .map(|r| (r, data_dir))
+            })
+            .await??;
+            let (report, data_dir) = report;
+            let mut out = format!(
+                "restored backup {} into {}",
+                report.metadata.name,
+                data_dir.display()
+            );
+            if let Some(aside) = &report.moved_aside {
+                out.push_str(&format!(
+                    "\nthe previous data was moved to {}",
+                    aside.display()
+                ));
+            }
+            if report.fenced {
+                out.push_str("\nevery namespace is FENCED: it refuses timestamps until fast-forwarded past the last timestamp issued before the restore (timelock timestamp fast-forward --server URL --namespace NS --timestamp T)");
+            } else if let Some(t) = fast_forward {
+                out.push_str(&format!("\nevery namespace was fast-forwarded past {t}"));
+            }
+            Ok(Some(out))
+        }
+    }
 }
 
 /// Runs a client command; returns what to print on success.

@@ -24,6 +24,7 @@ pub struct Settings {
     pub timestamp: TimestampSettings,
     pub namespaces: NamespaceSettings,
     pub lock: LockSettings,
+    pub backup: BackupSettings,
     pub log: LogSettings,
     pub faults: FaultSettings,
 }
@@ -138,6 +139,22 @@ impl Default for LockSettings {
             max_descriptors_per_request: 100_000,
             max_descriptor_bytes: 65_536,
             max_waiters_per_namespace: 10_000,
+        }
+    }
+}
+
+/// Backups of the server's own state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSettings {
+    /// Where backups are written (online backups, pre-upgrade backups).
+    pub dir: PathBuf,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("var/backups"),
         }
     }
 }
@@ -284,6 +301,11 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// Where backups go.
+    pub fn storage_backups_dir(&self) -> PathBuf {
+        self.backup.dir.clone()
     }
 
     /// The listen address (validated by [`Settings::validate`]).

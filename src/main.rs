@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| None),
             Command::Timestamp(command) => run_timestamp_command(command).await,
             Command::Health { server } => run_health(&server).await.map(Some),
+            Command::Backup(command) => timelock::cli::run_backup_command(command).await,
         }
     });
     match result {

@@ -41,7 +41,28 @@ impl Server {
         let data_dir = settings.storage.data_dir.clone();
         let open_dir = data_dir.clone();
         let min_free = settings.storage.min_free_bytes;
-        let rocks = tokio::task::spawn_blocking(move || RocksStore::open(&open_dir, min_free, None))
+        let backups_dir = settings.storage_backups_dir();
+        let hook_dir = backups_dir.clone();
+        let rocks = tokio::task::spawn_blocking(move || {
+            let pre_upgrade = |db: &rocksdb::DB, from: u32| {
+                tracing::warn!(from, "older on-disk format: taking a pre-upgrade backup first");
+                crate::backup::create(&hook_dir, None, crate::backup::BackupType::PreUpgrade, |target| {
+                    crate::storage::rocks::checkpoint(db, target)
+                })
+                .map(|m| tracing::warn!(backup = %m.name, dir = %hook_dir.display(), "pre-upgrade backup taken"))
+                .map_err(|e| crate::storage::StoreError(format!("pre-upgrade backup failed, not upgrading: {e}")))
+            };
+            RocksStore::open(&open_dir, min_free, Some(&pre_upgrade)).map_err(|e| {
+                // Rolling back to an older binary: name the backup that restores the old format.
+                match crate::backup::latest_pre_upgrade(&hook_dir) {
+                    Some(b) if e.0.contains("newer than this binary") => crate::storage::StoreError(format!(
+                        "{}. The newest pre-upgrade backup is {:?} (taken {} by timelock {}, format {}): timelock backup restore {} --backup-dir {} --data-dir {}",
+                        e.0, b.name, b.created_at, b.server_version, b.format_version, b.name, hook_dir.display(), open_dir.display()
+                    )),
+                    _ => e,
+                }
+            })
+        })
             .await
             .context("store opener task")??;
         let mut store: Arc<dyn BoundStore> = Arc::new(rocks);
@@ -74,6 +95,8 @@ impl Server {
         .context("loading namespaces")?;
         let state = AppState::new(Shared {
             namespaces: Arc::new(namespaces),
+            store: store.clone(),
+            backups_dir: settings.storage_backups_dir(),
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),

@@ -23,6 +23,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 
+pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod lock;
@@ -38,6 +39,10 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub namespaces: Arc<Namespaces>,
+    /// The bound store (for online backups through the admin API).
+    pub store: Arc<dyn crate::storage::BoundStore>,
+    /// Where online backups are written.
+    pub backups_dir: std::path::PathBuf,
     pub metrics: Metrics,
     /// Random per process start (TimeLock's `getServerLifecycleId`).
     pub lifecycle_id: uuid::Uuid,
@@ -91,7 +96,15 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
                 )),
             )
     };
-    let mut router = routes();
+    // Admin routes stay apart from client routes, at the root only, under one prefix that an
+    // admin credential can protect.
+    let mut router = routes().nest(
+        admin::PREFIX,
+        admin::routes().route_layer(axum::middleware::from_fn_with_state(
+            timed.clone(),
+            ops::track_requests,
+        )),
+    );
     let prefix = settings.server.path_prefix.as_str();
     if !prefix.is_empty() {
         router = router.nest(prefix, routes());

@@ -142,8 +142,9 @@ mod tests {
             low_water_mark: 50,
             max_per_request: 10,
         };
+        let store: Arc<dyn crate::storage::BoundStore> = Arc::new(MemoryStore::new());
         let namespaces = Namespaces::load(
-            Arc::new(MemoryStore::new()),
+            store.clone(),
             limits,
             LockLimits::default(),
             10,
@@ -153,6 +154,8 @@ mod tests {
         .unwrap();
         AppState::new(Shared {
             namespaces: Arc::new(namespaces),
+            store,
+            backups_dir: std::path::PathBuf::from("unused"),
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),

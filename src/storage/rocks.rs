@@ -37,7 +37,10 @@ pub struct RocksStore {
 fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
     let text = e.to_string();
     if text.contains("lock") || text.contains("LOCK") {
-        StoreError(format!("data dir {} is in use by another timelock process ({text})", path.display()))
+        StoreError(format!(
+            "data dir {} is in use by another timelock process ({text})",
+            path.display()
+        ))
     } else {
         StoreError(format!("cannot open RocksDB at {}: {text}", path.display()))
     }
@@ -64,7 +67,10 @@ pub fn open_read_only(path: &Path) -> Result<DB, StoreError> {
 
 /// The recorded on-disk format version, if any.
 pub fn read_format_version(db: &DB) -> Result<Option<u32>, StoreError> {
-    match db.get(FORMAT_KEY).map_err(|e| StoreError(format!("reading format version: {e}")))? {
+    match db
+        .get(FORMAT_KEY)
+        .map_err(|e| StoreError(format!("reading format version: {e}")))?
+    {
         None => Ok(None),
         Some(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
             .map(|b| Some(u32::from_be_bytes(b)))
@@ -84,9 +90,13 @@ pub fn read_records(db: &DB) -> Result<Vec<(String, NamespaceRecord)>, StoreErro
     let mode = IteratorMode::From(NAMESPACE_PREFIX, rocksdb::Direction::Forward);
     for item in db.iterator(mode) {
         let (key, value) = item.map_err(|e| StoreError(format!("reading bounds: {e}")))?;
-        let Some(name) = key.strip_prefix(NAMESPACE_PREFIX) else { break };
-        let name = String::from_utf8(name.to_vec()).map_err(|_| StoreError("namespace key is not UTF-8".into()))?;
-        let record = codec::decode(&value).map_err(|e| StoreError(format!("namespace {name:?}: {e}")))?;
+        let Some(name) = key.strip_prefix(NAMESPACE_PREFIX) else {
+            break;
+        };
+        let name = String::from_utf8(name.to_vec())
+            .map_err(|_| StoreError("namespace key is not UTF-8".into()))?;
+        let record =
+            codec::decode(&value).map_err(|e| StoreError(format!("namespace {name:?}: {e}")))?;
         out.push((name, record));
     }
     Ok(out)
@@ -94,8 +104,12 @@ pub fn read_records(db: &DB) -> Result<Vec<(String, NamespaceRecord)>, StoreErro
 
 /// Writes one namespace record (synced).
 pub fn write_record(db: &DB, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError> {
-    db.put_opt(namespace_key(namespace), codec::encode(record), &sync_writes())
-        .map_err(|e| StoreError(format!("synced RocksDB write failed: {e}")))
+    db.put_opt(
+        namespace_key(namespace),
+        codec::encode(record),
+        &sync_writes(),
+    )
+    .map_err(|e| StoreError(format!("synced RocksDB write failed: {e}")))
 }
 
 /// A consistent point-in-time copy of `db` in `target` (which must not exist): hard links where
@@ -103,7 +117,12 @@ pub fn write_record(db: &DB, namespace: &str, record: NamespaceRecord) -> Result
 pub fn checkpoint(db: &DB, target: &Path) -> Result<(), StoreError> {
     rocksdb::checkpoint::Checkpoint::new(db)
         .and_then(|c| c.create_checkpoint(target))
-        .map_err(|e| StoreError(format!("RocksDB checkpoint to {} failed: {e}", target.display())))
+        .map_err(|e| {
+            StoreError(format!(
+                "RocksDB checkpoint to {} failed: {e}",
+                target.display()
+            ))
+        })
 }
 
 fn namespace_key(namespace: &str) -> Vec<u8> {
@@ -123,7 +142,11 @@ impl RocksStore {
     /// built with assertions on, and a WAL write that hits `ENOSPC` aborts the whole process
     /// instead of returning an error. Refusing while a margin is left turns a filling disk into a
     /// clean, per-namespace fail-stop (503, readiness red) instead of a crash.
-    pub fn open(path: &Path, min_free_bytes: u64, before_upgrade: Option<UpgradeHook>) -> Result<Self, StoreError> {
+    pub fn open(
+        path: &Path,
+        min_free_bytes: u64,
+        before_upgrade: Option<UpgradeHook>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError(format!("cannot create data dir {}: {e}", path.display())))?;
         let mut opts = Options::default();
@@ -143,12 +166,20 @@ impl RocksStore {
                 }
                 // Format 0 -> 1 changes no record; the version key is all there is to migrate.
                 write_format_version(&db, FORMAT_VERSION)?;
-                tracing::warn!(from = version, to = FORMAT_VERSION, "upgraded the data dir's on-disk format");
+                tracing::warn!(
+                    from = version,
+                    to = FORMAT_VERSION,
+                    "upgraded the data dir's on-disk format"
+                );
             }
             Some(_) => {}
             None => write_format_version(&db, FORMAT_VERSION)?,
         }
-        Ok(Self { db: Arc::new(db), path: path.to_path_buf(), min_free_bytes })
+        Ok(Self {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+            min_free_bytes,
+        })
     }
 
     /// The open database (for online backups).
