@@ -32,6 +32,9 @@ pub enum Command {
     /// Fetch, fast-forward, invalidate or revalidate a namespace's timestamps on a running server.
     #[command(subcommand)]
     Timestamp(TimestampCommand),
+    /// Migrate namespaces between timestamp services, resumably and reversibly.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Back up, list, inspect, verify and restore the server's own state.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -111,6 +114,88 @@ pub enum TimestampCommand {
         #[command(flatten)]
         source: TimestampSource,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StateDir {
+    /// Directory holding migration state files.
+    #[arg(long, default_value = crate::migrate::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateCommand {
+    /// Migrate: per namespace, check both ends, block the source (invalidate: returns its bound),
+    /// fast-forward the destination past it, and verify. SRC and DST are server URLs or
+    /// file:PATH (a file holding a timestamp).
+    Start {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Namespaces to migrate (repeat the flag).
+        #[arg(long = "namespace", required = true)]
+        namespaces: Vec<String>,
+        /// Rename: the destination namespace (with exactly one --namespace).
+        #[arg(long)]
+        to_namespace: Option<String>,
+        /// Allow `migrate reverse` later (both sides must be servers).
+        #[arg(long)]
+        reversible: bool,
+        /// Confirm the source's clients are stopped (needed when it cannot be invalidated).
+        #[arg(long)]
+        source_is_offline: bool,
+        #[command(flatten)]
+        dir: StateDir,
+    },
+    /// Continue a migration (after a crash) from its last recorded step.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        dir: StateDir,
+    },
+    /// Reverse a committed --reversible migration: the old side takes over again.
+    Reverse {
+        id: String,
+        #[command(flatten)]
+        dir: StateDir,
+    },
+    /// Show a migration's state, progress and direction mapping (JSON).
+    Status {
+        id: String,
+        #[command(flatten)]
+        dir: StateDir,
+    },
+}
+
+/// Runs a migrate command; returns what to print.
+pub async fn run_migrate_command(command: MigrateCommand) -> anyhow::Result<Option<String>> {
+    use crate::migrate::{self, Side, StartRequest};
+    let m = match command {
+        MigrateCommand::Start {
+            from,
+            to,
+            namespaces,
+            to_namespace,
+            reversible,
+            source_is_offline,
+            dir,
+        } => {
+            let request = StartRequest {
+                from: Side::parse(&from)?,
+                to: Side::parse(&to)?,
+                namespaces,
+                to_namespace,
+                reversible,
+                source_is_offline,
+            };
+            migrate::start(&dir.state_dir, request).await?
+        }
+        MigrateCommand::Resume { id, dir } => migrate::resume(&dir.state_dir, &id).await?,
+        MigrateCommand::Reverse { id, dir } => migrate::reverse(&dir.state_dir, &id).await?,
+        MigrateCommand::Status { id, dir } => migrate::load(&dir.state_dir, &id)?,
+    };
+    Ok(Some(serde_json::to_string_pretty(&m)?))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -521,12 +606,13 @@ pub fn write_file_durably(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Client {
+/// The HTTP client of the CLI commands (no automatic redirects: see [`Client::call`]).
+pub(crate) struct Client {
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
@@ -537,7 +623,12 @@ impl Client {
 
     /// Sends the request to `base`/`path`, following up to 3 leader redirects. Returns the body
     /// of a 2xx response; anything else becomes an error that says what happened.
-    async fn call(&self, method: Method, base: &str, path: &str) -> anyhow::Result<String> {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+    ) -> anyhow::Result<String> {
         let mut base = base.trim_end_matches('/').to_string();
         for _ in 0..4 {
             let url = format!("{base}/{path}");

@@ -22,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod lock;
 pub mod metrics;
+pub mod migrate;
 pub mod namespaces;
 pub mod server;
 pub mod storage;

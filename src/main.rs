@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             Command::Timestamp(command) => run_timestamp_command(command).await,
             Command::Health { server } => run_health(&server).await.map(Some),
             Command::Backup(command) => timelock::cli::run_backup_command(command).await,
+            Command::Migrate(command) => timelock::cli::run_migrate_command(command).await,
         }
     });
     match result {

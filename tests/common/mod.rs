@@ -31,6 +31,7 @@ impl TestServer {
     /// Like [`TestServer::start`] with logs and the port file in `work`.
     pub fn start_in(data_dir: &Path, work: &Path, env: &[(&str, &str)]) -> Self {
         let work = work.to_path_buf();
+        std::fs::create_dir_all(&work).expect("work dir");
         let mut server = Self {
             child: None,
             port: 0,

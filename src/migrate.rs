@@ -1,0 +1,461 @@
+//! Migrating namespaces between timestamp services as one resumable command.
+//!
+//! A side is either a TimeLock-compatible server (`http://host:port`, this server or Palantir's)
+//! or a file holding one decimal timestamp (`file:PATH`: the embedded service's side, where the
+//! operator wrote the key-value store's bound, or where the restore timestamp should land).
+//!
+//! Per namespace the forward steps are: check both ends; block the source (invalidate it, which
+//! returns its durable bound atomically — or, for a source that cannot be invalidated, take a
+//! fresh timestamp and require `--source-is-offline`); fast-forward the destination past that
+//! bound; verify that a fresh destination timestamp is greater. Every step is recorded in a
+//! state file before the next begins, so a crashed tool resumes (`migrate resume ID`) without
+//! doing a step twice; the steps are idempotent besides (invalidate returns the same bound,
+//! fast-forward never lowers).
+//!
+//! A `--reversible` migration in `COMMITTED` can be reversed (`migrate reverse ID`): block the new
+//! side, revalidate the old side past everything the new side issued, verify, and record the swap
+//! of the direction mapping — the mongosync `reverse` endpoint's semantics for timestamps.
+//! Reversing twice brings you back.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{read_timestamp_file, write_file_durably, Client};
+
+/// Where the state of migrations is kept by default.
+pub const DEFAULT_STATE_DIR: &str = "var/migrations";
+
+/// One side of a migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Side {
+    Server { url: String },
+    File { path: PathBuf },
+}
+
+impl Side {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Some(path) = text.strip_prefix("file:") {
+            return Ok(Side::File {
+                path: PathBuf::from(path),
+            });
+        }
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Ok(Side::Server {
+                url: text.trim_end_matches('/').to_string(),
+            });
+        }
+        bail!("{text:?} is neither a server URL (http://host:port) nor a file (file:PATH)")
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Side::Server { url } => url.clone(),
+            Side::File { path } => format!("file:{}", path.display()),
+        }
+    }
+}
+
+/// Where a migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MigrationState {
+    Running,
+    Committed,
+    Reversing,
+}
+
+/// Progress of one namespace, in step order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Pending,
+    Checked,
+    SourceBlocked,
+    DestinationForwarded,
+    Verified,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceProgress {
+    pub source_namespace: String,
+    pub destination_namespace: String,
+    pub step: Step,
+    /// The highest timestamp the source can have issued (its bound when blocked).
+    pub source_bound: Option<i64>,
+    /// The fresh destination timestamp that proved the destination is past the bound.
+    pub verified_timestamp: Option<i64>,
+}
+
+/// The persisted migration, what `migrate status` and the admin view show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    pub id: String,
+    pub state: MigrationState,
+    pub reversible: bool,
+    pub source_is_offline: bool,
+    /// Which side is the source now (swapped by each reverse).
+    pub direction_mapping: DirectionMapping,
+    pub namespaces: Vec<NamespaceProgress>,
+    /// Every step taken, in order, with what it found.
+    pub log: Vec<String>,
+    pub reversals: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectionMapping {
+    pub source: Side,
+    pub destination: Side,
+    /// May clients write (take timestamps) there? Only the destination, once committed.
+    pub source_writable: bool,
+    pub destination_writable: bool,
+}
+
+/// What `migrate start` was asked.
+pub struct StartRequest {
+    pub from: Side,
+    pub to: Side,
+    pub namespaces: Vec<String>,
+    pub to_namespace: Option<String>,
+    pub reversible: bool,
+    pub source_is_offline: bool,
+}
+
+fn state_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.json"))
+}
+
+fn save(dir: &Path, m: &Migration) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_file_durably(&state_path(dir, &m.id), &serde_json::to_string_pretty(m)?)
+}
+
+/// Reads a migration's state.
+pub fn load(dir: &Path, id: &str) -> anyhow::Result<Migration> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("invalid migration id {id:?}");
+    }
+    let path = state_path(dir, id);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no migration {id:?} in {}", dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))
+}
+
+/// Test hook: `TIMELOCK_MIGRATE_CRASH_AFTER=<step>` stops the tool right after that step is
+/// recorded, as a crash would.
+fn maybe_crash(step: Step) {
+    if let Ok(want) = std::env::var("TIMELOCK_MIGRATE_CRASH_AFTER") {
+        let name = serde_json::to_value(step)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string));
+        if name.as_deref() == Some(want.as_str()) {
+            eprintln!("TIMELOCK_MIGRATE_CRASH_AFTER={want}: stopping abruptly");
+            std::process::exit(70);
+        }
+    }
+}
+
+/// Starts a migration and runs it to `COMMITTED`.
+pub async fn start(dir: &Path, request: StartRequest) -> anyhow::Result<Migration> {
+    if request.namespaces.is_empty() {
+        bail!("name at least one --namespace");
+    }
+    if request.to_namespace.is_some() && request.namespaces.len() != 1 {
+        bail!("--to-namespace renames exactly one --namespace");
+    }
+    for ns in request.namespaces.iter().chain(request.to_namespace.iter()) {
+        crate::namespaces::validate_name(ns).map_err(|e| anyhow!("{e}"))?;
+    }
+    if matches!(request.from, Side::File { .. }) && !request.source_is_offline {
+        bail!("a file source is an embedded timestamp service: stop its clients and confirm with --source-is-offline");
+    }
+    if request.reversible
+        && (!matches!(request.from, Side::Server { .. })
+            || !matches!(request.to, Side::Server { .. }))
+    {
+        bail!("--reversible needs servers on both sides (a file cannot be blocked or revalidated)");
+    }
+    let id = format!(
+        "{}-{}",
+        crate::backup::utc_rfc3339(std::time::SystemTime::now())
+            .replace([':', '-'], "")
+            .to_lowercase(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let namespaces = request
+        .namespaces
+        .iter()
+        .map(|ns| NamespaceProgress {
+            source_namespace: ns.clone(),
+            destination_namespace: request.to_namespace.clone().unwrap_or_else(|| ns.clone()),
+            step: Step::Pending,
+            source_bound: None,
+            verified_timestamp: None,
+        })
+        .collect();
+    let mut m = Migration {
+        id,
+        state: MigrationState::Running,
+        reversible: request.reversible,
+        source_is_offline: request.source_is_offline,
+        direction_mapping: DirectionMapping {
+            source: request.from,
+            destination: request.to,
+            source_writable: true,
+            destination_writable: false,
+        },
+        namespaces,
+        log: Vec::new(),
+        reversals: 0,
+    };
+    m.log.push(format!(
+        "started: {} -> {}",
+        m.direction_mapping.source.describe(),
+        m.direction_mapping.destination.describe()
+    ));
+    save(dir, &m)?;
+    eprintln!(
+        "migration {} recorded in {}",
+        m.id,
+        state_path(dir, &m.id).display()
+    );
+    run(dir, m).await
+}
+
+/// Continues a migration from its last recorded step.
+pub async fn resume(dir: &Path, id: &str) -> anyhow::Result<Migration> {
+    let m = load(dir, id)?;
+    match m.state {
+        MigrationState::Committed => Ok(m),
+        MigrationState::Running | MigrationState::Reversing => run(dir, m).await,
+    }
+}
+
+async fn run(dir: &Path, mut m: Migration) -> anyhow::Result<Migration> {
+    let client = Client::new()?;
+    let source = m.direction_mapping.source.clone();
+    let destination = m.direction_mapping.destination.clone();
+    let reversing = m.state == MigrationState::Reversing;
+    for i in 0..m.namespaces.len() {
+        let (src_ns, dst_ns) = (
+            m.namespaces[i].source_namespace.clone(),
+            m.namespaces[i].destination_namespace.clone(),
+        );
+        if m.namespaces[i].step < Step::Checked {
+            check(&client, &source, &src_ns).await?;
+            check(&client, &destination, &dst_ns).await?;
+            record(
+                dir,
+                &mut m,
+                i,
+                Step::Checked,
+                format!("{src_ns} -> {dst_ns}: both ends reachable"),
+            )?;
+        }
+        if m.namespaces[i].step < Step::SourceBlocked {
+            let bound =
+                block_source(&client, &source, &src_ns, m.source_is_offline && !reversing).await?;
+            m.namespaces[i].source_bound = Some(bound);
+            record(
+                dir,
+                &mut m,
+                i,
+                Step::SourceBlocked,
+                format!("{src_ns}: source blocked at bound {bound}"),
+            )?;
+        }
+        let bound = m.namespaces[i]
+            .source_bound
+            .expect("recorded with SourceBlocked");
+        if m.namespaces[i].step < Step::DestinationForwarded {
+            forward_destination(&client, &destination, &dst_ns, bound, reversing).await?;
+            record(
+                dir,
+                &mut m,
+                i,
+                Step::DestinationForwarded,
+                format!("{dst_ns}: destination moved past {bound}"),
+            )?;
+        }
+        if m.namespaces[i].step < Step::Verified {
+            let verified = match &destination {
+                Side::Server { url } => {
+                    let fresh = fetch(&client, url, &dst_ns).await?;
+                    if fresh <= bound {
+                        bail!("verification failed: {url} issued {fresh} for {dst_ns}, not above the source bound {bound}; the destination is NOT safe to use");
+                    }
+                    Some(fresh)
+                }
+                Side::File { .. } => None,
+            };
+            m.namespaces[i].verified_timestamp = verified;
+            record(
+                dir,
+                &mut m,
+                i,
+                Step::Verified,
+                format!("{dst_ns}: verified (fresh timestamp {verified:?} > {bound})"),
+            )?;
+        }
+    }
+    if reversing {
+        m.reversals += 1;
+        m.log
+            .push("reverse complete: direction mapping swapped".into());
+    }
+    m.state = MigrationState::Committed;
+    m.direction_mapping.source_writable = false;
+    m.direction_mapping.destination_writable = true;
+    m.log.push("committed".into());
+    save(dir, &m)?;
+    Ok(m)
+}
+
+fn record(dir: &Path, m: &mut Migration, i: usize, step: Step, what: String) -> anyhow::Result<()> {
+    m.namespaces[i].step = step;
+    eprintln!("{what}");
+    m.log.push(what);
+    save(dir, m)?;
+    maybe_crash(step);
+    Ok(())
+}
+
+async fn check(client: &Client, side: &Side, ns: &str) -> anyhow::Result<()> {
+    match side {
+        Side::Server { url } => {
+            let body = client
+                .call(
+                    reqwest::Method::GET,
+                    url,
+                    &format!("{ns}/timestamp-management/ping"),
+                )
+                .await?;
+            if body.trim() != "pong" {
+                bail!("{url} did not answer ping with pong for {ns}: {body:?}");
+            }
+            Ok(())
+        }
+        Side::File { path } => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !parent.is_dir() {
+                    bail!("directory of {} does not exist", path.display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn fetch(client: &Client, url: &str, ns: &str) -> anyhow::Result<i64> {
+    let body = client
+        .call(
+            reqwest::Method::POST,
+            url,
+            &format!("{ns}/timestamp/fresh-timestamp"),
+        )
+        .await?;
+    body.trim()
+        .parse()
+        .map_err(|_| anyhow!("{url} returned {body:?}, not a timestamp"))
+}
+
+/// Blocks the source and returns the highest timestamp it can have issued.
+async fn block_source(
+    client: &Client,
+    side: &Side,
+    ns: &str,
+    source_is_offline: bool,
+) -> anyhow::Result<i64> {
+    match side {
+        Side::File { path } => read_timestamp_file(path),
+        Side::Server { url } => {
+            match client
+                .call(
+                    reqwest::Method::POST,
+                    url,
+                    &format!("{ns}/timestamp-management/invalidate"),
+                )
+                .await
+            {
+                Ok(body) => body
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow!("{url} returned {body:?} for invalidate, not a bound")),
+                Err(e) if e.to_string().contains("HTTP 404") => {
+                    if !source_is_offline {
+                        bail!("{url} cannot be invalidated (it has no invalidate endpoint, e.g. Palantir's TimeLock): stop its clients and re-run with --source-is-offline");
+                    }
+                    let fresh = fetch(client, url, ns).await?;
+                    eprintln!("{url} cannot be invalidated; source confirmed offline, using a fresh timestamp {fresh}");
+                    Ok(fresh)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Moves the destination past `bound` (revalidating it when reversing onto the old side).
+async fn forward_destination(
+    client: &Client,
+    side: &Side,
+    ns: &str,
+    bound: i64,
+    revalidate: bool,
+) -> anyhow::Result<()> {
+    match side {
+        Side::File { path } => write_file_durably(path, &format!("{bound}\n")),
+        Side::Server { url } => {
+            let verb = if revalidate {
+                "revalidate"
+            } else {
+                "fast-forward"
+            };
+            client
+                .call(
+                    reqwest::Method::POST,
+                    url,
+                    &format!("{ns}/timestamp-management/{verb}?currentTimestamp={bound}"),
+                )
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// Reverses a committed reversible migration: the destination becomes the source again.
+pub async fn reverse(dir: &Path, id: &str) -> anyhow::Result<Migration> {
+    let mut m = load(dir, id)?;
+    if !m.reversible {
+        bail!("migration {id} was not started with --reversible");
+    }
+    if m.state != MigrationState::Committed {
+        bail!(
+            "migration {id} is {:?}, not COMMITTED: resume it first (timelock migrate resume {id})",
+            m.state
+        );
+    }
+    let old = m.direction_mapping.clone();
+    m.direction_mapping = DirectionMapping {
+        source: old.destination,
+        destination: old.source,
+        source_writable: true,
+        destination_writable: false,
+    };
+    for ns in &mut m.namespaces {
+        std::mem::swap(&mut ns.source_namespace, &mut ns.destination_namespace);
+        ns.step = Step::Pending;
+        ns.source_bound = None;
+        ns.verified_timestamp = None;
+    }
+    m.state = MigrationState::Reversing;
+    m.log
+        .push("REVERSING: blocking the new side and moving the old side past it".into());
+    save(dir, &m)?;
+    run(dir, m).await
+}
