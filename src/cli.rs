@@ -621,6 +621,23 @@ impl Client {
         Ok(Self { http })
     }
 
+    /// PUTs a JSON body to `base`/`path` (no redirects followed); Ok on 2xx.
+    pub(crate) async fn put_json(&self, base: &str, path: &str, body: &str) -> anyhow::Result<()> {
+        let url = format!("{}/{path}", base.trim_end_matches('/'));
+        let response = self
+            .http
+            .put(&url)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            bail!("{url} answered HTTP {}", response.status())
+        }
+    }
+
     /// Sends the request to `base`/`path`, following up to 3 leader redirects. Returns the body
     /// of a 2xx response; anything else becomes an error that says what happened.
     pub(crate) async fn call(

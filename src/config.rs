@@ -25,6 +25,7 @@ pub struct Settings {
     pub namespaces: NamespaceSettings,
     pub lock: LockSettings,
     pub backup: BackupSettings,
+    pub migration: MigrationSettings,
     pub log: LogSettings,
     pub faults: FaultSettings,
 }
@@ -155,6 +156,23 @@ impl Default for BackupSettings {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("var/backups"),
+        }
+    }
+}
+
+/// Migrations between timestamp services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationSettings {
+    /// Where this server keeps the state that `timelock migrate` reports to it, served at
+    /// `/admin/migrations`.
+    pub dir: PathBuf,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("var/migrations"),
         }
     }
 }

@@ -130,7 +130,21 @@ fn state_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.json"))
 }
 
-fn save(dir: &Path, m: &Migration) -> anyhow::Result<()> {
+/// Every migration recorded in `dir` (unreadable files are skipped).
+pub fn list(dir: &Path) -> Vec<Migration> {
+    let mut out: Vec<Migration> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Writes a migration's state durably.
+pub fn save(dir: &Path, m: &Migration) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_file_durably(&state_path(dir, &m.id), &serde_json::to_string_pretty(m)?)
 }
@@ -250,24 +264,28 @@ async fn run(dir: &Path, mut m: Migration) -> anyhow::Result<Migration> {
             check(&client, &source, &src_ns).await?;
             check(&client, &destination, &dst_ns).await?;
             record(
+                &client,
                 dir,
                 &mut m,
                 i,
                 Step::Checked,
                 format!("{src_ns} -> {dst_ns}: both ends reachable"),
-            )?;
+            )
+            .await?;
         }
         if m.namespaces[i].step < Step::SourceBlocked {
             let bound =
                 block_source(&client, &source, &src_ns, m.source_is_offline && !reversing).await?;
             m.namespaces[i].source_bound = Some(bound);
             record(
+                &client,
                 dir,
                 &mut m,
                 i,
                 Step::SourceBlocked,
                 format!("{src_ns}: source blocked at bound {bound}"),
-            )?;
+            )
+            .await?;
         }
         let bound = m.namespaces[i]
             .source_bound
@@ -275,12 +293,14 @@ async fn run(dir: &Path, mut m: Migration) -> anyhow::Result<Migration> {
         if m.namespaces[i].step < Step::DestinationForwarded {
             forward_destination(&client, &destination, &dst_ns, bound, reversing).await?;
             record(
+                &client,
                 dir,
                 &mut m,
                 i,
                 Step::DestinationForwarded,
                 format!("{dst_ns}: destination moved past {bound}"),
-            )?;
+            )
+            .await?;
         }
         if m.namespaces[i].step < Step::Verified {
             let verified = match &destination {
@@ -295,12 +315,14 @@ async fn run(dir: &Path, mut m: Migration) -> anyhow::Result<Migration> {
             };
             m.namespaces[i].verified_timestamp = verified;
             record(
+                &client,
                 dir,
                 &mut m,
                 i,
                 Step::Verified,
                 format!("{dst_ns}: verified (fresh timestamp {verified:?} > {bound})"),
-            )?;
+            )
+            .await?;
         }
     }
     if reversing {
@@ -313,16 +335,44 @@ async fn run(dir: &Path, mut m: Migration) -> anyhow::Result<Migration> {
     m.direction_mapping.destination_writable = true;
     m.log.push("committed".into());
     save(dir, &m)?;
+    report(&client, &m).await;
     Ok(m)
 }
 
-fn record(dir: &Path, m: &mut Migration, i: usize, step: Step, what: String) -> anyhow::Result<()> {
+async fn record(
+    client: &Client,
+    dir: &Path,
+    m: &mut Migration,
+    i: usize,
+    step: Step,
+    what: String,
+) -> anyhow::Result<()> {
     m.namespaces[i].step = step;
     eprintln!("{what}");
     m.log.push(what);
     save(dir, m)?;
+    report(client, m).await;
     maybe_crash(step);
     Ok(())
+}
+
+/// Tells every server involved where the migration stands (`PUT /admin/migrations/{id}`), for
+/// their admin view. Best effort: servers without the endpoint (Palantir's) are skipped.
+async fn report(client: &Client, m: &Migration) {
+    let body = serde_json::to_string(m).expect("migration serialises");
+    for side in [
+        &m.direction_mapping.source,
+        &m.direction_mapping.destination,
+    ] {
+        if let Side::Server { url } = side {
+            if let Err(e) = client
+                .put_json(url, &format!("admin/migrations/{}", m.id), &body)
+                .await
+            {
+                tracing::debug!(%url, error = %e, "could not report migration progress");
+            }
+        }
+    }
 }
 
 async fn check(client: &Client, side: &Side, ns: &str) -> anyhow::Result<()> {

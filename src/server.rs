@@ -97,6 +97,7 @@ impl Server {
             namespaces: Arc::new(namespaces),
             store: store.clone(),
             backups_dir: settings.storage_backups_dir(),
+            migrations_dir: settings.migration.dir.clone(),
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),

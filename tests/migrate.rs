@@ -85,6 +85,15 @@ async fn forward_reverse_and_reverse_again() {
     assert_eq!(m["directionMapping"]["destinationWritable"], true);
     assert_eq!(m["namespaces"][0]["step"], "verified");
     let id = m["id"].as_str().unwrap().to_string();
+    // Both servers show where the migration stands on their admin API.
+    for server in [&a, &b] {
+        let view = get(server, &format!("/admin/migrations/{id}")).await.json();
+        assert_eq!(view, m, "admin view matches the tool's state");
+        assert_eq!(
+            get(server, "/admin/migrations").await.json()[0]["id"],
+            id.as_str()
+        );
+    }
     assert_refuses_invalidated(post(&a, "/app/timestamp/fresh-timestamp").await);
     for _ in 0..5 {
         observe(fresh(&b, "app").await);

@@ -5,14 +5,17 @@
 //!   `metadata.json`) of the live data dir, type `on-demand`; answers its metadata.
 //! * `GET /admin/backups` — every backup's metadata, oldest first.
 //! * `GET /admin/backups/{name}` — one backup's metadata.
+//! * `PUT /admin/migrations/{id}` — `timelock migrate` reports its state after every step to each
+//!   server involved; `GET /admin/migrations[/{id}]` shows it (state, per-namespace progress,
+//!   direction mapping, which side may be written).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
-use super::extract::query_str;
-use super::{json, AppState};
+use super::extract::{query_str, JsonBody};
+use super::{json, no_content, AppState};
 use crate::backup::{self, BackupError, BackupType};
 use crate::error::TimelockError;
 
@@ -22,6 +25,11 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/backups", get(list_backups).post(create_backup))
         .route("/backups/{name}", get(show_backup))
+        .route("/migrations", get(list_migrations))
+        .route(
+            "/migrations/{id}",
+            get(show_migration).put(report_migration),
+        )
 }
 
 fn to_error(e: BackupError) -> TimelockError {
@@ -60,4 +68,36 @@ async fn show_backup(
     Ok(json(
         &backup::show(&state.backups_dir, &name).map_err(to_error)?,
     ))
+}
+
+async fn report_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(migration): JsonBody<crate::migrate::Migration>,
+) -> Result<Response, TimelockError> {
+    if migration.id != id {
+        return Err(TimelockError::InvalidArgument(format!(
+            "body is migration {:?}, path says {id:?}",
+            migration.id
+        )));
+    }
+    let dir = state.migrations_dir.clone();
+    tokio::task::spawn_blocking(move || crate::migrate::save(&dir, &migration))
+        .await
+        .map_err(|e| TimelockError::Storage(format!("migration writer failed: {e}")))?
+        .map_err(|e| TimelockError::InvalidArgument(format!("{e:#}")))?;
+    Ok(no_content())
+}
+
+async fn show_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, TimelockError> {
+    let m = crate::migrate::load(&state.migrations_dir, &id)
+        .map_err(|e| TimelockError::InvalidArgument(format!("{e:#}")))?;
+    Ok(json(&m))
+}
+
+async fn list_migrations(State(state): State<AppState>) -> Result<Response, TimelockError> {
+    Ok(json(&crate::migrate::list(&state.migrations_dir)))
 }

@@ -43,6 +43,8 @@ pub struct Shared {
     pub store: Arc<dyn crate::storage::BoundStore>,
     /// Where online backups are written.
     pub backups_dir: std::path::PathBuf,
+    /// Where reported migration progress is kept.
+    pub migrations_dir: std::path::PathBuf,
     pub metrics: Metrics,
     /// Random per process start (TimeLock's `getServerLifecycleId`).
     pub lifecycle_id: uuid::Uuid,

@@ -156,6 +156,7 @@ mod tests {
             namespaces: Arc::new(namespaces),
             store,
             backups_dir: std::path::PathBuf::from("unused"),
+            migrations_dir: std::path::PathBuf::from("unused"),
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),

@@ -63,6 +63,8 @@ impl TestServer {
             .arg("--port-file")
             .arg(&port_file)
             .env_remove("RUST_LOG")
+            // Relative defaults (var/backups, var/migrations) land in the test's own directory.
+            .current_dir(&self.work)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
