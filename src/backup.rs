@@ -351,6 +351,22 @@ pub fn list(backups_dir: &Path) -> Result<Vec<BackupMetadata>, BackupError> {
     Ok(out)
 }
 
+/// Deletes the oldest `scheduled` backups beyond `keep`; returns the names deleted.
+pub fn prune_scheduled(backups_dir: &Path, keep: usize) -> Result<Vec<String>, BackupError> {
+    let scheduled: Vec<BackupMetadata> = list(backups_dir)?
+        .into_iter()
+        .filter(|b| b.backup_type == BackupType::Scheduled)
+        .collect();
+    let excess = scheduled.len().saturating_sub(keep);
+    let mut deleted = Vec::new();
+    for old in scheduled.into_iter().take(excess) {
+        let dir = backups_dir.join(&old.name);
+        fs::remove_dir_all(&dir).map_err(io(format!("deleting {}", dir.display())))?;
+        deleted.push(old.name);
+    }
+    Ok(deleted)
+}
+
 /// The newest pre-upgrade backup, if any (what to roll back to after a failed upgrade).
 pub fn latest_pre_upgrade(backups_dir: &Path) -> Option<BackupMetadata> {
     list(backups_dir)

@@ -150,13 +150,49 @@ impl Default for LockSettings {
 pub struct BackupSettings {
     /// Where backups are written (online backups, pre-upgrade backups).
     pub dir: PathBuf,
+    /// Take a `scheduled` backup this often: a number with a unit, `30s`, `15m`, `6h`, `1d`.
+    /// Empty: no schedule.
+    pub schedule: String,
+    /// How many scheduled backups to keep; older ones are deleted (other types never are).
+    pub keep: usize,
 }
 
 impl Default for BackupSettings {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("var/backups"),
+            schedule: String::new(),
+            keep: 7,
         }
+    }
+}
+
+impl BackupSettings {
+    /// The schedule interval, if one is configured.
+    pub fn schedule_interval(&self) -> Result<Option<std::time::Duration>, ConfigError> {
+        let text = self.schedule.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "backup.schedule must look like 30s, 15m, 6h or 1d, got {text:?}"
+            ))
+        };
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n.checked_mul(60).ok_or_else(bad)?,
+            "h" => n.checked_mul(3600).ok_or_else(bad)?,
+            "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        if secs == 0 {
+            return Err(bad());
+        }
+        Ok(Some(std::time::Duration::from_secs(secs)))
     }
 }
 
@@ -310,6 +346,10 @@ impl Settings {
         {
             return invalid("lock.reaper_interval_ms and the lock limits must be positive".into());
         }
+        self.backup.schedule_interval()?;
+        if self.backup.keep == 0 {
+            return invalid("backup.keep must be at least 1".into());
+        }
         if self.namespaces.max == 0 {
             return invalid("namespaces.max must be at least 1".into());
         }
@@ -374,6 +414,30 @@ mod tests {
         let s = Settings::load_with_env(None, &overrides, env).unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:2");
         assert_eq!(s.timestamp.reservation, 5000);
+    }
+
+    #[test]
+    fn backup_schedules() {
+        let with = |schedule: &str| BackupSettings {
+            schedule: schedule.into(),
+            ..BackupSettings::default()
+        };
+        assert_eq!(with("").schedule_interval().unwrap(), None);
+        assert_eq!(
+            with("30s").schedule_interval().unwrap(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            with("6h").schedule_interval().unwrap(),
+            Some(std::time::Duration::from_secs(21_600))
+        );
+        assert_eq!(
+            with("1d").schedule_interval().unwrap(),
+            Some(std::time::Duration::from_secs(86_400))
+        );
+        for bad in ["0s", "h", "5", "5 weeks", "-1h", "99999999999999999999d"] {
+            assert!(with(bad).schedule_interval().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct Server {
     data_dir: PathBuf,
     store_description: String,
     reaper_interval: std::time::Duration,
+    backup_schedule: Option<(std::time::Duration, usize)>,
 }
 
 impl Server {
@@ -114,6 +115,10 @@ impl Server {
             data_dir,
             store_description: store.describe(),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
+            backup_schedule: settings
+                .backup
+                .schedule_interval()?
+                .map(|every| (every, settings.backup.keep)),
         })
     }
 
@@ -153,6 +158,10 @@ impl Server {
             }
         });
         let _stop_reaper = AbortOnDrop(reaper);
+        let _stop_backups = self.backup_schedule.map(|(every, keep)| {
+            let state = self.state.clone();
+            AbortOnDrop(tokio::spawn(scheduled_backups(state, every, keep)))
+        });
         let listener = self.listener.tap_io(|tcp| {
             // Small request/response pairs on keep-alive connections: never wait for Nagle.
             let _ = tcp.set_nodelay(true);
@@ -165,6 +174,33 @@ impl Server {
             })
             .await
             .context("serving HTTP")
+    }
+}
+
+/// Takes a `scheduled` backup every `every` and keeps the newest `keep` of them. A failed backup
+/// is logged and retried at the next tick; it never affects serving.
+async fn scheduled_backups(state: AppState, every: std::time::Duration, keep: usize) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (store, dir) = (state.store.clone(), state.backups_dir.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let made =
+                crate::backup::create(&dir, None, crate::backup::BackupType::Scheduled, |t| {
+                    store.checkpoint(t)
+                })?;
+            let pruned = crate::backup::prune_scheduled(&dir, keep)?;
+            Ok::<_, crate::backup::BackupError>((made.name, pruned))
+        })
+        .await;
+        match result {
+            Ok(Ok((name, pruned))) => {
+                tracing::info!(backup = %name, ?pruned, "scheduled backup taken")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduled backup failed"),
+            Err(e) => tracing::error!(error = %e, "scheduled backup task failed"),
+        }
     }
 }
 

@@ -402,3 +402,42 @@ async fn format_upgrade_takes_a_pre_upgrade_backup_and_a_newer_format_refuses_to
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn scheduled_backups_are_taken_and_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    let env = [
+        ("TIMELOCK__BACKUP__DIR", s(&backups)),
+        ("TIMELOCK__BACKUP__SCHEDULE", "1s"),
+        ("TIMELOCK__BACKUP__KEEP", "2"),
+    ];
+    let server = TestServer::start(&data, &env);
+    post(&server, "/ns/timestamp/fresh-timestamp").await;
+    let on_demand = get(&server, "/admin/backups").await;
+    assert_eq!(on_demand.json(), serde_json::json!([]));
+    let r = send(client().post(server.url("/admin/backups?name=manual"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(4_300)).await;
+    let all = timelock::backup::list(&backups).unwrap();
+    let scheduled: Vec<_> = all
+        .iter()
+        .filter(|b| b.backup_type == timelock::backup::BackupType::Scheduled)
+        .collect();
+    assert_eq!(
+        scheduled.len(),
+        2,
+        "keep = 2: {:?}",
+        all.iter().map(|b| &b.name).collect::<Vec<_>>()
+    );
+    assert!(
+        all.iter().any(|b| b.name == "manual"),
+        "on-demand backups are never pruned"
+    );
+    assert_eq!(
+        get(&server, "/admin/backups/manual").await.json()["type"],
+        "on-demand"
+    );
+    assert!(server.log().contains("scheduled backup taken"));
+}
