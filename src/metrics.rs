@@ -9,6 +9,8 @@ use prometheus::{
 
 #[derive(Clone)]
 pub struct Metrics {
+    /// Unique per `Metrics::new`, so per-thread caches of label handles never mix registries.
+    pub id: u64,
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
@@ -126,7 +128,9 @@ impl Metrics {
         ] {
             registry.register(m).expect("register metric");
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             registry,
             http_requests,
             http_latency,

@@ -11,7 +11,10 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use prometheus::{Histogram, IntCounter};
+
+use crate::metrics::Metrics;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -106,16 +109,53 @@ pub async fn track_requests(
         .as_ref()
         .map(MatchedPath::as_str)
         .unwrap_or("unmatched");
-    let metrics = &tracking.state.metrics;
-    metrics
-        .http_requests
-        .with_label_values(&[route, method.as_str(), response.status().as_str()])
-        .inc();
-    metrics
-        .http_latency
-        .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
+    record(
+        &tracking.state.metrics,
+        route,
+        &method,
+        response.status(),
+        started.elapsed().as_secs_f64(),
+    );
     response
+}
+
+type Handles = Vec<(u64, Method, u16, IntCounter, Histogram)>;
+
+thread_local! {
+    /// Label handles resolved before on this thread, by route template, then by registry,
+    /// method and status: the hot path skips the metric vectors' shared locks and label hashing.
+    /// Bounded by routes × methods × statuses.
+    static HANDLES: std::cell::RefCell<std::collections::HashMap<Box<str>, Handles>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn record(metrics: &Metrics, route: &str, method: &Method, status: StatusCode, seconds: f64) {
+    let code = status.as_u16();
+    HANDLES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if !cache.contains_key(route) {
+            cache.insert(route.into(), Vec::new());
+        }
+        let handles = cache.get_mut(route).expect("just inserted");
+        let found = handles
+            .iter()
+            .position(|(id, m, c, _, _)| *id == metrics.id && m == method && *c == code);
+        let index = found.unwrap_or_else(|| {
+            handles.push((
+                metrics.id,
+                method.clone(),
+                code,
+                metrics
+                    .http_requests
+                    .with_label_values(&[route, method.as_str(), status.as_str()]),
+                metrics.http_latency.with_label_values(&[route]),
+            ));
+            handles.len() - 1
+        });
+        let (_, _, _, count, latency) = &handles[index];
+        count.inc();
+        latency.observe(seconds);
+    });
 }
 
 #[cfg(test)]
