@@ -1,16 +1,19 @@
 //! HTTP load harness: throughput of the real timelock `fresh-timestamp` endpoint relative to a
 //! constant-response axum handler, measured in one process and one run.
 //!
-//! By default two servers run side by side, each on its own multi-thread tokio runtime:
+//! By default four targets run side by side, each on its own multi-thread tokio runtime:
 //! * `constant` — a bare axum `Router` with one POST route (same path template as timelock's)
 //!   answering the JSON number `1`, served with `axum::serve` and TCP_NODELAY: the floor of what
 //!   axum + hyper + the loopback TCP stack cost per request;
 //! * `timelock` — `timelock::server::Server::bind` with default settings (everything
 //!   `http::app` adds: prefix copy, request-metrics middleware, body limit, namespace registry,
-//!   allocator), its RocksDB data dir in a temporary directory on a real disk.
+//!   allocator), its RocksDB data dir in a temporary directory on a real disk;
+//! * `timelock-st` — the same server asked `POST /tl/st` (start one transaction; the immutable-
+//!   timestamp locks are released 64 at a time, as committing clients would);
+//! * `timelock-lock` — the same server asked `POST /tl/l` then `POST /tl/ul2` (uncontended).
 //!
 //! `LOAD_TARGETS=all` adds variants in between (see [`TARGETS`]) that each add one part of the
-//! real server, to attribute the difference, and `routes+lean-metrics`, a measured proposal.
+//! real server, to attribute the difference.
 //!
 //! The load generator runs on a third runtime in the same process: `LOAD_CONNECTIONS` HTTP/1.1
 //! keep-alive connections (hyper 1's client `conn::http1`, one request in flight per
@@ -34,7 +37,8 @@
 //! `LOAD_SERVER_THREADS` workers per server runtime [2], `LOAD_CLIENT_THREADS` [2],
 //! `LOAD_ROUTER_CALLS` calls per thread and round in the in-process phase [50000; 0 skips it],
 //! `LOAD_ROUTER_ROUNDS` rounds of the in-process phase [6],
-//! `LOAD_TARGETS` comma-separated subset of the targets below, or `all` [`constant,timelock`],
+//! `LOAD_TARGETS` comma-separated subset of the targets below, or `all`
+//! [`constant,timelock,timelock-st,timelock-lock`],
 //! `TIMELOCK_BENCH_DIR` where the RocksDB temp dir goes [cargo's `<target>/tmp`].
 //!
 //! Before the HTTP phase, an in-process phase calls each target's router directly
@@ -114,7 +118,8 @@ impl Options {
         } else {
             (1.0, 10, 1.0, 50_000, 6)
         };
-        let spec = std::env::var("LOAD_TARGETS").unwrap_or_else(|_| "constant,timelock".into());
+        let spec = std::env::var("LOAD_TARGETS")
+            .unwrap_or_else(|_| "constant,timelock,timelock-st,timelock-lock".into());
         let mut targets: Vec<Target> = if spec.trim() == "all" {
             (0..TARGETS.len()).collect()
         } else {
@@ -166,14 +171,9 @@ enum Kind {
     ConstantState,
     /// `timelock::http::timestamp::routes()` alone: handler, namespace lookup, allocator.
     Routes,
-    /// `Routes` behind the request-metrics middleware `http::ops::track_requests`, layered as
+    /// `Routes` behind the request-metrics layer `http::ops::TrackingLayer`, layered as
     /// `http::app` layers it.
     RoutesMetrics,
-    /// `RoutesMetrics` plus the router-wide `DefaultBodyLimit` layer `http::app` adds.
-    RoutesMetricsLimit,
-    /// `Routes` behind [`LeanTrackingLayer`], a hand-written equivalent of `track_requests`
-    /// (same metrics, same lazily armed timeout): a measured proposal, not what timelock runs.
-    RoutesLeanMetrics,
     /// `timelock::http::app` itself over a MemoryStore (`prefix`: with the path-prefix copy of
     /// every route, as by default).
     App { prefix: bool },
@@ -190,7 +190,22 @@ impl Kind {
 struct TargetSpec {
     name: &'static str,
     kind: Kind,
+    workload: Workload,
     about: &'static str,
+}
+
+/// What the load generator asks a target, and how it checks the answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// `POST /bench/timestamp/fresh-timestamp` (the constant handler answers `1`).
+    Fresh,
+    /// `POST /tl/st/bench` for one transaction with a new request id; every 64 starts, one
+    /// `POST /tl/ul2/bench` releases their immutable-timestamp locks (as committing clients do),
+    /// so held locks stay bounded. Only the starts are counted.
+    StartTransactions,
+    /// `POST /tl/l/bench` (an uncontended lock, one descriptor per connection, timeout 0), then
+    /// `POST /tl/ul2/bench` for it: two requests, both counted.
+    LockUnlock,
 }
 
 /// Every target, from least to most of timelock; `LOAD_TARGETS` picks a subset (default
@@ -200,48 +215,57 @@ const TARGETS: &[TargetSpec] = &[
     TargetSpec {
         name: "constant",
         kind: Kind::Constant,
+        workload: Workload::Fresh,
         about: "bare Router, one POST route, fixed JSON body `1`",
     },
     TargetSpec {
         name: "constant-state",
         kind: Kind::ConstantState,
+        workload: Workload::Fresh,
         about: "constant, but the handler extracts State<AppState>",
     },
     TargetSpec {
         name: "routes",
         kind: Kind::Routes,
+        workload: Workload::Fresh,
         about: "http::timestamp::routes() only (no layers, no prefix copy), MemoryStore",
     },
     TargetSpec {
         name: "routes+metrics",
         kind: Kind::RoutesMetrics,
-        about: "routes behind the http::ops::track_requests middleware",
-    },
-    TargetSpec {
-        name: "routes+metrics+limit",
-        kind: Kind::RoutesMetricsLimit,
-        about: "routes+metrics plus the router-wide DefaultBodyLimit layer",
-    },
-    TargetSpec {
-        name: "routes+lean-metrics",
-        kind: Kind::RoutesLeanMetrics,
-        about: "routes behind a hand-written tower layer doing what track_requests does (proposal)",
+        workload: Workload::Fresh,
+        about: "routes behind the http::ops::TrackingLayer request metrics",
     },
     TargetSpec {
         name: "app-no-prefix",
         kind: Kind::App { prefix: false },
+        workload: Workload::Fresh,
         about:
             "http::app() with server.path_prefix = \"\" (no second copy of the routes), MemoryStore",
     },
     TargetSpec {
         name: "app",
         kind: Kind::App { prefix: true },
+        workload: Workload::Fresh,
         about: "http::app() with default settings, MemoryStore",
     },
     TargetSpec {
         name: "timelock",
         kind: Kind::Timelock,
+        workload: Workload::Fresh,
         about: "timelock::server::Server, default settings, RocksDB on disk",
+    },
+    TargetSpec {
+        name: "timelock-st",
+        kind: Kind::Timelock,
+        workload: Workload::StartTransactions,
+        about: "the same server: POST /tl/st (1 transaction), immutable locks released every 64",
+    },
+    TargetSpec {
+        name: "timelock-lock",
+        kind: Kind::Timelock,
+        workload: Workload::LockUnlock,
+        about: "the same server: POST /tl/l then /tl/ul2 (uncontended), both counted",
     },
 ];
 
@@ -413,29 +437,14 @@ fn target_router(target: Target, runtime: &Runtime, settings: &Settings) -> Rout
         Kind::Routes => {
             timelock::http::timestamp::routes().with_state(memory_state(runtime, settings))
         }
-        Kind::RoutesMetrics | Kind::RoutesMetricsLimit => {
+        Kind::RoutesMetrics => {
             let state = memory_state(runtime, settings);
-            let tracking = timelock::http::ops::Tracking {
-                state: state.clone(),
-                timeout: Some(Duration::from_millis(settings.server.request_timeout_ms)),
-            };
-            let mut router = timelock::http::timestamp::routes().route_layer(
-                axum::middleware::from_fn_with_state(tracking, timelock::http::ops::track_requests),
-            );
-            if TARGETS[target].kind == Kind::RoutesMetricsLimit {
-                router = router.layer(axum::extract::DefaultBodyLimit::max(
-                    settings.server.max_body_bytes,
-                ));
-            }
-            router.with_state(state)
-        }
-        Kind::RoutesLeanMetrics => {
-            let state = memory_state(runtime, settings);
+            let timeout = Some(Duration::from_millis(settings.server.request_timeout_ms));
             timelock::http::timestamp::routes()
-                .route_layer(LeanTrackingLayer {
-                    metrics: state.metrics.clone(),
-                    timeout: Some(Duration::from_millis(settings.server.request_timeout_ms)),
-                })
+                .route_layer(timelock::http::ops::TrackingLayer::new(
+                    state.metrics.clone(),
+                    timeout,
+                ))
                 .with_state(state)
         }
         Kind::App { prefix } => {
@@ -457,7 +466,8 @@ fn start_target(target: Target, threads: usize, data_dir: PathBuf) -> RunningSer
         let router = target_router(target, &runtime, &settings);
         return serve_router((runtime, threads), router);
     }
-    settings.storage.data_dir = data_dir;
+    // Each real-server target has its own RocksDB (one data dir, one process holding it).
+    settings.storage.data_dir = data_dir.join(spec.name);
     let server = runtime
         .block_on(Server::bind(&settings))
         .expect("bind timelock server");
@@ -477,163 +487,6 @@ fn start_target(target: Target, threads: usize, data_dir: PathBuf) -> RunningSer
 
 // ---------------------------------------------------------------------------------------------
 // A hand-written request-metrics layer: the measured proposal for `http::ops::track_requests`
-
-/// Same observable behaviour as `from_fn_with_state(Tracking { .. }, track_requests)` (request
-/// counter by route/method/status, latency histogram by route, timeout armed only when the
-/// handler does not finish on its first poll), without what `from_fn` costs per request: no
-/// clone of the inner service, no `State` extraction, no boxed >1 KiB future, and no
-/// `with_label_values` (hash + lock + map lookup) for the common case. `route_layer` applies the
-/// layer once per route and method, so each service instance resolves its route's metric
-/// children once and keeps them.
-#[derive(Clone)]
-struct LeanTrackingLayer {
-    metrics: timelock::metrics::Metrics,
-    timeout: Option<Duration>,
-}
-
-/// Per route and method: the route template and, once seen, the children for status 200.
-struct RouteMetrics {
-    metrics: timelock::metrics::Metrics,
-    timeout: Option<Duration>,
-    route: std::sync::OnceLock<Arc<str>>,
-    ok: std::sync::OnceLock<(Method, prometheus::IntCounter, prometheus::Histogram)>,
-}
-
-impl<S> tower::Layer<S> for LeanTrackingLayer {
-    type Service = LeanTracking<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        LeanTracking {
-            inner,
-            shared: Arc::new(RouteMetrics {
-                metrics: self.metrics.clone(),
-                timeout: self.timeout,
-                route: std::sync::OnceLock::new(),
-                ok: std::sync::OnceLock::new(),
-            }),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct LeanTracking<S> {
-    inner: S,
-    shared: Arc<RouteMetrics>,
-}
-
-impl<S> tower::Service<axum::extract::Request> for LeanTracking<S>
-where
-    S: tower::Service<
-        axum::extract::Request,
-        Response = Response,
-        Error = std::convert::Infallible,
-    >,
-    S::Future: Unpin,
-{
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = LeanTrackingFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
-        let started = Instant::now();
-        if self.shared.route.get().is_none() {
-            let route = request
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map_or("unmatched", |p| p.as_str());
-            let _ = self.shared.route.set(Arc::from(route));
-        }
-        let method = request.method().clone();
-        LeanTrackingFuture {
-            inner: self.inner.call(request),
-            shared: self.shared.clone(),
-            started,
-            method,
-            deadline: None,
-        }
-    }
-}
-
-struct LeanTrackingFuture<F> {
-    inner: F,
-    shared: Arc<RouteMetrics>,
-    started: Instant,
-    method: Method,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<F> std::future::Future for LeanTrackingFuture<F>
-where
-    F: std::future::Future<Output = Result<Response, std::convert::Infallible>> + Unpin,
-{
-    type Output = Result<Response, std::convert::Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let response = match Pin::new(&mut this.inner).poll(cx) {
-            Poll::Ready(Ok(response)) => response,
-            Poll::Pending => {
-                let Some(limit) = this.shared.timeout else {
-                    return Poll::Pending;
-                };
-                // First Pending arms the timer; the hot path never gets here.
-                let started = this.started;
-                let sleep = this.deadline.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(
-                        tokio::time::Instant::from_std(started) + limit,
-                    ))
-                });
-                match sleep.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) => {
-                        let mut response = Response::new(Body::from("request timed out"));
-                        *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-                        response
-                    }
-                }
-            }
-        };
-        let shared = &*this.shared;
-        let seconds = this.started.elapsed().as_secs_f64();
-        let route = shared.route.get().map_or("unmatched", |r| r);
-        if response.status() == StatusCode::OK {
-            let (method, ok, latency) = shared.ok.get_or_init(|| {
-                (
-                    this.method.clone(),
-                    shared.metrics.http_requests.with_label_values(&[
-                        route,
-                        this.method.as_str(),
-                        "200",
-                    ]),
-                    shared.metrics.http_latency.with_label_values(&[route]),
-                )
-            });
-            if *method == this.method {
-                ok.inc();
-                latency.observe(seconds);
-                return Poll::Ready(Ok(response));
-            }
-        }
-        shared
-            .metrics
-            .http_requests
-            .with_label_values(&[route, this.method.as_str(), response.status().as_str()])
-            .inc();
-        shared
-            .metrics
-            .http_latency
-            .with_label_values(&[route])
-            .observe(seconds);
-        Poll::Ready(Ok(response))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// In-process phase: the router alone, no sockets, no hyper
 
 /// CPU time of the calling thread.
 fn thread_cpu() -> Duration {
@@ -921,6 +774,57 @@ struct RoundResult {
 
 const MAX_ERRORS_KEPT: usize = 20;
 
+/// One request/response exchange on `conn`.
+async fn exchange(
+    conn: &mut Conn,
+    host: &HeaderValue,
+    uri: &str,
+    body: Option<String>,
+) -> Result<(StatusCode, Bytes), String> {
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::HOST, host.clone())
+        .header(header::ACCEPT, HeaderValue::from_static("application/json"));
+    if body.is_some() {
+        builder = builder.header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    let request = builder
+        .body(body.map(Body::from).unwrap_or_else(Body::empty))
+        .expect("request");
+    conn.sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection not ready: {e}"))?;
+    let response = conn
+        .sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status();
+    let body = read_body(response.into_body())
+        .await
+        .map_err(|e| format!("reading body failed: {e}"))?;
+    Ok((status, body))
+}
+
+/// Checks one timestamp against the connection's previous one and keeps it for the run-wide
+/// uniqueness check.
+fn check_timestamp(conn: &mut Conn, out: &mut ConnResult, ts: i64) {
+    if let Some(last) = conn.last {
+        if ts <= last {
+            out.errors.push(format!(
+                "timestamp {ts} not above previous {last} on the same connection"
+            ));
+        }
+    }
+    conn.last = Some(ts);
+    out.timestamps.push(ts);
+}
+
 async fn drive(
     mut conn: Conn,
     target: Target,
@@ -933,89 +837,174 @@ async fn drive(
         latencies_ns: Vec::with_capacity(if record { 64 * 1024 } else { 0 }),
         ..ConnResult::default()
     };
-    let error = |out: &mut ConnResult, text: String| out.errors.push(text);
+    let spec = &TARGETS[target];
+    let requestor = uuid::Uuid::new_v4();
+    let descriptor = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        requestor.as_bytes(),
+    );
+    let mut to_release: Vec<uuid::Uuid> = Vec::new();
     loop {
         let started = Instant::now();
         if started >= deadline {
             break;
         }
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(header::HOST, host.clone())
-            .header(header::ACCEPT, HeaderValue::from_static("application/json"))
-            .body(Body::empty())
-            .expect("request");
-        if let Err(e) = conn.sender.ready().await {
-            error(&mut out, format!("connection not ready: {e}"));
-            out.broken = true;
-            break;
-        }
-        let response = match conn.sender.send_request(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                error(&mut out, format!("request failed: {e}"));
-                out.broken = true;
-                break;
+        // What one operation sends, and how many counted requests it makes.
+        let result: Result<u64, String> = match spec.workload {
+            Workload::Fresh => match exchange(&mut conn, &host, uri, None).await {
+                Err(e) => Err(e),
+                Ok((status, body)) => {
+                    if status != StatusCode::OK {
+                        out.errors.push(format!(
+                            "status {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        ));
+                    } else if !spec.kind.returns_timestamps() {
+                        if &body[..] != b"1" {
+                            out.errors.push(format!(
+                                "constant body {:?}",
+                                String::from_utf8_lossy(&body)
+                            ));
+                        }
+                    } else {
+                        match std::str::from_utf8(&body)
+                            .ok()
+                            .and_then(|s| s.parse::<i64>().ok())
+                        {
+                            None => out.errors.push(format!(
+                                "not a JSON integer: {:?}",
+                                String::from_utf8_lossy(&body)
+                            )),
+                            Some(ts) => check_timestamp(&mut conn, &mut out, ts),
+                        }
+                    }
+                    Ok(1)
+                }
+            },
+            Workload::StartTransactions => {
+                let id = uuid::Uuid::new_v4();
+                let body = format!(
+                    r#"{{"requestId":"{id}","requestorId":"{requestor}","numTransactions":1}}"#
+                );
+                match exchange(&mut conn, &host, "/tl/st/bench", Some(body)).await {
+                    Err(e) => Err(e),
+                    Ok((status, body)) => {
+                        let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+                        let start = v.as_ref().and_then(|v| v["timestamps"]["start"].as_i64());
+                        let immutable = v
+                            .as_ref()
+                            .and_then(|v| v["immutableTimestamp"]["immutableTimestamp"].as_i64());
+                        match (
+                            status,
+                            start,
+                            immutable,
+                            v.as_ref().map(|v| v["timestamps"]["count"] == 1),
+                        ) {
+                            (StatusCode::OK, Some(start), Some(imm), Some(true))
+                                if imm <= start =>
+                            {
+                                check_timestamp(&mut conn, &mut out, start);
+                                to_release.push(id);
+                            }
+                            _ => out.errors.push(format!(
+                                "start transactions: {status} {}",
+                                String::from_utf8_lossy(&body)
+                            )),
+                        }
+                        let mut release = Ok(());
+                        if to_release.len() >= 64 {
+                            let ids = serde_json::to_string(&to_release).expect("ids");
+                            release = match exchange(&mut conn, &host, "/tl/ul2/bench", Some(ids))
+                                .await
+                            {
+                                Ok((StatusCode::OK, body)) => {
+                                    let released: Vec<uuid::Uuid> =
+                                        serde_json::from_slice(&body).unwrap_or_default();
+                                    if released != to_release {
+                                        out.errors.push(
+                                            "unlock did not release every immutable-timestamp lock"
+                                                .into(),
+                                        );
+                                    }
+                                    to_release.clear();
+                                    Ok(())
+                                }
+                                Ok((status, body)) => {
+                                    out.errors.push(format!(
+                                        "unlock: {status} {}",
+                                        String::from_utf8_lossy(&body)
+                                    ));
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
+                            };
+                        }
+                        release.map(|()| 1)
+                    }
+                }
+            }
+            Workload::LockUnlock => {
+                let id = uuid::Uuid::new_v4();
+                let body = format!(
+                    r#"{{"requestId":"{id}","lockDescriptors":["{descriptor}"],"acquireTimeoutMs":0}}"#
+                );
+                match exchange(&mut conn, &host, "/tl/l/bench", Some(body)).await {
+                    Err(e) => Err(e),
+                    Ok((status, body)) => {
+                        let locked = status == StatusCode::OK
+                            && serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| {
+                                v["type"] == "successful"
+                                    && v["successful"]["lockToken"]["requestId"]
+                                        == id.to_string().as_str()
+                            });
+                        if !locked {
+                            out.errors
+                                .push(format!("lock: {status} {}", String::from_utf8_lossy(&body)));
+                        }
+                        match exchange(
+                            &mut conn,
+                            &host,
+                            "/tl/ul2/bench",
+                            Some(format!(r#"["{id}"]"#)),
+                        )
+                        .await
+                        {
+                            Err(e) => Err(e),
+                            Ok((status, body)) => {
+                                if locked
+                                    && (status != StatusCode::OK
+                                        || body != format!(r#"["{id}"]"#).as_bytes())
+                                {
+                                    out.errors.push(format!(
+                                        "unlock: {status} {}",
+                                        String::from_utf8_lossy(&body)
+                                    ));
+                                }
+                                Ok(2)
+                            }
+                        }
+                    }
+                }
             }
         };
-        let status = response.status();
-        let body = match read_body(response.into_body()).await {
-            Ok(b) => b,
+        let requests = match result {
+            Ok(n) => n,
             Err(e) => {
-                error(&mut out, format!("reading body failed: {e}"));
+                out.errors.push(e);
                 out.broken = true;
                 break;
             }
         };
         let finished = Instant::now();
-        out.answered += 1;
-        if status != StatusCode::OK {
-            error(
-                &mut out,
-                format!("status {status}: {}", String::from_utf8_lossy(&body)),
-            );
-        } else {
-            match TARGETS[target].kind.returns_timestamps() {
-                false => {
-                    if &body[..] != b"1" {
-                        error(
-                            &mut out,
-                            format!("constant body {:?}", String::from_utf8_lossy(&body)),
-                        );
-                    }
-                }
-                true => {
-                    match std::str::from_utf8(&body)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                    {
-                        None => error(
-                            &mut out,
-                            format!("not a JSON integer: {:?}", String::from_utf8_lossy(&body)),
-                        ),
-                        Some(ts) => {
-                            if let Some(last) = conn.last {
-                                if ts <= last {
-                                    error(
-                                        &mut out,
-                                        format!("timestamp {ts} not above previous {last} on the same connection"),
-                                    );
-                                }
-                            }
-                            conn.last = Some(ts);
-                            // Every reply is kept for the uniqueness check, warm-up included.
-                            out.timestamps.push(ts);
-                        }
-                    }
-                }
-            }
-        }
+        out.answered += requests;
         if finished <= deadline {
-            out.completed += 1;
+            out.completed += requests;
             if record {
-                let ns = finished.duration_since(started).as_nanos();
-                out.latencies_ns.push(ns.min(u32::MAX as u128) as u32);
+                let ns = (finished.duration_since(started).as_nanos() / u128::from(requests))
+                    .min(u32::MAX as u128);
+                for _ in 0..requests {
+                    out.latencies_ns.push(ns as u32);
+                }
             }
         }
     }
@@ -1211,14 +1200,20 @@ fn main() -> ExitCode {
             .build()
             .expect("runtime");
         let settings = default_settings();
-        let routers: BTreeMap<Target, Router> = targets
+        // Only the fresh-timestamp targets have an in-process twin.
+        let in_process: Vec<Target> = targets
+            .iter()
+            .copied()
+            .filter(|&t| TARGETS[t].workload == Workload::Fresh)
+            .collect();
+        let routers: BTreeMap<Target, Router> = in_process
             .iter()
             .map(|&t| (t, target_router(t, &setup, &settings)))
             .collect();
         let mut costs: BTreeMap<Target, Vec<f64>> = BTreeMap::new();
         let mut deltas: BTreeMap<Target, Vec<f64>> = BTreeMap::new();
         for round in 0..opts.router_rounds {
-            let mut order = targets.clone();
+            let mut order = in_process.clone();
             if round % 2 == 1 {
                 order.reverse();
             }

@@ -99,6 +99,7 @@ impl Server {
             store: store.clone(),
             backups_dir: settings.storage_backups_dir(),
             migrations_dir: settings.migration.dir.clone(),
+            max_body_bytes: settings.server.max_body_bytes,
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),

@@ -230,3 +230,24 @@ async fn namespace_cap_refuses_cleanly() {
         .assert_conjure_error(500, "INTERNAL");
     assert!(next(&server, "c").await > 1);
 }
+
+#[tokio::test]
+async fn oversized_chunked_bodies_get_413_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[("TIMELOCK__SERVER__MAX_BODY_BYTES", "1000")]);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let chunk = format!("[{}\"x\"]", "\"aaaaaaaa\",".repeat(200));
+    let request = format!(
+        "POST /tl/management/achieveConsensus HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let _ = tcp.read_to_string(&mut response).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("REQUEST_ENTITY_TOO_LARGE"), "{response}");
+    assert_eq!(namespaces(&server).await, Vec::<String>::new());
+}

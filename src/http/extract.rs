@@ -6,12 +6,11 @@
 //! is touched, so bad input never has side effects.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use crate::error::TimelockError;
 
 /// The `{ns}` path segment, not yet validated (validation happens at creation).
@@ -28,25 +27,42 @@ impl<S: Send + Sync> FromRequestParts<S> for NsName {
     }
 }
 
-/// A JSON request body decoded as `T`.
+/// A JSON request body decoded as `T`, at most `server.max_body_bytes` long (413 beyond).
+///
+/// The limit is enforced here, where a body is read, rather than by a router-wide layer that
+/// would wrap every route (the body-less timestamp hot path included).
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = TimelockError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.max_body_bytes;
+        let too_large = || {
+            TimelockError::RequestTooLarge(format!(
+                "request body larger than {limit} bytes (server.max_body_bytes)"
+            ))
+        };
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let bytes: Bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|e| {
+                if e.into_inner().is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    TimelockError::InvalidArgument("cannot read the request body".to_string())
+                }
+            })?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| TimelockError::InvalidArgument(format!("invalid JSON request body: {e}")))
-    }
-}
-
-fn body_error(rejection: BytesRejection) -> TimelockError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        TimelockError::RequestTooLarge(format!("request body too large: {rejection}"))
-    } else {
-        TimelockError::InvalidArgument(format!("cannot read request body: {rejection}"))
     }
 }
 

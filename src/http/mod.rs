@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -45,6 +44,8 @@ pub struct Shared {
     pub backups_dir: std::path::PathBuf,
     /// Where reported migration progress is kept.
     pub migrations_dir: std::path::PathBuf,
+    /// Largest request body read (`server.max_body_bytes`).
+    pub max_body_bytes: usize,
     pub metrics: Metrics,
     /// Random per process start (TimeLock's `getServerLifecycleId`).
     pub lifecycle_id: uuid::Uuid,
@@ -70,14 +71,11 @@ impl std::ops::Deref for AppState {
 pub fn app(state: AppState, settings: &Settings) -> Router {
     // Requests are cut off after `request_timeout_ms` (a Conjure 408), except lock requests,
     // whose wait is bounded by each request's own `acquireTimeoutMs`, as in TimeLock.
-    let timed = ops::Tracking {
-        state: state.clone(),
-        timeout: Some(Duration::from_millis(settings.server.request_timeout_ms)),
-    };
-    let untimed = ops::Tracking {
-        state: state.clone(),
-        timeout: None,
-    };
+    let timed = ops::TrackingLayer::new(
+        state.metrics.clone(),
+        Some(Duration::from_millis(settings.server.request_timeout_ms)),
+    );
+    let untimed = ops::TrackingLayer::new(state.metrics.clone(), None);
     let routes = || {
         Router::new()
             .merge(
@@ -86,27 +84,13 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
                     .merge(management::routes())
                     .merge(transactions::routes())
                     .merge(ops::routes())
-                    .route_layer(axum::middleware::from_fn_with_state(
-                        timed.clone(),
-                        ops::track_requests,
-                    )),
+                    .route_layer(timed.clone()),
             )
-            .merge(
-                lock::routes().route_layer(axum::middleware::from_fn_with_state(
-                    untimed.clone(),
-                    ops::track_requests,
-                )),
-            )
+            .merge(lock::routes().route_layer(untimed.clone()))
     };
     // Admin routes stay apart from client routes, at the root only, under one prefix that an
     // admin credential can protect.
-    let mut router = routes().nest(
-        admin::PREFIX,
-        admin::routes().route_layer(axum::middleware::from_fn_with_state(
-            timed.clone(),
-            ops::track_requests,
-        )),
-    );
+    let mut router = routes().nest(admin::PREFIX, admin::routes().route_layer(timed.clone()));
     let prefix = settings.server.path_prefix.as_str();
     if !prefix.is_empty() {
         router = router.nest(prefix, routes());
@@ -114,8 +98,6 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Enforced where a body is read (`extract::JsonBody`), which answers with a Conjure 413.
-        .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
         .with_state(state)
 }
 

@@ -5,9 +5,12 @@
 //! fail-stopped, so a load balancer stops sending it traffic; liveness stays green (restarting is
 //! the operator's decision, and the recovery path, once storage is fixed).
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -15,7 +18,6 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use prometheus::{Histogram, IntCounter};
 
 use crate::metrics::Metrics;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -60,39 +62,126 @@ async fn ready(State(state): State<AppState>) -> Response {
     response
 }
 
-/// The per-route-group settings of [`track_requests`].
-#[derive(Clone)]
-pub struct Tracking {
-    pub state: AppState,
-    /// Requests still running after this get a Conjure 408; `None` for routes whose waits are
-    /// bounded by the request itself (lock acquisition's `acquireTimeoutMs`).
-    pub timeout: Option<Duration>,
-}
-
 /// Counts and times every routed request under its route template (not the raw path, so
 /// namespaces do not explode label cardinality), and enforces the request timeout.
+///
+/// A hand-written tower layer rather than `axum::middleware::from_fn`: `route_layer` applies it
+/// once per route, so each instance learns its route template once and keeps the metric handles
+/// of its usual answer (its method with 200) in a `OnceLock`; the hot path takes no lock, hashes
+/// no label and boxes no future. Other answers go through a per-thread cache of handles.
 ///
 /// The timeout timer is armed only if the handler does not finish on its first poll: the hot
 /// paths (a timestamp from the reservation, an uncontended lock) complete immediately and never
 /// touch the timer wheel; a request that waits (for a bound write, say) gets its deadline.
-pub async fn track_requests(
-    State(tracking): State<Tracking>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let mut handler = std::pin::pin!(next.run(request));
-    let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
-    let response = match (first, tracking.timeout) {
-        (Poll::Ready(response), _) => response,
-        (Poll::Pending, None) => handler.await,
-        (Poll::Pending, Some(limit)) => {
-            let deadline = tokio::time::Instant::from_std(started) + limit;
-            match tokio::time::timeout_at(deadline, handler).await {
-                Ok(response) => response,
-                Err(_) => super::error::conjure_error(
+/// `timeout: None` is for routes whose waits are bounded by the request itself (lock
+/// acquisition's `acquireTimeoutMs`).
+#[derive(Clone)]
+pub struct TrackingLayer {
+    metrics: Metrics,
+    timeout: Option<Duration>,
+}
+
+impl TrackingLayer {
+    pub fn new(metrics: Metrics, timeout: Option<Duration>) -> Self {
+        Self { metrics, timeout }
+    }
+}
+
+struct RouteMetrics {
+    metrics: Metrics,
+    timeout: Option<Duration>,
+    route: OnceLock<Box<str>>,
+    usual: OnceLock<(Method, IntCounter, Histogram)>,
+}
+
+impl<S> tower::Layer<S> for TrackingLayer {
+    type Service = Tracking<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Tracking {
+            inner,
+            shared: Arc::new(RouteMetrics {
+                metrics: self.metrics.clone(),
+                timeout: self.timeout,
+                route: OnceLock::new(),
+                usual: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Tracking<S> {
+    inner: S,
+    shared: Arc<RouteMetrics>,
+}
+
+impl<S> tower::Service<Request> for Tracking<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TrackingFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        if self.shared.route.get().is_none() {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            let _ = self.shared.route.set(route.into());
+        }
+        let method = request.method().clone();
+        TrackingFuture {
+            inner: self.inner.call(request),
+            shared: self.shared.clone(),
+            started,
+            method,
+            deadline: None,
+        }
+    }
+}
+
+pub struct TrackingFuture<F> {
+    inner: F,
+    shared: Arc<RouteMetrics>,
+    started: Instant,
+    method: Method,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F> Future for TrackingFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let response = match Pin::new(&mut this.inner).poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => {
+                let Some(limit) = this.shared.timeout else {
+                    return Poll::Pending;
+                };
+                let started = this.started;
+                let sleep = this.deadline.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(
+                        tokio::time::Instant::from_std(started) + limit,
+                    ))
+                });
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                super::error::conjure_error(
                     StatusCode::REQUEST_TIMEOUT,
                     "TIMEOUT",
                     "Default:Timeout",
@@ -101,22 +190,34 @@ pub async fn track_requests(
                         "request did not complete within {} ms (server.request_timeout_ms)",
                         limit.as_millis()
                     ),
-                ),
+                )
+            }
+        };
+        let shared = &*this.shared;
+        let seconds = this.started.elapsed().as_secs_f64();
+        let route = shared.route.get().map_or("unmatched", |r| r);
+        let status = response.status();
+        if status == StatusCode::OK {
+            let (method, count, latency) = shared.usual.get_or_init(|| {
+                (
+                    this.method.clone(),
+                    shared.metrics.http_requests.with_label_values(&[
+                        route,
+                        this.method.as_str(),
+                        "200",
+                    ]),
+                    shared.metrics.http_latency.with_label_values(&[route]),
+                )
+            });
+            if *method == this.method {
+                count.inc();
+                latency.observe(seconds);
+                return Poll::Ready(Ok(response));
             }
         }
-    };
-    let route = route
-        .as_ref()
-        .map(MatchedPath::as_str)
-        .unwrap_or("unmatched");
-    record(
-        &tracking.state.metrics,
-        route,
-        &method,
-        response.status(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+        record(&shared.metrics, route, &this.method, status, seconds);
+        Poll::Ready(Ok(response))
+    }
 }
 
 type Handles = Vec<(u64, Method, u16, IntCounter, Histogram)>;
@@ -197,6 +298,7 @@ mod tests {
             store,
             backups_dir: std::path::PathBuf::from("unused"),
             migrations_dir: std::path::PathBuf::from("unused"),
+            max_body_bytes: 1024,
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),
@@ -205,10 +307,7 @@ mod tests {
 
     async fn call(timeout: Option<Duration>, path: &str) -> Response {
         let state = state().await;
-        let tracking = Tracking {
-            state: state.clone(),
-            timeout,
-        };
+        let tracking = TrackingLayer::new(state.metrics.clone(), timeout);
         let app: Router = Router::new()
             .route("/fast", post(|| async { "fast" }))
             .route(
@@ -218,10 +317,7 @@ mod tests {
                     "slow"
                 }),
             )
-            .route_layer(axum::middleware::from_fn_with_state(
-                tracking,
-                track_requests,
-            ));
+            .route_layer(tracking);
         let request = axum::http::Request::post(path).body(Body::empty()).unwrap();
         app.oneshot(request).await.unwrap()
     }
