@@ -240,6 +240,14 @@ impl Namespaces {
         names
     }
 
+    /// Ends every namespace's lock term (shutdown): waiters fail with 503, locks are dropped.
+    pub fn close_lock_services(&self) {
+        let all: Vec<Arc<Namespace>> = self.map.read().values().cloned().collect();
+        for ns in all {
+            ns.locks().close();
+        }
+    }
+
     /// Reaps expired lock tokens and idle partition assignments in every namespace.
     pub fn reap(&self) {
         let all: Vec<Arc<Namespace>> = self.map.read().values().cloned().collect();

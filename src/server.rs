@@ -167,10 +167,14 @@ impl Server {
             // Small request/response pairs on keep-alive connections: never wait for Nagle.
             let _ = tcp.set_nodelay(true);
         });
+        let closing = self.state.namespaces.clone();
         axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 shutting_down.store(true, Ordering::Release);
+                // Lock waits can last as long as a client asked; end this term's lock services so
+                // they answer 503 (clients retry elsewhere) instead of holding up the shutdown.
+                closing.close_lock_services();
                 tracing::info!("shutting down: finishing in-flight requests");
             })
             .await

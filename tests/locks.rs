@@ -874,3 +874,37 @@ async fn lock_waits_are_bounded_by_their_own_timeout_not_the_request_timeout() {
     .await;
     assert_eq!(r.body, r#"{"wasSuccessful":false}"#);
 }
+
+#[tokio::test]
+async fn shutdown_ends_long_lock_waits_with_503() {
+    let (_dir, data) = temp_data_dir();
+    let mut server = TestServer::start(&data, &[]);
+    lock(&server, "ns", Uuid::new_v4(), &["x"], 0).await;
+    let base = server.base();
+    let waiter = tokio::spawn(async move {
+        let r = client()
+            .post(format!("{base}/tl/l/ns"))
+            .header("content-type", "application/json")
+            .body(lock_body(Uuid::new_v4(), &["x"], 600_000))
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown was not held up: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        waiter.await.unwrap(),
+        503,
+        "the waiter is told to retry elsewhere"
+    );
+}
