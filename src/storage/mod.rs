@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 
+pub mod etcd;
 pub mod faults;
 pub mod memory;
 pub mod rocks;
