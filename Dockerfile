@@ -15,9 +15,9 @@ FROM ${BUILDER_IMAGE} AS build
 
 # rust-rocksdb links against Debian's librocksdb (7.8.3) rather than compiling RocksDB's C++
 # from source: .cargo/config.toml points ROCKSDB_LIB_DIR/ROCKSDB_INCLUDE_DIR at it. bindgen
-# needs libclang to generate the bindings.
+# needs libclang to generate the bindings; protoc builds the etcd client.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends librocksdb-dev libclang-dev clang \
+    && apt-get install -y --no-install-recommends librocksdb-dev libclang-dev clang protobuf-compiler libprotobuf-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
