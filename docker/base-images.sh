@@ -24,8 +24,10 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=${WORK:-/var/tmp/timelock-base-images}
 host_mirror() {
-    grep -hoE '^(URIs:|deb)[[:space:]]+[a-z]+://[^[:space:]]+' /etc/apt/sources.list.d/* /etc/apt/sources.list 2>/dev/null \
-        | awk '{print $2}' | grep -v -- '-security' | head -n 1
+    grep -hoE '^(URIs:|deb)[[:space:]]+[a-z]+://[^[:space:]]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /etc/apt/sources.list 2>/dev/null \
+        | awk '{print $2}' | grep -v -- '-security' | head -n 1 || true
+    # (grep exits 2 when one of the globbed files is missing, e.g. no /etc/apt/sources.list on a
+    # deb822-only host; with pipefail that would abort the script, so failures end up as "no mirror".)
 }
 MIRROR=${MIRROR:-$(host_mirror)}
 [ -n "$MIRROR" ] || { echo "no Debian mirror found in apt sources; set MIRROR" >&2; exit 1; }

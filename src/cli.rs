@@ -64,7 +64,9 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    /// Base URL of the server, e.g. http://localhost:8421 or https://host:8421/timelock/api.
+    /// Base URL of the server, e.g. http://localhost:8421 or https://host:8421/timelock/api. For
+    /// a cluster, list its nodes separated by commas: a redirect to the leader is followed, and
+    /// a node that answers 503 or cannot be reached is skipped.
     #[arg(long)]
     pub server: String,
     /// The namespace (AtlasDB client name).
@@ -638,14 +640,41 @@ impl Client {
         }
     }
 
-    /// Sends the request to `base`/`path`, following up to 3 leader redirects. Returns the body
-    /// of a 2xx response; anything else becomes an error that says what happened.
+    /// Sends the request to `base`/`path`, following up to 3 leader redirects. `base` may list
+    /// several nodes of a cluster, comma-separated: a node that answers 503 (not the leader, leader
+    /// unknown) or cannot be reached is skipped for the next. Returns the body of a 2xx
+    /// response; anything else becomes an error that says what happened.
     pub(crate) async fn call(
         &self,
         method: Method,
         base: &str,
         path: &str,
     ) -> anyhow::Result<String> {
+        let nodes: Vec<&str> = base
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let mut last_error = None;
+        for (i, node) in nodes.iter().enumerate() {
+            match self.call_node(method.clone(), node, path).await {
+                Ok(body) => return Ok(body),
+                Err(NodeError::TryAnother(e)) if i + 1 < nodes.len() => {
+                    eprintln!("{e:#}; trying {}", nodes[i + 1]);
+                    last_error = Some(e);
+                }
+                Err(NodeError::TryAnother(e)) | Err(NodeError::Final(e)) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("no server given")))
+    }
+
+    async fn call_node(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+    ) -> Result<String, NodeError> {
         let mut base = base.trim_end_matches('/').to_string();
         for _ in 0..4 {
             let url = format!("{base}/{path}");
@@ -653,17 +682,23 @@ impl Client {
                 .http
                 .request(method.clone(), &url)
                 .header("Content-Type", "application/json")
+                // The CLI follows 308 redirects to the leader, so it says it speaks the protocol
+                // in which cluster followers redirect (AtlasDB's `atlasdb-http-client/2.0`).
                 .header(
                     "User-Agent",
-                    concat!("timelock-cli/", env!("CARGO_PKG_VERSION")),
+                    concat!(
+                        "timelock-cli/",
+                        env!("CARGO_PKG_VERSION"),
+                        " atlasdb-http-client/2.0"
+                    ),
                 )
                 .send()
                 .await
                 .map_err(|e| {
-                    anyhow!(
+                    NodeError::TryAnother(anyhow!(
                         "cannot reach timelock server at {base}: {}",
                         describe_reqwest(&e)
-                    )
+                    ))
                 })?;
             let status = response.status();
             if status == StatusCode::PERMANENT_REDIRECT || status == StatusCode::TEMPORARY_REDIRECT
@@ -672,7 +707,7 @@ impl Client {
                     .headers()
                     .get("Location")
                     .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| anyhow!("{base} is not the leader and did not say which node is (HTTP {status} without Location)"))?;
+                    .ok_or_else(|| NodeError::TryAnother(anyhow!("{base} is not the leader and did not say which node is (HTTP {status} without Location)")))?;
                 eprintln!("{base} is not the leader; following redirect to {location}");
                 base = location.trim_end_matches('/').to_string();
                 continue;
@@ -681,10 +716,25 @@ impl Client {
             if status.is_success() {
                 return Ok(body);
             }
-            return Err(explain_failure(&base, status, &body));
+            let error = explain_failure(&base, status, &body);
+            return Err(if status == StatusCode::SERVICE_UNAVAILABLE && body.is_empty() {
+                NodeError::TryAnother(error)
+            } else {
+                NodeError::Final(error)
+            });
         }
-        bail!("too many leader redirects; the cluster may be electing a leader, try again")
+        Err(NodeError::TryAnother(anyhow!(
+            "too many leader redirects from {base}; the cluster may be electing a leader, try again"
+        )))
     }
+}
+
+/// How one node's failure bears on trying the next.
+enum NodeError {
+    /// Not the leader, unreachable: another node may serve.
+    TryAnother(anyhow::Error),
+    /// An answer about the request itself: another node would say the same.
+    Final(anyhow::Error),
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

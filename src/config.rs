@@ -27,6 +27,7 @@ pub struct Settings {
     pub backup: BackupSettings,
     pub migration: MigrationSettings,
     pub log: LogSettings,
+    pub cluster: ClusterSettings,
     pub faults: FaultSettings,
 }
 
@@ -239,6 +240,82 @@ pub enum LogFormat {
     Json,
 }
 
+/// How many nodes serve, and how they agree on which one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// One node; bounds in the local RocksDB data dir.
+    Single,
+    /// Several nodes; bounds and the leader election in etcd.
+    Etcd,
+}
+
+/// Cluster mode (`mode = "etcd"`): the nodes elect one leader through an etcd lease; only the
+/// leader serves, with its bounds in etcd. See README, "High availability".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// `single` (the default) or `etcd`.
+    pub mode: ClusterMode,
+    /// etcd client URLs, comma-separated: `http://etcd1:2379,http://etcd2:2379`.
+    pub etcd_endpoints: String,
+    /// Every key this cluster writes in etcd lives under this prefix.
+    pub etcd_prefix: String,
+    /// This node's name in logs, metrics and the election. Empty: the advertised URL.
+    pub node_id: String,
+    /// The base URL other nodes redirect clients to when this node leads, e.g.
+    /// `http://timelock1:8421`. Empty: `http://<listen address>` (refused for 0.0.0.0).
+    pub advertise_url: String,
+    /// TTL of the etcd lease behind this node's candidacy (whole seconds, at least 2).
+    pub lease_ttl_secs: u64,
+    /// How often the lease is renewed.
+    pub renew_interval_ms: u64,
+    /// The leader stops serving this long before its lease could expire.
+    pub safety_margin_ms: u64,
+    /// Largest rate difference assumed between this node's clock and etcd's (parts per million).
+    pub max_clock_drift_ppm: u64,
+    /// Timeout of one etcd request (connect, get, put).
+    pub etcd_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            mode: ClusterMode::Single,
+            etcd_endpoints: "http://127.0.0.1:2379".to_string(),
+            etcd_prefix: "/timelock/".to_string(),
+            node_id: String::new(),
+            advertise_url: String::new(),
+            lease_ttl_secs: 3,
+            renew_interval_ms: 500,
+            safety_margin_ms: 500,
+            max_clock_drift_ppm: 10_000,
+            etcd_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The etcd endpoints as a list.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How long after a renewal was *sent* this node may still serve: the lease TTL shrunk by
+    /// the clock-drift allowance, minus the safety margin.
+    pub fn serving_window(&self) -> std::time::Duration {
+        let ttl = std::time::Duration::from_secs(self.lease_ttl_secs);
+        let drift = ttl.mul_f64(self.max_clock_drift_ppm as f64 / 1_000_000.0);
+        ttl.saturating_sub(drift)
+            .saturating_sub(std::time::Duration::from_millis(self.safety_margin_ms))
+    }
+}
+
 /// Fault injection, for tests of the fail-stop path only. Never set these in production.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -346,6 +423,7 @@ impl Settings {
         {
             return invalid("lock.reaper_interval_ms and the lock limits must be positive".into());
         }
+        self.validate_cluster()?;
         self.backup.schedule_interval()?;
         if self.backup.keep == 0 {
             return invalid("backup.keep must be at least 1".into());
@@ -357,6 +435,58 @@ impl Settings {
             return invalid(
                 "server.max_body_bytes and server.request_timeout_ms must be positive".into(),
             );
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.mode == ClusterMode::Single {
+            return Ok(());
+        }
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let endpoints = c.endpoints();
+        if endpoints.is_empty() {
+            return invalid("cluster.etcd_endpoints must name at least one etcd URL".into());
+        }
+        if let Some(bad) = endpoints
+            .iter()
+            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            return invalid(format!(
+                "cluster.etcd_endpoints: {bad:?} must start with http:// or https://"
+            ));
+        }
+        if !c.etcd_prefix.starts_with('/') || !c.etcd_prefix.ends_with('/') {
+            return invalid(format!(
+                "cluster.etcd_prefix must start and end with '/', got {:?}",
+                c.etcd_prefix
+            ));
+        }
+        if !c.advertise_url.is_empty()
+            && (!(c.advertise_url.starts_with("http://") || c.advertise_url.starts_with("https://"))
+                || c.advertise_url.ends_with('/'))
+        {
+            return invalid(format!(
+                "cluster.advertise_url must be a base URL such as http://timelock1:8421 (no trailing '/'), got {:?}",
+                c.advertise_url
+            ));
+        }
+        if c.lease_ttl_secs < 2 {
+            return invalid("cluster.lease_ttl_secs must be at least 2 (etcd's minimum lease)".into());
+        }
+        if c.renew_interval_ms == 0 || c.etcd_timeout_ms == 0 {
+            return invalid("cluster.renew_interval_ms and cluster.etcd_timeout_ms must be positive".into());
+        }
+        if c.max_clock_drift_ppm >= 500_000 {
+            return invalid("cluster.max_clock_drift_ppm must be below 500000".into());
+        }
+        let window = c.serving_window();
+        if window <= std::time::Duration::from_millis(c.renew_interval_ms) {
+            return invalid(format!(
+                "cluster: the serving window (lease_ttl_secs minus drift minus safety_margin_ms = {window:?}) must be longer than renew_interval_ms ({} ms), or the leader would stop serving between renewals",
+                c.renew_interval_ms
+            ));
         }
         Ok(())
     }

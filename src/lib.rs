@@ -17,6 +17,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -71,7 +71,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         %addr,
         data_dir = %data_dir.display(),
         store = server.store_description(),
-        namespaces = server.state().namespaces.names().len(),
+        namespaces = server.state().namespaces().map(|n| n.names().len()).unwrap_or(0),
+        role = server.state().leadership.role().as_str(),
         "timelock listening on http://{addr} with data in {}",
         data_dir.display()
     );

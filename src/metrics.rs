@@ -3,8 +3,8 @@
 //! touches pre-resolved atomic counters.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -24,6 +24,106 @@ pub struct Metrics {
     pub lock_acquisitions: IntCounterVec,
     pub lock_expiries: IntCounter,
     pub lock_wait_latency: Histogram,
+    pub cluster: ClusterMetrics,
+}
+
+/// Cluster mode (etcd): who leads, how often that changes, how fresh the lease is, and what
+/// non-leaders answered. Bound writes to etcd are counted by `timelock_bound_writes_total` and
+/// timed by `timelock_bound_write_duration_seconds`, like any bound store's.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// 1 for this node's current role (`single`, `leader`, `follower`, `no_quorum`), 0 otherwise.
+    pub role: IntGaugeVec,
+    /// Terms this node has started leading.
+    pub terms: IntCounter,
+    /// Times this node stopped leading, by reason.
+    pub step_downs: IntCounterVec,
+    /// Seconds since the last acknowledged lease renewal (updated on every renewal tick).
+    pub lease_renewal_age: Gauge,
+    /// Seconds this leader may still serve without another renewal.
+    pub lease_remaining: Gauge,
+    /// 308 redirects to the leader served by this node.
+    pub redirects: IntCounter,
+    /// 503s served because this node is not the leader.
+    pub not_leader: IntCounter,
+    /// Seconds from winning the election to serving (loading the bounds from etcd).
+    pub takeover_latency: Histogram,
+}
+
+impl ClusterMetrics {
+    fn new(registry: &Registry) -> Self {
+        let role = IntGaugeVec::new(
+            Opts::new(
+                "timelock_cluster_role",
+                "1 for this node's current role (single, leader, follower, no_quorum)",
+            ),
+            &["role"],
+        )
+        .expect("metric");
+        let terms = IntCounter::new(
+            "timelock_cluster_terms_total",
+            "Leadership terms this node has started",
+        )
+        .expect("metric");
+        let step_downs = IntCounterVec::new(
+            Opts::new(
+                "timelock_cluster_step_downs_total",
+                "Times this node stopped leading, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let lease_renewal_age = Gauge::new(
+            "timelock_cluster_lease_renewal_age_seconds",
+            "Seconds since this node's etcd lease was last renewed",
+        )
+        .expect("metric");
+        let lease_remaining = Gauge::new(
+            "timelock_cluster_lease_remaining_seconds",
+            "Seconds this node may still serve without another lease renewal",
+        )
+        .expect("metric");
+        let redirects = IntCounter::new(
+            "timelock_cluster_redirects_total",
+            "308 redirects to the leader served by this node",
+        )
+        .expect("metric");
+        let not_leader = IntCounter::new(
+            "timelock_cluster_not_leader_total",
+            "503 responses served because this node is not the leader",
+        )
+        .expect("metric");
+        let takeover_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "timelock_cluster_takeover_duration_seconds",
+                "From winning the election to serving (bounds loaded from etcd)",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )
+        .expect("metric");
+        for m in [
+            Box::new(role.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(terms.clone()),
+            Box::new(step_downs.clone()),
+            Box::new(lease_renewal_age.clone()),
+            Box::new(lease_remaining.clone()),
+            Box::new(redirects.clone()),
+            Box::new(not_leader.clone()),
+            Box::new(takeover_latency.clone()),
+        ] {
+            registry.register(m).expect("register metric");
+        }
+        Self {
+            role,
+            terms,
+            step_downs,
+            lease_renewal_age,
+            lease_remaining,
+            redirects,
+            not_leader,
+            takeover_latency,
+        }
+    }
 }
 
 impl Metrics {
@@ -128,6 +228,7 @@ impl Metrics {
         ] {
             registry.register(m).expect("register metric");
         }
+        let cluster = ClusterMetrics::new(&registry);
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -144,6 +245,7 @@ impl Metrics {
             lock_acquisitions,
             lock_expiries,
             lock_wait_latency,
+            cluster,
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use tokio::sync::Mutex;
 
+use crate::cluster::gate::TermGate;
 use crate::error::{Result, TimelockError};
 use crate::lock::{LockLimits, LockService};
 use crate::metrics::Metrics;
@@ -92,16 +93,40 @@ pub struct Namespaces {
     max_namespaces: usize,
     metrics: Metrics,
     epoch: Instant,
+    /// Open while this registry's term may serve; closed by [`Namespaces::end_term`].
+    gate: Arc<TermGate>,
 }
 
 impl Namespaces {
-    /// Loads every persisted namespace from `store`.
+    /// Loads every persisted namespace from `store`, for a single node (serves until shutdown).
     pub async fn load(
         store: Arc<dyn BoundStore>,
         limits: AllocatorLimits,
         lock_limits: LockLimits,
         max_namespaces: usize,
         metrics: Metrics,
+    ) -> std::result::Result<Self, StoreError> {
+        Self::load_term(
+            store,
+            limits,
+            lock_limits,
+            max_namespaces,
+            metrics,
+            TermGate::unbounded(),
+        )
+        .await
+    }
+
+    /// Loads every persisted namespace from `store` for one leadership term: every service
+    /// serves only while `gate` is open. Nothing is carried over from an earlier term: the
+    /// allocators start at the stored bounds and the lock services get new leadership ids.
+    pub async fn load_term(
+        store: Arc<dyn BoundStore>,
+        limits: AllocatorLimits,
+        lock_limits: LockLimits,
+        max_namespaces: usize,
+        metrics: Metrics,
+        gate: Arc<TermGate>,
     ) -> std::result::Result<Self, StoreError> {
         let registry = Self {
             map: RwLock::new(HashMap::new()),
@@ -112,6 +137,7 @@ impl Namespaces {
             max_namespaces,
             metrics,
             epoch: Instant::now(),
+            gate,
         };
         let records = store.load_all().await?;
         {
@@ -134,7 +160,8 @@ impl Namespaces {
                 self.limits,
                 self.store.clone(),
                 self.metrics.clone(),
-            )),
+            )
+            .with_gate(self.gate.clone())),
             locks: RwLock::new(LockService::new(self.lock_limits, self.metrics.clone())),
             partitions: parking_lot::Mutex::new(PartitionAllocator::default()),
             lock_limits: self.lock_limits,
@@ -156,6 +183,7 @@ impl Namespaces {
     /// The namespace, created (durably) on first use. Invalid names and creation past the cap
     /// are refused with nothing created.
     pub async fn get_or_create(&self, name: &str) -> Result<Arc<Namespace>> {
+        self.gate.check()?;
         let ns = match self.get(name) {
             Some(ns) => ns,
             None => self.create(name).await?,
@@ -238,6 +266,13 @@ impl Namespaces {
             .collect();
         names.sort();
         names
+    }
+
+    /// Ends this registry's term (leadership lost): nothing is served from it any more, lock
+    /// waiters fail with 503 and every lock is dropped.
+    pub fn end_term(&self) {
+        self.gate.close();
+        self.close_lock_services();
     }
 
     /// Ends every namespace's lock term (shutdown): waiters fail with 503, locks are dropped.

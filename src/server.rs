@@ -15,7 +15,9 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::config::Settings;
+use crate::cluster::election::{EtcdBoundsElsewhere, TermFactory};
+use crate::cluster::Leadership;
+use crate::config::{ClusterMode, ClusterSettings, Settings};
 use crate::http::{app, AppState, Shared};
 use crate::lock::LockLimits;
 use crate::metrics::Metrics;
@@ -34,11 +36,16 @@ pub struct Server {
     store_description: String,
     reaper_interval: std::time::Duration,
     backup_schedule: Option<(std::time::Duration, usize)>,
+    /// Cluster mode: the election loop to run while serving.
+    election: Option<(ClusterSettings, TermFactory)>,
 }
 
 impl Server {
     /// Opens the RocksDB data dir named by `settings` and binds `settings.server.listen`.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        if settings.cluster.mode == ClusterMode::Etcd {
+            return Self::bind_cluster(settings).await;
+        }
         let data_dir = settings.storage.data_dir.clone();
         let open_dir = data_dir.clone();
         let min_free = settings.storage.min_free_bytes;
@@ -94,8 +101,9 @@ impl Server {
         )
         .await
         .context("loading namespaces")?;
+        let leadership = Arc::new(Leadership::single(Arc::new(namespaces), metrics.clone()));
         let state = AppState::new(Shared {
-            namespaces: Arc::new(namespaces),
+            leadership,
             store: store.clone(),
             backups_dir: settings.storage_backups_dir(),
             migrations_dir: settings.migration.dir.clone(),
@@ -120,6 +128,72 @@ impl Server {
                 .backup
                 .schedule_interval()?
                 .map(|every| (every, settings.backup.keep)),
+            election: None,
+        })
+    }
+
+    /// Cluster mode: binds the listener and prepares the election; nothing is served until this
+    /// node wins it (see [`crate::cluster`]). Bounds live in etcd, not in the data dir.
+    async fn bind_cluster(settings: &Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let cluster = settings.cluster.clone();
+        let metrics = Metrics::new();
+        let addr = settings.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let advertise_url = if cluster.advertise_url.is_empty() {
+            anyhow::ensure!(
+                !local.ip().is_unspecified(),
+                "cluster mode: set cluster.advertise_url (the URL other nodes redirect clients to); it cannot be derived from the listen address {local}"
+            );
+            format!("http://{local}")
+        } else {
+            cluster.advertise_url.clone()
+        };
+        let node_id = if cluster.node_id.is_empty() {
+            advertise_url.clone()
+        } else {
+            cluster.node_id.clone()
+        };
+        let leadership = Arc::new(Leadership::clustered(
+            node_id,
+            advertise_url,
+            metrics.clone(),
+        ));
+        let store: Arc<dyn BoundStore> = Arc::new(EtcdBoundsElsewhere {
+            endpoints: cluster.etcd_endpoints.clone(),
+        });
+        let state = AppState::new(Shared {
+            leadership,
+            store: store.clone(),
+            backups_dir: settings.storage_backups_dir(),
+            migrations_dir: settings.migration.dir.clone(),
+            max_body_bytes: settings.server.max_body_bytes,
+            metrics: metrics.clone(),
+            lifecycle_id: uuid::Uuid::new_v4(),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        });
+        let router = app(state.clone(), settings);
+        let factory = TermFactory {
+            limits: AllocatorLimits::from(&settings.timestamp),
+            lock_limits: LockLimits::from(&settings.lock),
+            max_namespaces: settings.namespaces.max,
+            metrics,
+        };
+        Ok(Self {
+            listener,
+            state,
+            router,
+            data_dir: settings.storage.data_dir.clone(),
+            store_description: format!(
+                "etcd at {} under {:?} (cluster mode, node {})",
+                cluster.etcd_endpoints, cluster.etcd_prefix, settings.cluster.node_id
+            ),
+            reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
+            backup_schedule: None,
+            election: Some((cluster, factory)),
         })
     }
 
@@ -148,14 +222,16 @@ impl Server {
     ) -> anyhow::Result<()> {
         let shutting_down = self.state.shutting_down.clone();
         // Lease reaper: unlocks tokens not refreshed within the server lease.
-        let namespaces = self.state.namespaces.clone();
+        let leadership = self.state.leadership.clone();
         let interval = self.reaper_interval;
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                namespaces.reap();
+                if let Ok(namespaces) = leadership.namespaces() {
+                    namespaces.reap();
+                }
             }
         });
         let _stop_reaper = AbortOnDrop(reaper);
@@ -167,14 +243,29 @@ impl Server {
             // Small request/response pairs on keep-alive connections: never wait for Nagle.
             let _ = tcp.set_nodelay(true);
         });
-        let closing = self.state.namespaces.clone();
+        let (stop_election, election_stopped) = tokio::sync::watch::channel(false);
+        let election = self.election.map(|(cluster, factory)| {
+            tokio::spawn(crate::cluster::election::run(
+                self.state.leadership.clone(),
+                cluster,
+                factory,
+                election_stopped,
+            ))
+        });
+        let closing = self.state.leadership.clone();
         axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 shutting_down.store(true, Ordering::Release);
+                if let Some(election) = election {
+                    // Cluster mode: stop leading and revoke the lease, so that another node
+                    // takes over now rather than when the lease expires.
+                    let _ = stop_election.send(true);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+                }
                 // Lock waits can last as long as a client asked; end this term's lock services so
                 // they answer 503 (clients retry elsewhere) instead of holding up the shutdown.
-                closing.close_lock_services();
+                closing.close();
                 tracing::info!("shutting down: finishing in-flight requests");
             })
             .await

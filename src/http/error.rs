@@ -131,7 +131,12 @@ impl IntoResponse for TimelockError {
         match &self {
             TimelockError::NotCurrentLeader => {
                 tracing::debug!("not the current leader: 503");
-                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                let mut response = StatusCode::SERVICE_UNAVAILABLE.into_response();
+                // In cluster mode, routing turns this into a redirect to the leader.
+                response
+                    .extensions_mut()
+                    .insert(super::routing::NotCurrentLeaderResponse);
+                return response;
             }
             TimelockError::TooManyRequests(reason) => {
                 tracing::info!(%reason, "throttled: 429");

@@ -94,7 +94,7 @@ fn timeout(ms: i64) -> Result<Duration, TimelockError> {
 
 /// Validates the namespace name and request, then finds or creates the namespace.
 async fn namespace(state: &AppState, ns: &str) -> Result<std::sync::Arc<Namespace>, TimelockError> {
-    state.namespaces.get_or_create(ns).await
+    state.namespaces()?.get_or_create(ns).await
 }
 
 /// A lock or wait-for-locks request, whichever API it came through.
@@ -309,7 +309,7 @@ async fn invalidate_resources(
 ) -> Result<Response, TimelockError> {
     validate_names(&names)?;
     for name in &names {
-        if let Some(namespace) = state.namespaces.get(name) {
+        if let Some(namespace) = state.namespaces()?.get(name) {
             namespace.invalidate_resources();
             tracing::info!(namespace = %name, "resources invalidated: new leadership id, locks dropped");
         }

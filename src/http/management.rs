@@ -57,8 +57,8 @@ async fn do_fast_forward(
     ns: &str,
     timestamp: i64,
 ) -> Result<Response, TimelockError> {
-    validate_fast_forward(state.namespaces.limits(), timestamp)?;
-    let namespace = state.namespaces.get_or_create(ns).await?;
+    validate_fast_forward(state.namespaces()?.limits(), timestamp)?;
+    let namespace = state.namespaces()?.get_or_create(ns).await?;
     namespace.timestamps.fast_forward(timestamp).await?;
     Ok(no_content())
 }
@@ -97,7 +97,7 @@ async fn invalidate(
     State(state): State<AppState>,
     NsName(ns): NsName,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     Ok(json_number(namespace.timestamps.invalidate().await?))
 }
 
@@ -107,18 +107,18 @@ async fn revalidate(
     RawQuery(query): RawQuery,
 ) -> Result<Response, TimelockError> {
     let timestamp = required_i64(query.as_deref(), "currentTimestamp")?;
-    validate_fast_forward(state.namespaces.limits(), timestamp)?;
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    validate_fast_forward(state.namespaces()?.limits(), timestamp)?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     namespace.timestamps.revalidate(timestamp).await?;
     Ok(no_content())
 }
 
-async fn get_namespaces(State(state): State<AppState>) -> Response {
-    json(&state.namespaces.names())
+async fn get_namespaces(State(state): State<AppState>) -> Result<Response, TimelockError> {
+    Ok(json(&state.namespaces()?.names()))
 }
 
-async fn get_active_namespaces(State(state): State<AppState>) -> Response {
-    json(&state.namespaces.active_names())
+async fn get_active_namespaces(State(state): State<AppState>) -> Result<Response, TimelockError> {
+    Ok(json(&state.namespaces()?.active_names()))
 }
 
 async fn get_server_lifecycle_id(State(state): State<AppState>) -> Response {
@@ -131,10 +131,10 @@ async fn achieve_consensus(
 ) -> Result<Response, TimelockError> {
     validate_names(&names)?;
     for name in &names {
-        let namespace = state.namespaces.get_or_create(name).await?;
+        let namespace = state.namespaces()?.get_or_create(name).await?;
         let fresh = namespace.timestamps.fresh_timestamp().await?;
         let target = fresh.saturating_add(CONSENSUS_JUMP);
-        validate_fast_forward(state.namespaces.limits(), target)?;
+        validate_fast_forward(state.namespaces()?.limits(), target)?;
         namespace.timestamps.fast_forward(target).await?;
     }
     Ok(no_content())

@@ -18,7 +18,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use crate::config::Settings;
+use crate::cluster::Leadership;
+use crate::config::{ClusterMode, Settings};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 
@@ -28,6 +29,7 @@ pub mod extract;
 pub mod lock;
 pub mod management;
 pub mod ops;
+pub mod routing;
 pub mod timestamp;
 pub mod transactions;
 
@@ -37,7 +39,8 @@ pub mod transactions;
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
-    pub namespaces: Arc<Namespaces>,
+    /// Whether this node serves, and the current term's namespace registry.
+    pub leadership: Arc<Leadership>,
     /// The bound store (for online backups through the admin API).
     pub store: Arc<dyn crate::storage::BoundStore>,
     /// Where online backups are written.
@@ -56,6 +59,12 @@ pub struct Shared {
 impl AppState {
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
+    }
+
+    /// The registry of the current term, or `NotCurrentLeader` (503, or 308 to the leader).
+    #[inline]
+    pub fn namespaces(&self) -> crate::error::Result<Arc<Namespaces>> {
+        self.leadership.namespaces()
     }
 }
 
@@ -95,10 +104,17 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
     if !prefix.is_empty() {
         router = router.nest(prefix, routes());
     }
-    router
+    router = router
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    if settings.cluster.mode == ClusterMode::Etcd {
+        let prefix: Arc<str> = Arc::from(settings.server.path_prefix.as_str());
+        router = router.layer(axum::middleware::from_fn_with_state(
+            (state.clone(), prefix),
+            routing::leader_only,
+        ));
+    }
+    router.with_state(state)
 }
 
 async fn not_found() -> Response {

@@ -17,6 +17,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use prometheus::{Histogram, IntCounter};
 
+use crate::cluster::Role;
 use crate::metrics::Metrics;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/health/leader", get(leader))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -45,18 +47,50 @@ async fn live() -> Response {
     super::json(&json!({"status": "UP"}))
 }
 
+/// Readiness: 200 when this node can do its part, 503 when it cannot.
+///
+/// * single node: ready unless shutting down or a namespace has fail-stopped;
+/// * cluster leader: the same;
+/// * cluster follower: ready (it answers clients with a redirect or 503 as TimeLock's
+///   followers do; a container orchestrator should keep it running);
+/// * no quorum (etcd unreachable): not ready.
+///
+/// `role` says which; `/health/leader` is 200 only where client requests are served (for a
+/// load balancer that should send traffic to the leader only).
 async fn ready(State(state): State<AppState>) -> Response {
-    let fail_stopped = state.namespaces.fail_stopped();
+    let role = state.leadership.role();
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
-    let ok = fail_stopped.is_empty() && !shutting_down;
-    let body = json!({
+    let (fail_stopped, fenced) = match state.namespaces() {
+        Ok(namespaces) => (namespaces.fail_stopped(), namespaces.fenced()),
+        Err(_) => (Vec::new(), Vec::new()),
+    };
+    let ok = fail_stopped.is_empty() && !shutting_down && role != Role::NoQuorum;
+    let mut body = json!({
         "status": if ok { "READY" } else { "NOT_READY" },
+        "role": role.as_str(),
         "shuttingDown": shutting_down,
         "failStoppedNamespaces": fail_stopped,
-        "fencedNamespaces": state.namespaces.fenced(),
+        "fencedNamespaces": fenced,
     });
+    if role != Role::Single {
+        body["nodeId"] = json!(state.leadership.node_id());
+        body["leader"] = match role {
+            Role::Leader => json!(state.leadership.advertise_url()),
+            _ => json!(state.leadership.leader_url().as_deref()),
+        };
+    }
     let mut response = super::json(&body);
     if !ok {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
+}
+
+/// 200 where client requests are served (the single node, or the cluster's leader), else 503.
+async fn leader(State(state): State<AppState>) -> Response {
+    let role = state.leadership.role();
+    let mut response = super::json(&json!({ "role": role.as_str() }));
+    if !state.leadership.serves() {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
     response
@@ -294,7 +328,10 @@ mod tests {
         .await
         .unwrap();
         AppState::new(Shared {
-            namespaces: Arc::new(namespaces),
+            leadership: Arc::new(crate::cluster::Leadership::single(
+                Arc::new(namespaces),
+                metrics.clone(),
+            )),
             store,
             backups_dir: std::path::PathBuf::from("unused"),
             migrations_dir: std::path::PathBuf::from("unused"),

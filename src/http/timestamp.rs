@@ -44,7 +44,7 @@ async fn fresh_timestamp(
     State(state): State<AppState>,
     NsName(ns): NsName,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     Ok(json_number(namespace.timestamps.fresh_timestamp().await?))
 }
 
@@ -63,7 +63,7 @@ async fn fresh_timestamps(
 ) -> Result<Response, TimelockError> {
     let number = required_i64(query.as_deref(), "number")?;
     validate_count(number)?;
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let range = namespace.timestamps.fresh_timestamps(number).await?;
     Ok(json(&LegacyRange {
         lower_bound: range.lower,
@@ -90,7 +90,7 @@ async fn conjure_fresh_timestamps(
     JsonBody(request): JsonBody<GetFreshTimestampsRequest>,
 ) -> Result<Response, TimelockError> {
     validate_count(request.num_timestamps)?;
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let range = namespace
         .timestamps
         .fresh_timestamps(request.num_timestamps)
@@ -114,7 +114,7 @@ async fn conjure_fresh_timestamps_v2(
     JsonBody(requested): JsonBody<i64>,
 ) -> Result<Response, TimelockError> {
     validate_count(requested)?;
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let range = namespace.timestamps.fresh_timestamps(requested).await?;
     Ok(json(&GetFreshTimestampsResponseV2 {
         start: range.lower,

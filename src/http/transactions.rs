@@ -82,7 +82,7 @@ async fn do_start(
     r: &StartTransactionsRequest,
 ) -> Result<StartTransactionsResponse, TimelockError> {
     validate_count(r.num_transactions)?;
-    let namespace = state.namespaces.get_or_create(ns).await?;
+    let namespace = state.namespaces()?.get_or_create(ns).await?;
     transactions::start_transactions(
         &namespace,
         r.request_id,
@@ -115,7 +115,7 @@ async fn do_commit_timestamps(
     r: &CommitTimestampsRequest,
 ) -> Result<transactions::CommitTimestampsResponse, TimelockError> {
     validate_count(r.num_timestamps)?;
-    let namespace = state.namespaces.get_or_create(ns).await?;
+    let namespace = state.namespaces()?.get_or_create(ns).await?;
     transactions::commit_timestamps(&namespace, r.num_timestamps, r.last_known_version.as_ref())
         .await
 }
@@ -140,7 +140,7 @@ async fn commit_timestamp(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<CommitTimestampRequest>,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let r =
         transactions::commit_timestamps(&namespace, 1, request.last_known_version.as_ref()).await?;
     Ok(json(
@@ -155,7 +155,7 @@ async fn multi_leader_times(
     validate_names(&names)?;
     let mut leader_times: BTreeMap<String, LeaderTime> = BTreeMap::new();
     for name in names {
-        let namespace = state.namespaces.get_or_create(&name).await?;
+        let namespace = state.namespaces()?.get_or_create(&name).await?;
         leader_times.insert(name, namespace.locks().leader_time());
     }
     Ok(json(&serde_json::json!({"leaderTimes": leader_times})))
@@ -195,7 +195,7 @@ async fn multi_unlock(
     validate_names(requests.keys())?;
     let mut out = BTreeMap::new();
     for (name, tokens) in &requests {
-        let namespace = state.namespaces.get_or_create(name).await?;
+        let namespace = state.namespaces()?.get_or_create(name).await?;
         out.insert(name.clone(), namespace.locks().unlock(tokens)?);
     }
     Ok(json(&out))
@@ -259,7 +259,7 @@ async fn multi_acquire_timestamp_leases(
     }
     let mut out = BTreeMap::new();
     for (ns, batch) in &requests {
-        let namespace = state.namespaces.get_or_create(ns).await?;
+        let namespace = state.namespaces()?.get_or_create(ns).await?;
         let mut responses = Vec::new();
         for request in batch {
             let names: Vec<String> = request.num_fresh_timestamps.keys().cloned().collect();
@@ -309,7 +309,7 @@ async fn multi_min_leased_timestamps(
     }
     let mut out = BTreeMap::new();
     for (ns, names) in &requests {
-        let namespace = state.namespaces.get_or_create(ns).await?;
+        let namespace = state.namespaces()?.get_or_create(ns).await?;
         let mut per_name = BTreeMap::new();
         for name in names {
             let min = match namespace.locks().min_leased_timestamp(name) {
@@ -338,7 +338,7 @@ async fn legacy_lock_immutable_timestamp(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<IdentifiedRequest>,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let (immutable, _lease) =
         transactions::lock_immutable_timestamp(&namespace, request.request_id).await?;
     Ok(json(&immutable))
@@ -348,7 +348,7 @@ async fn legacy_immutable_timestamp(
     State(state): State<AppState>,
     NsName(ns): NsName,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     Ok(json_number(
         transactions::immutable_timestamp(&namespace).await?,
     ))
@@ -359,7 +359,7 @@ async fn legacy_start_transaction(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<IdentifiedRequest>,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces.get_or_create(&ns).await?;
+    let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let (immutable, _lease) =
         transactions::lock_immutable_timestamp(&namespace, request.request_id).await?;
     let fresh = namespace.timestamps.fresh_timestamp().await?;
@@ -383,7 +383,7 @@ async fn start_identified(
 ) -> Result<(LockTokenResponse, PartitionedTimestamps, Lease), TimelockError> {
     let requestor_id = requestor(request)?;
     validate_count(num_transactions)?;
-    let namespace = state.namespaces.get_or_create(ns).await?;
+    let namespace = state.namespaces()?.get_or_create(ns).await?;
     let (immutable, lease) =
         transactions::lock_immutable_timestamp(&namespace, request.request_id).await?;
     let timestamps =

@@ -48,6 +48,16 @@ impl EtcdStore {
         })
     }
 
+    /// A store over an existing client (the election's), under `prefix`.
+    pub fn from_client(client: Client, prefix: &str, endpoints: &[String]) -> Self {
+        Self {
+            client,
+            prefix: prefix.to_string(),
+            guard: None,
+            endpoints: endpoints.to_vec(),
+        }
+    }
+
     /// Writes only while `guard` is still the election's leader key.
     pub fn with_leader_guard(mut self, guard: LeaderGuard) -> Self {
         self.guard = Some(guard);

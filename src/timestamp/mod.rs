@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use tokio::sync::Mutex;
 
+use crate::cluster::gate::TermGate;
 use crate::config::TimestampSettings;
 use crate::error::{Result, TimelockError};
 use crate::metrics::Metrics;
@@ -115,6 +116,8 @@ pub struct TimestampService {
     limits: AllocatorLimits,
     store: Arc<dyn BoundStore>,
     metrics: Metrics,
+    /// Open while this node's term may serve (always, on a single node; see [`TermGate`]).
+    gate: Arc<TermGate>,
 }
 
 impl TimestampService {
@@ -144,7 +147,14 @@ impl TimestampService {
             limits,
             store,
             metrics,
+            gate: TermGate::unbounded(),
         }
+    }
+
+    /// Serves only while `gate` is open (cluster mode: while this node holds the leader lease).
+    pub fn with_gate(mut self, gate: Arc<TermGate>) -> Self {
+        self.gate = gate;
+        self
     }
 
     pub fn namespace(&self) -> &Arc<str> {
@@ -175,6 +185,7 @@ impl TimestampService {
     }
 
     fn check_state(&self) -> Result<()> {
+        self.gate.check()?;
         match self.state.load(Ordering::Acquire) {
             ACTIVE => Ok(()),
             INVALIDATED => Err(TimelockError::NamespaceInvalidated {
@@ -267,6 +278,7 @@ impl TimestampService {
     /// timestamp it can ever have issued. Idempotent: invalidating again returns the same bound.
     pub async fn invalidate(self: &Arc<Self>) -> Result<i64> {
         let _guard = self.writer.lock().await;
+        self.gate.check()?;
         match self.state.load(Ordering::Acquire) {
             INVALIDATED => return Ok(self.durable_bound()),
             FAILED => return Err(self.failed_error()),
@@ -296,6 +308,7 @@ impl TimestampService {
     /// fast-forward).
     async fn lift(&self, timestamp: i64, allow_invalidated: bool) -> Result<()> {
         let _guard = self.writer.lock().await;
+        self.gate.check()?;
         match self.state.load(Ordering::Acquire) {
             FAILED => return Err(self.failed_error()),
             INVALIDATED if !allow_invalidated => {
