@@ -273,13 +273,13 @@ async fn candidacy(
                 if !namespaces.fail_stopped().is_empty() {
                     // A bound write failed: end the term so that a new one (here or on another
                     // node) reloads the bounds, instead of serving with a stopped namespace.
-                    leadership.step_down(Role::Follower, "fail_stop");
+                    leadership.step_down(Role::NoQuorum, "fail_stop");
                     break Exit::Again;
                 }
                 match still_leader(&ops, &election, &guard, timeout).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        leadership.step_down(Role::Follower, "key_lost");
+                        leadership.step_down(Role::NoQuorum, "key_lost");
                         break Exit::Again;
                     }
                     // Unreachable etcd is handled by the lease clock: serve until it runs out.

@@ -1,0 +1,691 @@
+//! Cluster mode: three real `timelock` nodes electing a leader through a real etcd on loopback.
+//! Each node reaches etcd through its own TCP proxy, so a test can partition one node from etcd
+//! (its connections go silent) while clients can still reach it.
+//!
+//! What is shown: only the leader serves and followers answer 308/503 exactly as specified;
+//! `kill -9` of the leader elects another and timestamps keep rising, locks die with the term
+//! and the leadership id changes; a leader cut off from etcd stops serving before any other node
+//! starts, and a checker over every client operation across repeated failovers finds no
+//! violation; a rolling restart keeps the service up.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::{start_etcd, Etcd, Proxy};
+use common::TestServer;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+const NEW_PROTOCOL: &str = "test-client/1.0 atlasdb-http-client/2.0";
+
+struct Cluster {
+    nodes: Vec<TestServer>,
+    proxies: Vec<Proxy>,
+    _dirs: Vec<tempfile::TempDir>,
+    _etcd: Etcd,
+}
+
+impl Cluster {
+    async fn start(size: usize) -> Cluster {
+        let etcd = start_etcd().await;
+        let prefix = format!("/timelock-test-{}/", uuid::Uuid::new_v4());
+        let mut nodes = Vec::new();
+        let mut proxies = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..size {
+            let proxy = Proxy::start(etcd.addr).await;
+            let dir = tempfile::tempdir().unwrap();
+            let env = [
+                ("TIMELOCK__CLUSTER__MODE", "etcd".to_string()),
+                ("TIMELOCK__CLUSTER__ETCD_ENDPOINTS", proxy.endpoint()),
+                ("TIMELOCK__CLUSTER__ETCD_PREFIX", prefix.clone()),
+                ("TIMELOCK__CLUSTER__NODE_ID", format!("node{i}")),
+                ("TIMELOCK__CLUSTER__LEASE_TTL_SECS", "2".to_string()),
+                ("TIMELOCK__CLUSTER__RENEW_INTERVAL_MS", "250".to_string()),
+                ("TIMELOCK__CLUSTER__SAFETY_MARGIN_MS", "400".to_string()),
+                ("TIMELOCK__CLUSTER__ETCD_TIMEOUT_MS", "500".to_string()),
+                // Small reservations: bound writes (guarded etcd transactions) happen often.
+                ("TIMELOCK__TIMESTAMP__RESERVATION", "200".to_string()),
+            ];
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let node = TestServer::start(&dir.path().join("data"), &env);
+            nodes.push(node);
+            proxies.push(proxy);
+            dirs.push(dir);
+        }
+        Cluster {
+            nodes,
+            proxies,
+            _dirs: dirs,
+            _etcd: etcd,
+        }
+    }
+
+    /// The nodes' current base URLs (a restarted node listens on a new port). Every URL ever
+    /// used is remembered: a follower may redirect to a leader that has just died.
+    fn bases(&self) -> Vec<String> {
+        let bases: Vec<String> = self.nodes.iter().map(|n| n.base()).collect();
+        known_nodes().lock().extend(bases.iter().cloned());
+        bases
+    }
+
+    /// The index of the node whose readiness says `leader`, waiting up to `limit`.
+    async fn leader(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut leaders = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Some(role) = role_of(&node.base()).await {
+                    if role == "leader" {
+                        leaders.push(i);
+                    }
+                }
+            }
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            assert!(
+                leaders.len() <= 1,
+                "two nodes claim to lead at once: {leaders:?}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {limit:?}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node{i} ---\n{}", tail(&n.log(), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn known_nodes() -> &'static Mutex<std::collections::HashSet<String>> {
+    static KNOWN: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(Default::default)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+async fn role_of(base: &str) -> Option<String> {
+    let response = http()
+        .get(format!("{base}/health/ready"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    let body: Value = response.json().await.ok()?;
+    body["role"].as_str().map(str::to_string)
+}
+
+fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(5))
+                .pool_max_idle_per_host(8)
+                .build()
+                .unwrap()
+        })
+        .clone()
+}
+
+/// One attempt against one node.
+#[derive(Debug)]
+enum Attempt {
+    Ok(Value),
+    Redirect(String),
+    Unavailable,
+    Other(u16, String),
+    Unreachable,
+}
+
+async fn attempt(base: &str, path: &str, body: Option<&Value>) -> Attempt {
+    let mut request = http()
+        .post(format!("{base}{path}"))
+        .header("User-Agent", NEW_PROTOCOL);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let Ok(response) = request.send().await else {
+        return Attempt::Unreachable;
+    };
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = response.text().await.unwrap_or_default();
+    match status {
+        200 => Attempt::Ok(serde_json::from_str(&text).unwrap_or(Value::Null)),
+        204 => Attempt::Ok(Value::Null),
+        308 => Attempt::Redirect(location.expect("308 carries Location")),
+        503 if text.is_empty() => Attempt::Unavailable,
+        _ => Attempt::Other(status, text),
+    }
+}
+
+/// What AtlasDB's client does: follow a 308 to the named node, try the next node on 503 or when
+/// unreachable. Returns the value and the base URL that served it.
+async fn call(
+    bases: &[String],
+    start: usize,
+    path: &str,
+    body: Option<&Value>,
+    limit: Duration,
+) -> Result<(Value, String), String> {
+    let deadline = Instant::now() + limit;
+    let mut i = start;
+    loop {
+        let base = bases[i % bases.len()].clone();
+        let mut target = base.clone();
+        for _ in 0..3 {
+            match attempt(&target, path, body).await {
+                Attempt::Ok(v) => return Ok((v, target)),
+                Attempt::Redirect(location) => {
+                    assert!(
+                        known_nodes().lock().contains(&location),
+                        "redirect to {location}, which is no cluster node's advertised URL"
+                    );
+                    target = location;
+                }
+                Attempt::Other(status, text) => return Err(format!("{target}: {status} {text}")),
+                Attempt::Unavailable | Attempt::Unreachable => break,
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no node served {path} within {limit:?}"));
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fresh(bases: &[String], ns: &str) -> (i64, String) {
+    let (v, node) = call(
+        bases,
+        0,
+        &format!("/{ns}/timestamp/fresh-timestamp"),
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    (v.as_i64().expect("a number"), node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let bases = cluster.bases();
+    let leader_base = bases[leader].clone();
+
+    // The leader serves everyone, new protocol or curl.
+    let first = http()
+        .post(format!("{leader_base}/ha/timestamp/fresh-timestamp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.text().await.unwrap(), "1", "a new namespace starts at 1");
+
+    for (i, base) in bases.iter().enumerate() {
+        if i == leader {
+            continue;
+        }
+        for path in [
+            "/ha/timestamp/fresh-timestamp",
+            "/timelock/api/ha/timestamp/fresh-timestamp",
+            "/timelock/api/tl/ts/ha",
+            "/ha/timestamp-management/ping",
+        ] {
+            let method = if path.ends_with("ping") {
+                reqwest::Method::GET
+            } else {
+                reqwest::Method::POST
+            };
+            // curl (no new-protocol User-Agent): 503, no body, as the reverse-migration runbook says.
+            let plain = http()
+                .request(method.clone(), format!("{base}{path}"))
+                .header("Content-Type", "application/json")
+                .body(if path.contains("/tl/") {
+                    r#"{"numTimestamps":1}"#
+                } else {
+                    ""
+                })
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(plain.status(), 503, "{base}{path} without the new protocol");
+            assert_eq!(plain.text().await.unwrap(), "", "QoS answers have no body");
+            // A new-protocol client: 308 to the leader's advertised URL.
+            let modern = http()
+                .request(method, format!("{base}{path}"))
+                .header("User-Agent", NEW_PROTOCOL)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(modern.status(), 308, "{base}{path} with the new protocol");
+            assert_eq!(
+                modern.headers()["location"].to_str().unwrap(),
+                leader_base,
+                "Location is the leader's base URL"
+            );
+        }
+        // Operations endpoints are every node's own.
+        let ready: Value = http()
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ready["role"], "follower");
+        assert_eq!(ready["status"], "READY");
+        assert_eq!(ready["leader"], json!(leader_base));
+        let leader_check = http()
+            .get(format!("{base}/health/leader"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(leader_check.status(), 503);
+        let metrics = http()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("timelock_cluster_role{role=\"follower\"} 1"));
+        assert!(metrics.contains("timelock_cluster_redirects_total 4"), "{metrics}");
+        assert!(metrics.contains("timelock_cluster_not_leader_total 4"));
+    }
+    let ready: Value = http()
+        .get(format!("{leader_base}/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["role"], "leader");
+    assert_eq!(ready["leader"], json!(leader_base));
+    assert_eq!(
+        http()
+            .get(format!("{leader_base}/health/leader"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The CLI, given every node, finds the leader whichever node comes first.
+    let all = bases.join(",");
+    let mut previous = 1;
+    for order in [all.clone(), bases.iter().rev().cloned().collect::<Vec<_>>().join(",")] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["timestamp", "fetch", "--server", &order, "--namespace", "ha"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ts: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(ts > previous);
+        previous = ts;
+    }
+}
+
+/// Leadership id of `ns` from the leader's `/tl/lt` (changes with every term).
+async fn leadership_id(bases: &[String], ns: &str) -> String {
+    let (v, _) = call(
+        bases,
+        0,
+        &format!("/tl/lt/{ns}"),
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_timestamps_rise_and_locks_die() {
+    let mut cluster = Cluster::start(3).await;
+    let mut failover_ms = Vec::new();
+    for round in 0..3 {
+        let leader = cluster.leader(Duration::from_secs(20)).await;
+        let bases = cluster.bases();
+        let (before, served_by) = fresh(&bases, "ko").await;
+        assert_eq!(served_by, bases[leader]);
+        let id_before = leadership_id(&bases, "ko").await;
+        // A lock descriptor of this round's own (base64 of "row0", "row1", ...).
+        let row = ["cm93MA==", "cm93MQ==", "cm93Mg=="][round];
+        let (lock, _) = call(
+            &bases,
+            0,
+            "/tl/l/ko",
+            Some(&json!({"requestId": uuid::Uuid::new_v4(), "lockDescriptors": [row], "acquireTimeoutMs": 1000})),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(lock["type"], "successful", "{lock}");
+        let token = lock["successful"]["lockToken"]["requestId"].clone();
+
+        cluster.nodes[leader].kill9();
+        let killed = Instant::now();
+        let survivors: Vec<String> = bases
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, b)| b.clone())
+            .collect();
+        let (after, new_leader) = fresh(&survivors, "ko").await;
+        failover_ms.push(killed.elapsed().as_millis() as u64);
+        assert!(after > before, "round {round}: {after} after {before}");
+        assert_ne!(new_leader, bases[leader]);
+
+        // The lock died with the term; the leadership id changed.
+        let (refreshed, _) = call(
+            &survivors,
+            0,
+            "/tl/rl2/ko",
+            Some(&json!([token])),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            refreshed["refreshedTokens"],
+            json!([]),
+            "a lock of the old term is not refreshable"
+        );
+        let id_after = leadership_id(&survivors, "ko").await;
+        assert_ne!(id_before, id_after, "leadership id changes across failover");
+        // The lock is free again on the new leader.
+        let (again, _) = call(
+            &survivors,
+            0,
+            "/tl/l/ko",
+            Some(&json!({"requestId": uuid::Uuid::new_v4(), "lockDescriptors": [row], "acquireTimeoutMs": 1000})),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(again["type"], "successful");
+
+        cluster.nodes[leader].restart();
+        cluster.bases();
+    }
+    failover_ms.sort();
+    println!(
+        "failover after kill -9 (leader killed -> first timestamp from the new leader), ms: {failover_ms:?}"
+    );
+    // The lease is 2 s here: a kill is noticed when it expires.
+    assert!(failover_ms.iter().all(|ms| *ms < 15_000), "{failover_ms:?}");
+}
+
+/// One client operation, for the checker.
+#[derive(Debug, Clone)]
+struct Op {
+    client: usize,
+    invoked: Instant,
+    completed: Instant,
+    value: i64,
+    node: String,
+}
+
+/// Per-client strictly increasing, globally unique, and for operations that do not overlap in
+/// real time, the later one has the larger value (linearizability of a counter).
+fn check(ops: &[Op]) -> Result<(), String> {
+    let mut by_client: std::collections::BTreeMap<usize, Vec<&Op>> = Default::default();
+    for op in ops {
+        by_client.entry(op.client).or_default().push(op);
+    }
+    for (client, list) in &by_client {
+        for pair in list.windows(2) {
+            if pair[1].value <= pair[0].value {
+                return Err(format!(
+                    "client {client}: {} then {} (from {} then {})",
+                    pair[0].value, pair[1].value, pair[0].node, pair[1].node
+                ));
+            }
+        }
+    }
+    let mut values: Vec<i64> = ops.iter().map(|o| o.value).collect();
+    values.sort();
+    if let Some(w) = values.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("timestamp {} issued twice", w[0]));
+    }
+    // Sort by completion; a sweep keeps the largest value among operations completed before
+    // each invocation.
+    let mut by_completion: Vec<&Op> = ops.iter().collect();
+    by_completion.sort_by_key(|o| o.completed);
+    let mut by_invocation: Vec<&Op> = ops.iter().collect();
+    by_invocation.sort_by_key(|o| o.invoked);
+    let mut j = 0;
+    let mut max_done: Option<&Op> = None;
+    for op in by_invocation {
+        while j < by_completion.len() && by_completion[j].completed < op.invoked {
+            if max_done.is_none_or(|m| by_completion[j].value > m.value) {
+                max_done = Some(by_completion[j]);
+            }
+            j += 1;
+        }
+        if let Some(m) = max_done {
+            if op.value <= m.value {
+                return Err(format!(
+                    "{} (from {}) was invoked after {} (from {}) completed, but is not larger",
+                    op.value, op.node, m.value, m.node
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_checker_catches_each_kind_of_violation() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let op = |client, a, b, value| Op {
+        client,
+        invoked: at(a),
+        completed: at(b),
+        value,
+        node: "n".into(),
+    };
+    assert!(check(&[op(0, 0, 1, 1), op(1, 2, 3, 2)]).is_ok());
+    assert!(check(&[op(0, 0, 1, 2), op(0, 2, 3, 1)]).is_err(), "per client");
+    assert!(check(&[op(0, 0, 1, 2), op(1, 0, 1, 2)]).is_err(), "duplicate");
+    assert!(check(&[op(0, 0, 1, 5), op(1, 2, 3, 4)]).is_err(), "real-time order");
+    assert!(check(&[op(0, 0, 3, 5), op(1, 1, 2, 4)]).is_ok(), "overlapping");
+}
+
+/// Runs `clients` clients fetching timestamps until `stop`, recording every success.
+fn spawn_clients(
+    clients: usize,
+    bases: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ops: Arc<Mutex<Vec<Op>>>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..clients)
+        .map(|client| {
+            let (bases, stop, ops) = (bases.clone(), stop.clone(), ops.clone());
+            tokio::spawn(async move {
+                let mut failures = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let current = bases.lock().clone();
+                    let invoked = Instant::now();
+                    match call(
+                        &current,
+                        client,
+                        "/lin/timestamp/fresh-timestamp",
+                        None,
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    {
+                        Ok((v, node)) => ops.lock().push(Op {
+                            client,
+                            invoked,
+                            completed: Instant::now(),
+                            value: v.as_i64().unwrap(),
+                            node,
+                        }),
+                        Err(_) => failures += 1,
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_stops_serving_before_another_starts() {
+    let cluster = Cluster::start(3).await;
+    let bases = Arc::new(Mutex::new(cluster.bases()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    cluster.leader(Duration::from_secs(20)).await;
+    let clients = spawn_clients(4, bases.clone(), stop.clone(), ops.clone());
+
+    let mut handovers = Vec::new();
+    for round in 0..3 {
+        let old = cluster.leader(Duration::from_secs(20)).await;
+        let old_base = cluster.nodes[old].base();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cut_at = Instant::now();
+        cluster.proxies[old].cut();
+        // Wait for a different node to lead and serve.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let served_elsewhere = ops
+                .lock()
+                .iter()
+                .any(|o| o.invoked > cut_at && o.node != old_base);
+            if served_elsewhere {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no other node served; logs:\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The partitioned leader is still reachable by clients, but no longer serves.
+        match attempt(&old_base, "/lin/timestamp/fresh-timestamp", None).await {
+            Attempt::Unavailable | Attempt::Redirect(_) => {}
+            other => panic!("round {round}: the partitioned old leader answered {other:?}"),
+        }
+        let role = role_of(&old_base).await;
+        assert_eq!(role.as_deref(), Some("no_quorum"), "round {round}");
+        {
+            let ops = ops.lock();
+            let last_old = ops
+                .iter()
+                .filter(|o| o.node == old_base)
+                .map(|o| o.completed)
+                .max()
+                .unwrap();
+            let first_new = ops
+                .iter()
+                .filter(|o| o.invoked > cut_at && o.node != old_base)
+                .map(|o| o.completed)
+                .min()
+                .unwrap();
+            assert!(
+                last_old < first_new,
+                "round {round}: the old leader answered after the new one"
+            );
+            handovers.push((
+                last_old.duration_since(cut_at).as_millis() as u64,
+                first_new.duration_since(cut_at).as_millis() as u64,
+            ));
+        }
+        cluster.proxies[old].heal();
+        // It rejoins as a follower.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while role_of(&old_base).await.as_deref() != Some("follower") {
+            assert!(Instant::now() < deadline, "round {round}: old leader did not rejoin");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut failures = 0;
+    for c in clients {
+        failures += c.await.unwrap();
+    }
+    let ops = ops.lock().clone();
+    println!(
+        "partition: {} operations by 4 clients over 3 failovers, {failures} gave up; (old leader's last answer, new leader's first answer) after the cut, ms: {handovers:?}",
+        ops.len()
+    );
+    assert!(ops.len() > 100, "too few operations to mean anything");
+    check(&ops).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_keeps_service() {
+    let mut cluster = Cluster::start(3).await;
+    let bases = Arc::new(Mutex::new(cluster.bases()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    cluster.leader(Duration::from_secs(20)).await;
+    let clients = spawn_clients(3, bases.clone(), stop.clone(), ops.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..cluster.nodes.len() {
+        let status = cluster.nodes[i].terminate();
+        assert!(status.success(), "node{i} exit: {status}");
+        cluster.nodes[i].restart();
+        *bases.lock() = cluster.bases();
+        // Back in the cluster (as leader or follower) before the next node goes.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let role = role_of(&cluster.nodes[i].base()).await;
+            if matches!(role.as_deref(), Some("leader") | Some("follower")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node{i} did not rejoin");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut failures = 0;
+    for c in clients {
+        failures += c.await.unwrap();
+    }
+    let ops = ops.lock().clone();
+    let served_by: std::collections::BTreeSet<&str> = ops.iter().map(|o| o.node.as_str()).collect();
+    println!(
+        "rolling restart: {} operations, {failures} gave up, served by {} distinct node addresses",
+        ops.len(),
+        served_by.len()
+    );
+    assert_eq!(failures, 0, "every operation eventually succeeded");
+    assert!(served_by.len() >= 2, "leadership moved during the restart");
+    check(&ops).unwrap();
+}
