@@ -669,12 +669,7 @@ impl Client {
         Err(last_error.unwrap_or_else(|| anyhow!("no server given")))
     }
 
-    async fn call_node(
-        &self,
-        method: Method,
-        base: &str,
-        path: &str,
-    ) -> Result<String, NodeError> {
+    async fn call_node(&self, method: Method, base: &str, path: &str) -> Result<String, NodeError> {
         let mut base = base.trim_end_matches('/').to_string();
         for _ in 0..4 {
             let url = format!("{base}/{path}");
@@ -717,11 +712,13 @@ impl Client {
                 return Ok(body);
             }
             let error = explain_failure(&base, status, &body);
-            return Err(if status == StatusCode::SERVICE_UNAVAILABLE && body.is_empty() {
-                NodeError::TryAnother(error)
-            } else {
-                NodeError::Final(error)
-            });
+            return Err(
+                if status == StatusCode::SERVICE_UNAVAILABLE && body.is_empty() {
+                    NodeError::TryAnother(error)
+                } else {
+                    NodeError::Final(error)
+                },
+            );
         }
         Err(NodeError::TryAnother(anyhow!(
             "too many leader redirects from {base}; the cluster may be electing a leader, try again"

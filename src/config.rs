@@ -464,7 +464,8 @@ impl Settings {
             ));
         }
         if !c.advertise_url.is_empty()
-            && (!(c.advertise_url.starts_with("http://") || c.advertise_url.starts_with("https://"))
+            && (!(c.advertise_url.starts_with("http://")
+                || c.advertise_url.starts_with("https://"))
                 || c.advertise_url.ends_with('/'))
         {
             return invalid(format!(
@@ -473,10 +474,14 @@ impl Settings {
             ));
         }
         if c.lease_ttl_secs < 2 {
-            return invalid("cluster.lease_ttl_secs must be at least 2 (etcd's minimum lease)".into());
+            return invalid(
+                "cluster.lease_ttl_secs must be at least 2 (etcd's minimum lease)".into(),
+            );
         }
         if c.renew_interval_ms == 0 || c.etcd_timeout_ms == 0 {
-            return invalid("cluster.renew_interval_ms and cluster.etcd_timeout_ms must be positive".into());
+            return invalid(
+                "cluster.renew_interval_ms and cluster.etcd_timeout_ms must be positive".into(),
+            );
         }
         if c.max_clock_drift_ppm >= 500_000 {
             return invalid("cluster.max_clock_drift_ppm must be below 500000".into());

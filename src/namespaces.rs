@@ -154,14 +154,16 @@ impl Namespaces {
 
     fn build(&self, name: Arc<str>, record: NamespaceRecord, last_used: u64) -> Arc<Namespace> {
         Arc::new(Namespace {
-            timestamps: Arc::new(TimestampService::new(
-                name,
-                record,
-                self.limits,
-                self.store.clone(),
-                self.metrics.clone(),
-            )
-            .with_gate(self.gate.clone())),
+            timestamps: Arc::new(
+                TimestampService::new(
+                    name,
+                    record,
+                    self.limits,
+                    self.store.clone(),
+                    self.metrics.clone(),
+                )
+                .with_gate(self.gate.clone()),
+            ),
             locks: RwLock::new(LockService::new(self.lock_limits, self.metrics.clone())),
             partitions: parking_lot::Mutex::new(PartitionAllocator::default()),
             lock_limits: self.lock_limits,
@@ -266,6 +268,11 @@ impl Namespaces {
             .collect();
         names.sort();
         names
+    }
+
+    /// Whether this registry may still serve (its term's gate is open).
+    pub fn is_serving(&self) -> bool {
+        self.gate.is_open()
     }
 
     /// Ends this registry's term (leadership lost): nothing is served from it any more, lock

@@ -28,7 +28,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(size: usize) -> Cluster {
+    /// `reservation`: timestamps reserved per bound write. Small makes guarded bound writes to
+    /// etcd frequent; large (TimeLock's 1,000,000) lets a leader serve from memory for long,
+    /// so only the lease deadline can stop a partitioned one.
+    async fn start(size: usize, reservation: u32) -> Cluster {
         let etcd = start_etcd().await;
         let prefix = format!("/timelock-test-{}/", uuid::Uuid::new_v4());
         let mut nodes = Vec::new();
@@ -46,8 +49,7 @@ impl Cluster {
                 ("TIMELOCK__CLUSTER__RENEW_INTERVAL_MS", "250".to_string()),
                 ("TIMELOCK__CLUSTER__SAFETY_MARGIN_MS", "400".to_string()),
                 ("TIMELOCK__CLUSTER__ETCD_TIMEOUT_MS", "500".to_string()),
-                // Small reservations: bound writes (guarded etcd transactions) happen often.
-                ("TIMELOCK__TIMESTAMP__RESERVATION", "200".to_string()),
+                ("TIMELOCK__TIMESTAMP__RESERVATION", reservation.to_string()),
             ];
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let node = TestServer::start(&dir.path().join("data"), &env);
@@ -232,7 +234,7 @@ async fn fresh(bases: &[String], ns: &str) -> (i64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(3, 200).await;
     let leader = cluster.leader(Duration::from_secs(20)).await;
     let bases = cluster.bases();
     let leader_base = bases[leader].clone();
@@ -244,7 +246,11 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
         .await
         .unwrap();
     assert_eq!(first.status(), 200);
-    assert_eq!(first.text().await.unwrap(), "1", "a new namespace starts at 1");
+    assert_eq!(
+        first.text().await.unwrap(),
+        "1",
+        "a new namespace starts at 1"
+    );
 
     for (i, base) in bases.iter().enumerate() {
         if i == leader {
@@ -316,7 +322,10 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
             .await
             .unwrap();
         assert!(metrics.contains("timelock_cluster_role{role=\"follower\"} 1"));
-        assert!(metrics.contains("timelock_cluster_redirects_total 4"), "{metrics}");
+        assert!(
+            metrics.contains("timelock_cluster_redirects_total 4"),
+            "{metrics}"
+        );
         assert!(metrics.contains("timelock_cluster_not_leader_total 4"));
     }
     let ready: Value = http()
@@ -342,12 +351,26 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
     // The CLI, given every node, finds the leader whichever node comes first.
     let all = bases.join(",");
     let mut previous = 1;
-    for order in [all.clone(), bases.iter().rev().cloned().collect::<Vec<_>>().join(",")] {
+    for order in [
+        all.clone(),
+        bases.iter().rev().cloned().collect::<Vec<_>>().join(","),
+    ] {
         let out = std::process::Command::new(common::BIN)
-            .args(["timestamp", "fetch", "--server", &order, "--namespace", "ha"])
+            .args([
+                "timestamp",
+                "fetch",
+                "--server",
+                &order,
+                "--namespace",
+                "ha",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ts: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         assert!(ts > previous);
         previous = ts;
@@ -370,7 +393,7 @@ async fn leadership_id(bases: &[String], ns: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_elects_another_timestamps_rise_and_locks_die() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(3, 200).await;
     let mut failover_ms = Vec::new();
     for round in 0..3 {
         let leader = cluster.leader(Duration::from_secs(20)).await;
@@ -516,10 +539,22 @@ fn the_checker_catches_each_kind_of_violation() {
         node: "n".into(),
     };
     assert!(check(&[op(0, 0, 1, 1), op(1, 2, 3, 2)]).is_ok());
-    assert!(check(&[op(0, 0, 1, 2), op(0, 2, 3, 1)]).is_err(), "per client");
-    assert!(check(&[op(0, 0, 1, 2), op(1, 0, 1, 2)]).is_err(), "duplicate");
-    assert!(check(&[op(0, 0, 1, 5), op(1, 2, 3, 4)]).is_err(), "real-time order");
-    assert!(check(&[op(0, 0, 3, 5), op(1, 1, 2, 4)]).is_ok(), "overlapping");
+    assert!(
+        check(&[op(0, 0, 1, 2), op(0, 2, 3, 1)]).is_err(),
+        "per client"
+    );
+    assert!(
+        check(&[op(0, 0, 1, 2), op(1, 0, 1, 2)]).is_err(),
+        "duplicate"
+    );
+    assert!(
+        check(&[op(0, 0, 1, 5), op(1, 2, 3, 4)]).is_err(),
+        "real-time order"
+    );
+    assert!(
+        check(&[op(0, 0, 3, 5), op(1, 1, 2, 4)]).is_ok(),
+        "overlapping"
+    );
 }
 
 /// Runs `clients` clients fetching timestamps until `stop`, recording every success.
@@ -553,7 +588,12 @@ fn spawn_clients(
                             value: v.as_i64().unwrap(),
                             node,
                         }),
-                        Err(_) => failures += 1,
+                        Err(e) => {
+                            if failures < 3 {
+                                println!("client {client} gave up: {e}");
+                            }
+                            failures += 1
+                        }
                     }
                 }
                 failures
@@ -564,7 +604,7 @@ fn spawn_clients(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_etcd_stops_serving_before_another_starts() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(3, 1_000_000).await;
     let bases = Arc::new(Mutex::new(cluster.bases()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ops = Arc::new(Mutex::new(Vec::new()));
@@ -629,7 +669,10 @@ async fn a_leader_cut_off_from_etcd_stops_serving_before_another_starts() {
         // It rejoins as a follower.
         let deadline = Instant::now() + Duration::from_secs(20);
         while role_of(&old_base).await.as_deref() != Some("follower") {
-            assert!(Instant::now() < deadline, "round {round}: old leader did not rejoin");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: old leader did not rejoin"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -644,12 +687,16 @@ async fn a_leader_cut_off_from_etcd_stops_serving_before_another_starts() {
         ops.len()
     );
     assert!(ops.len() > 100, "too few operations to mean anything");
+    assert_eq!(
+        failures, 0,
+        "every operation eventually succeeded on some node"
+    );
     check(&ops).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_keeps_service() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(3, 200).await;
     let bases = Arc::new(Mutex::new(cluster.bases()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ops = Arc::new(Mutex::new(Vec::new()));

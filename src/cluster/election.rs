@@ -270,10 +270,10 @@ async fn candidacy(
             }
             _ = check.tick() => {
                 metrics.lease_remaining.set(clock.remaining().as_secs_f64());
-                if !namespaces.fail_stopped().is_empty() {
-                    // A bound write failed: end the term so that a new one (here or on another
-                    // node) reloads the bounds, instead of serving with a stopped namespace.
-                    leadership.step_down(Role::NoQuorum, "fail_stop");
+                if !namespaces.is_serving() {
+                    // A bound write failed and closed the term's gate (or the lease ran out
+                    // between renewals): a new term, here or elsewhere, reloads the bounds.
+                    leadership.step_down(Role::NoQuorum, "term_ended");
                     break Exit::Again;
                 }
                 match still_leader(&ops, &election, &guard, timeout).await {
@@ -334,8 +334,13 @@ async fn observe_leader(leadership: &Leadership, ops: &Client, election: &str) {
 /// once. Best effort: if etcd cannot be reached, the lease expires by itself.
 async fn revoke(ops: &Client, lease_id: i64, timeout: Duration) {
     match tokio::time::timeout(timeout, ops.clone().lease_revoke(lease_id)).await {
-        Ok(Ok(_)) => tracing::info!(lease = format_args!("{lease_id:x}"), "election: lease revoked"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "election: revoking the lease failed; it will expire"),
+        Ok(Ok(_)) => tracing::info!(
+            lease = format_args!("{lease_id:x}"),
+            "election: lease revoked"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "election: revoking the lease failed; it will expire")
+        }
         Err(_) => tracing::warn!("election: revoking the lease timed out; it will expire"),
     }
 }

@@ -101,6 +101,12 @@ impl TermGate {
         self.open.load(Ordering::Acquire) && self.lease.as_ref().is_none_or(|l| l.is_valid())
     }
 
+    /// Whether this gate belongs to a cluster leadership term (whose failures end the term
+    /// rather than stopping the service until a restart).
+    pub fn is_leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
     /// Ends the term: every later check fails.
     pub fn close(&self) {
         self.open.store(false, Ordering::Release);

@@ -104,12 +104,19 @@ mod tests {
         assert!(speaks_new_protocol(&headers(&[
             "my-service/1.2.3 (nodeId:abc) atlasdb-http-client/2.0 conjure-java-runtime/8.1.0"
         ])));
-        assert!(speaks_new_protocol(&headers(&["curl/8.0", "atlasdb-http-client/2.0"])));
+        assert!(speaks_new_protocol(&headers(&[
+            "curl/8.0",
+            "atlasdb-http-client/2.0"
+        ])));
         assert!(!speaks_new_protocol(&headers(&[])));
         assert!(!speaks_new_protocol(&headers(&["curl/7.88.1"])));
         assert!(!speaks_new_protocol(&headers(&["atlasdb-http-client/1.0"])));
-        assert!(!speaks_new_protocol(&headers(&["atlasdb-http-client/2.01"])));
-        assert!(!speaks_new_protocol(&headers(&["xatlasdb-http-client/2.0"])));
+        assert!(!speaks_new_protocol(&headers(&[
+            "atlasdb-http-client/2.01"
+        ])));
+        assert!(!speaks_new_protocol(&headers(&[
+            "xatlasdb-http-client/2.0"
+        ])));
     }
 
     #[test]
@@ -117,7 +124,12 @@ mod tests {
         for p in ["/metrics", "/health/ready", "/timelock/api/health/live"] {
             assert!(answered_by_every_node(p, "/timelock/api"), "{p}");
         }
-        for p in ["/ns/timestamp/fresh-timestamp", "/tl/ts/ns", "/admin/backups", "/metricsx"] {
+        for p in [
+            "/ns/timestamp/fresh-timestamp",
+            "/tl/ts/ns",
+            "/admin/backups",
+            "/metricsx",
+        ] {
             assert!(!answered_by_every_node(p, "/timelock/api"), "{p}");
         }
     }

@@ -378,6 +378,18 @@ impl TimestampService {
                 if self.state.swap(FAILED, Ordering::AcqRel) != FAILED {
                     self.metrics.fail_stopped.inc();
                 }
+                if self.gate.is_leased() {
+                    // Cluster mode: the whole term ends (nothing more is served from it) and a
+                    // new one, here or on another node, reloads the bounds from etcd.
+                    self.gate.close();
+                    tracing::error!(
+                        namespace = %self.namespace,
+                        error = %e,
+                        durable_bound = self.durable_bound(),
+                        "could not persist timestamp bound to etcd: ending this leadership term"
+                    );
+                    return Err(TimelockError::NotCurrentLeader);
+                }
                 tracing::error!(
                     namespace = %self.namespace,
                     error = %e,
