@@ -552,6 +552,41 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_checked_in_etcd_mode_only() {
+        let with = |f: &dyn Fn(&mut ClusterSettings)| {
+            let mut s = Settings::default();
+            s.cluster.mode = ClusterMode::Etcd;
+            f(&mut s.cluster);
+            s.validate()
+        };
+        assert!(with(&|_| {}).is_ok(), "shipped cluster defaults are valid");
+        assert!(with(&|c| c.etcd_endpoints = " , ".into()).is_err());
+        assert!(with(&|c| c.etcd_endpoints = "etcd1:2379".into()).is_err());
+        assert!(with(&|c| c.etcd_prefix = "timelock".into()).is_err());
+        assert!(with(&|c| c.advertise_url = "http://node1:8421/".into()).is_err());
+        assert!(with(&|c| c.advertise_url = "node1:8421".into()).is_err());
+        assert!(with(&|c| c.lease_ttl_secs = 1).is_err());
+        assert!(
+            with(&|c| c.safety_margin_ms = 2_500).is_err(),
+            "no window left"
+        );
+        assert!(with(&|c| c.renew_interval_ms = 0).is_err());
+        let mut single = Settings::default();
+        single.cluster.etcd_endpoints = "not checked".into();
+        assert!(single.validate().is_ok());
+        let two = ClusterSettings {
+            etcd_endpoints: "http://a:2379, http://b:2379".into(),
+            ..ClusterSettings::default()
+        };
+        assert_eq!(two.endpoints(), ["http://a:2379", "http://b:2379"]);
+        // 3 s less 1 % drift (30 ms) less the 500 ms margin.
+        assert_eq!(
+            ClusterSettings::default().serving_window(),
+            std::time::Duration::from_millis(2_470)
+        );
+    }
+
+    #[test]
     fn backup_schedules() {
         let with = |schedule: &str| BackupSettings {
             schedule: schedule.into(),

@@ -736,3 +736,43 @@ async fn a_rolling_restart_of_every_node_keeps_service() {
     assert!(served_by.len() >= 2, "leadership moved during the restart");
     check(&ops).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_a_node_serves_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", common::etcd::free_port());
+    let node = TestServer::start(
+        &dir.path().join("data"),
+        &[
+            ("TIMELOCK__CLUSTER__MODE", "etcd"),
+            ("TIMELOCK__CLUSTER__ETCD_ENDPOINTS", &dead),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = http().get(node.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["role"], "no_quorum");
+    assert_eq!(body["leader"], Value::Null);
+    // Leader unknown: 503 even for a new-protocol client, and nothing was created.
+    assert!(matches!(
+        attempt(&node.base(), "/nq/timestamp/fresh-timestamp", None).await,
+        Attempt::Unavailable
+    ));
+    let live = http().get(node.url("/health/live")).send().await.unwrap();
+    assert_eq!(live.status(), 200, "alive, just not serving");
+}
+
+#[test]
+fn cluster_mode_needs_an_address_others_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TIMELOCK__CLUSTER__MODE", "etcd")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.advertise_url"), "{stderr}");
+}

@@ -3,80 +3,17 @@
 //! while its election key is current, so a deposed leader cannot extend a bound and its
 //! allocator fail-stops.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use common::etcd::start_etcd;
 
 use etcd_client::Client;
 use timelock::metrics::Metrics;
 use timelock::storage::etcd::{EtcdStore, LeaderGuard};
 use timelock::storage::{BoundStore, NamespaceRecord};
 use timelock::timestamp::{AllocatorLimits, TimestampService};
-
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a single-member etcd on loopback ports with a temporary data dir.
-async fn start_etcd() -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "test", "--data-dir"])
-        .arg(dir.path().join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("test={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (Debian package etcd-server; ./dev installs it)");
-    let etcd = Etcd {
-        child,
-        endpoint,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = Client::connect([etcd.endpoint.as_str()], None).await {
-            if c.status().await.is_ok() {
-                return etcd;
-            }
-        }
-        assert!(Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn records_round_trip_through_etcd() {
