@@ -16,7 +16,6 @@
 //!
 //! Prints a table; medians and worst cases, and the cluster/single ratio per round.
 
-#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
