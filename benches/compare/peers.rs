@@ -1,0 +1,5 @@
+//! (being written)
+
+pub fn probe() -> std::process::ExitCode {
+    std::process::ExitCode::SUCCESS
+}
