@@ -5,6 +5,8 @@
 //!     cargo bench --bench compare              # the full run (about N minutes)
 //!     cargo bench --bench compare -- --smoke   # a few seconds; fails only on wrong answers
 
+#[path = "compare/chart.rs"]
+mod chart;
 #[path = "compare/harness.rs"]
 mod harness;
 #[path = "compare/peers.rs"]

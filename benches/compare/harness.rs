@@ -1,8 +1,1377 @@
-//! (being written)
+//! The comparison harness: every target is a separate server process, loaded from this process
+//! over loopback at a fixed concurrency, in interleaved short windows.
+//!
+//! Targets, all started by the harness:
+//! * `ceiling` — a constant-response axum handler (this binary re-executed with
+//!   `COMPARE_ROLE=ceiling`): same axum, hyper and tokio runtime settings as the server (a
+//!   multi-thread runtime with one worker per core, TCP_NODELAY), answering `1` to
+//!   `POST /{ns}/timestamp/fresh-timestamp`. The most any HTTP/JSON server can do here.
+//! * this server (`target/release/timelock serve`, default settings, RocksDB on a real disk,
+//!   synced bound writes): `fresh-timestamp`, `fresh-timestamps?number=10000`, `/tl/ts`,
+//!   `/tl/st` (immutable-timestamp locks released 64 at a time, as committing clients do), and
+//!   lock + unlock (`/tl/l` then `/tl/ul2`, counted per request).
+//! * peers (`peers.rs`): etcd, Redis `INCR` (two fsync settings), PostgreSQL `nextval`, tsoracle.
+//!
+//! Method: after a warm-up per target, `ROUNDS` rounds (default 7); in each, every target in a
+//! rotated order gets a short warm-up then a `WINDOW_MS` window (default 1500) with
+//! `CONNECTIONS` (default 32) closed-loop connections, one request in flight each. Every reply is
+//! validated (status, shape, values strictly increasing per connection, no duplicates across
+//! connections within a window): a wrong answer fails the run. Measured per window: requests/s,
+//! timestamps/s, latency p50/p99/p99.9, server CPU µs per request (`/proc/<pid>/task/*/schedstat`
+//! of the server's processes), and at the end each server's peak RSS (`VmHWM`). The ratio to
+//! the ceiling is taken per round and the median reported, so machine drift hits every target
+//! alike. Then: p99 at half load (open loop at half the ceiling's median rate, latency from the
+//! scheduled send time), resource checks (idle RSS, 500 namespaces with 100,000 held locks, cold
+//! start, restart with 500 namespaces), and a scale sweep (namespaces, held locks, waiters,
+//! connections).
+//!
+//! Output: tables on stdout, raw numbers as JSON and the chart as PNG in `--out DIR` (default
+//! `target/compare`).
+//!
+//! `--smoke` (and any run without `--bench`, such as `cargo test --bench compare`): the ceiling
+//! and the server's five targets for a few hundred milliseconds each, no peers; fails only on
+//! wrong answers, never on speed.
 
-pub fn main() -> std::process::ExitCode {
-    if std::env::var("PEERS_PROBE").is_ok() {
-        return super::peers::probe();
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::peers::{self, PeerConn, PeerKind, PeerProcess};
+
+const TIMELOCK: &str = env!("CARGO_BIN_EXE_timelock");
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone)]
+struct Options {
+    smoke: bool,
+    rounds: usize,
+    window: Duration,
+    warmup: Duration,
+    connections: usize,
+    peers: bool,
+    extras: bool,
+    out: PathBuf,
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Options {
+    fn from_env_and_args() -> Options {
+        let args: Vec<String> = std::env::args().collect();
+        let smoke = args.iter().any(|a| a == "--smoke") || !args.iter().any(|a| a == "--bench");
+        let out = args
+            .iter()
+            .position(|a| a == "--out")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("target/compare"));
+        Options {
+            smoke,
+            rounds: if smoke { 1 } else { env_parse("ROUNDS", 7) },
+            window: Duration::from_millis(if smoke {
+                300
+            } else {
+                env_parse("WINDOW_MS", 1500)
+            }),
+            warmup: Duration::from_millis(if smoke {
+                100
+            } else {
+                env_parse("WARMUP_MS", 300)
+            }),
+            connections: env_parse("CONNECTIONS", 32),
+            peers: !smoke && std::env::var("NO_PEERS").is_err(),
+            extras: !smoke && std::env::var("NO_EXTRAS").is_err(),
+            out,
+        }
     }
-    std::process::ExitCode::SUCCESS
+}
+
+pub fn main() -> ExitCode {
+    if std::env::var("PEERS_PROBE").is_ok() {
+        return peers::probe();
+    }
+    if std::env::var("COMPARE_ROLE").as_deref() == Ok("ceiling") {
+        return serve_ceiling();
+    }
+    let options = Options::from_env_and_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match runtime.block_on(run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ceiling: a constant-response axum server in its own process.
+
+fn serve_ceiling() -> ExitCode {
+    use axum::routing::post;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        async fn constant() -> axum::response::Response {
+            let mut response = axum::response::Response::new(axum::body::Body::from("1"));
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        let app = axum::Router::new().route("/{ns}/timestamp/fresh-timestamp", post(constant));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let port_file = std::env::var("COMPARE_PORT_FILE").expect("COMPARE_PORT_FILE");
+        std::fs::write(&port_file, format!("{port}\n")).unwrap();
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).await.unwrap();
+    });
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server processes
+
+/// A server process started by the harness (killed on drop).
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    // A real disk (target/), not /tmp, which may be tmpfs.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compare");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    dir
+}
+
+fn wait_for_port(child: &mut Child, port_file: &Path) -> anyhow::Result<u16> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(port_file) {
+            if let Ok(port) = text.trim().parse() {
+                return Ok(port);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited during start-up: {status}");
+        }
+        ensure!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn start_ceiling() -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir_in(bench_dir())?;
+    let port_file = dir.path().join("port");
+    let mut child = Command::new(std::env::current_exe()?)
+        .env("COMPARE_ROLE", "ceiling")
+        .env("COMPARE_PORT_FILE", &port_file)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let port = wait_for_port(&mut child, &port_file)?;
+    Ok(Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        _dir: Some(dir),
+    })
+}
+
+/// The real server with default settings (plus `env`), data in a fresh dir on a real disk.
+fn start_timelock(env: &[(&str, &str)]) -> anyhow::Result<(Server, Duration)> {
+    let dir = tempfile::tempdir_in(bench_dir())?;
+    start_timelock_in(dir, env)
+}
+
+fn start_timelock_in(
+    dir: tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Server, Duration)> {
+    let port_file = dir.path().join("port");
+    let _ = std::fs::remove_file(&port_file);
+    let started = Instant::now();
+    let mut command = Command::new(TIMELOCK);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .current_dir(dir.path())
+        .env("TIMELOCK__LOG__LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().context("starting timelock")?;
+    let port = wait_for_port(&mut child, &port_file)?;
+    Ok((
+        Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: Some(dir),
+        },
+        started.elapsed(),
+    ))
+}
+
+/// Total CPU time of a process's threads so far, from `/proc/<pid>/task/*/schedstat` (ns).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A `/proc/<pid>/status` field in kB (`VmHWM`, `VmRSS`).
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+fn peak_rss_mb(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| status_kb(*p, "VmHWM:"))
+        .sum::<u64>() as f64
+        / 1024.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 client: one connection, one request in flight, replies parsed by hand.
+
+struct Http {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Http> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Http {
+            stream,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Sends `request` (complete bytes) and returns (status, body).
+    async fn exchange(&mut self, request: &[u8]) -> anyhow::Result<(u16, &[u8])> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            let mut chunk = [0u8; 2048];
+            let n = self.stream.read(&mut chunk).await?;
+            ensure!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = find(&self.buf, b"\r\n\r\n") else {
+                continue;
+            };
+            let head = std::str::from_utf8(&self.buf[..end])?;
+            let status: u16 = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow!("bad status line: {head}"))?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let start = end + 4;
+            if self.buf.len() < start + length {
+                continue;
+            }
+            return Ok((status, &self.buf[start..start + length]));
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The integer after `"field":` in a small JSON body.
+fn json_int(body: &[u8], field: &str) -> anyhow::Result<i64> {
+    let key = format!("\"{field}\":");
+    let at = find(body, key.as_bytes())
+        .ok_or_else(|| anyhow!("no {field} in {}", String::from_utf8_lossy(body)))?
+        + key.len();
+    let digits: Vec<u8> = body[at..]
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| b.is_ascii_digit() || *b == b'-')
+        .collect();
+    Ok(std::str::from_utf8(&digits)?.parse()?)
+}
+
+fn parse_number(body: &[u8]) -> anyhow::Result<i64> {
+    Ok(std::str::from_utf8(body)?.trim().parse()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ceiling,
+    Fresh,
+    Batch,
+    TlTs,
+    StartTransaction,
+    LockUnlock,
+    Peer(PeerKind),
+}
+
+impl Kind {
+    fn label(self) -> String {
+        match self {
+            Kind::Ceiling => "ceiling (constant axum handler)".into(),
+            Kind::Fresh => "timelock fresh-timestamp".into(),
+            Kind::Batch => "timelock fresh-timestamps?number=10000".into(),
+            Kind::TlTs => "timelock /tl/ts (1)".into(),
+            Kind::StartTransaction => "timelock /tl/st (1 transaction)".into(),
+            Kind::LockUnlock => "timelock /tl/l + /tl/ul2 (per request)".into(),
+            Kind::Peer(p) => p.label().to_string(),
+        }
+    }
+
+    fn short(self) -> String {
+        match self {
+            Kind::Ceiling => "ceiling".into(),
+            Kind::Fresh => "fresh".into(),
+            Kind::Batch => "batch10k".into(),
+            Kind::TlTs => "tl/ts".into(),
+            Kind::StartTransaction => "tl/st".into(),
+            Kind::LockUnlock => "lock+unlock".into(),
+            Kind::Peer(p) => p.label().to_string(),
+        }
+    }
+}
+
+/// A target: what to load and where.
+struct Target {
+    kind: Kind,
+    addr: Option<SocketAddr>,
+    pids: Vec<u32>,
+    durability: String,
+    peer: Option<Arc<PeerProcess>>,
+}
+
+/// One connection's worth of client state for a target.
+enum Conn {
+    Http {
+        http: Http,
+        kind: Kind,
+        last: i64,
+        /// /tl/st: immutable-timestamp lock tokens to release in a batch.
+        pending: Vec<String>,
+        /// lock + unlock: this connection's lock descriptor, and whether the next request is
+        /// the unlock.
+        descriptor: String,
+        locked: Option<String>,
+        ns: String,
+    },
+    Peer {
+        conn: Box<dyn PeerConn>,
+        last: i64,
+    },
+}
+
+/// What one request yielded: timestamps handed out, and the highest value seen (for the
+/// per-connection and cross-connection checks), if any.
+struct Yield {
+    timestamps: u64,
+    values: Option<(i64, i64)>,
+}
+
+impl Conn {
+    async fn open(target: &Target, index: usize, tag: &str) -> anyhow::Result<Conn> {
+        if let Some(peer) = &target.peer {
+            return Ok(Conn::Peer {
+                conn: peers::connect(peer).await?,
+                last: i64::MIN,
+            });
+        }
+        Ok(Conn::Http {
+            http: Http::connect(target.addr.expect("http target")).await?,
+            kind: target.kind,
+            last: i64::MIN,
+            pending: Vec::new(),
+            descriptor: base64_of(&format!("row-{tag}-{index}")),
+            locked: None,
+            ns: "bench".to_string(),
+        })
+    }
+
+    async fn request(&mut self) -> anyhow::Result<Yield> {
+        match self {
+            Conn::Peer { conn, last } => {
+                let v = conn.next().await?;
+                ensure!(v > *last, "peer value {v} after {last} on one connection");
+                *last = v;
+                Ok(Yield {
+                    timestamps: 1,
+                    values: Some((v, v)),
+                })
+            }
+            Conn::Http {
+                http,
+                kind,
+                last,
+                pending,
+                descriptor,
+                locked,
+                ns,
+            } => {
+                let (lo, hi, n) = match kind {
+                    Kind::Ceiling => {
+                        let req = post("/bench/timestamp/fresh-timestamp", "");
+                        let (status, body) = http.exchange(&req).await?;
+                        ensure!(status == 200 && body == b"1", "ceiling answered {status}");
+                        return Ok(Yield {
+                            timestamps: 1,
+                            values: None,
+                        });
+                    }
+                    Kind::Fresh => {
+                        let req = post(&format!("/{ns}/timestamp/fresh-timestamp"), "");
+                        let (status, body) = http.exchange(&req).await?;
+                        ensure!(status == 200, "fresh-timestamp answered {status}");
+                        let v = parse_number(body)?;
+                        (v, v, 1)
+                    }
+                    Kind::Batch => {
+                        let req = post(
+                            &format!("/{ns}/timestamp/fresh-timestamps?number=10000"),
+                            "",
+                        );
+                        let (status, body) = http.exchange(&req).await?;
+                        ensure!(status == 200, "fresh-timestamps answered {status}");
+                        let lo = json_int(body, "lowerBound")?;
+                        let hi = json_int(body, "upperBound")?;
+                        ensure!(hi - lo + 1 == 10_000, "batch of {} not 10000", hi - lo + 1);
+                        (lo, hi, 10_000)
+                    }
+                    Kind::TlTs => {
+                        let req = post(&format!("/tl/ts/{ns}"), r#"{"numTimestamps":1}"#);
+                        let (status, body) = http.exchange(&req).await?;
+                        ensure!(status == 200, "/tl/ts answered {status}");
+                        let lo = json_int(body, "inclusiveLower")?;
+                        let hi = json_int(body, "inclusiveUpper")?;
+                        (lo, hi, (hi - lo + 1) as u64)
+                    }
+                    Kind::StartTransaction => {
+                        if pending.len() >= 64 {
+                            let list = pending
+                                .iter()
+                                .map(|t| format!("\"{t}\""))
+                                .collect::<Vec<_>>()
+                                .join(",");
+                            let req = post(&format!("/tl/ul2/{ns}"), &format!("[{list}]"));
+                            let (status, _) = http.exchange(&req).await?;
+                            ensure!(status == 200, "/tl/ul2 answered {status}");
+                            pending.clear();
+                        }
+                        let id = uuid::Uuid::new_v4().to_string();
+                        let body = format!(
+                            r#"{{"requestId":"{id}","requestorId":"{}","numTransactions":1}}"#,
+                            requestor_of(descriptor)
+                        );
+                        let (status, reply) =
+                            http.exchange(&post(&format!("/tl/st/{ns}"), &body)).await?;
+                        ensure!(status == 200, "/tl/st answered {status}");
+                        let start = json_int(reply, "start")?;
+                        ensure!(json_int(reply, "count")? == 1, "/tl/st count != 1");
+                        pending.push(id);
+                        (start, start, 1)
+                    }
+                    Kind::LockUnlock => {
+                        if let Some(token) = locked.take() {
+                            let req = post(&format!("/tl/ul2/{ns}"), &format!("[\"{token}\"]"));
+                            let (status, body) = http.exchange(&req).await?;
+                            ensure!(
+                                status == 200 && find(body, token.as_bytes()).is_some(),
+                                "/tl/ul2 answered {status}: {}",
+                                String::from_utf8_lossy(body)
+                            );
+                        } else {
+                            let id = uuid::Uuid::new_v4().to_string();
+                            let body = format!(
+                                r#"{{"requestId":"{id}","lockDescriptors":["{descriptor}"],"acquireTimeoutMs":1000}}"#
+                            );
+                            let (status, reply) =
+                                http.exchange(&post(&format!("/tl/l/{ns}"), &body)).await?;
+                            ensure!(
+                                status == 200 && find(reply, b"\"successful\"").is_some(),
+                                "/tl/l answered {status}: {}",
+                                String::from_utf8_lossy(reply)
+                            );
+                            *locked = Some(id);
+                        }
+                        return Ok(Yield {
+                            timestamps: 0,
+                            values: None,
+                        });
+                    }
+                    Kind::Peer(_) => unreachable!("peers are not HTTP"),
+                };
+                ensure!(lo > *last, "{lo} after {last} on one connection");
+                *last = hi;
+                Ok(Yield {
+                    timestamps: n,
+                    values: Some((lo, hi)),
+                })
+            }
+        }
+    }
+}
+
+/// A stable requestor id per connection (so start-transaction partitions are per client).
+fn requestor_of(descriptor: &str) -> uuid::Uuid {
+    // FNV-1a, spread over 128 bits: stable per connection, distinct between connections.
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in descriptor.bytes() {
+        h ^= b as u128;
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    uuid::Uuid::from_u128(h)
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Windows
+
+/// What one window measured.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Window {
+    target: String,
+    round: usize,
+    secs: f64,
+    requests: u64,
+    timestamps: u64,
+    req_per_sec: f64,
+    ts_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    server_cpu_us_per_req: f64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64
+}
+
+/// Runs `connections` closed-loop connections against `target` for `window`; validates every
+/// reply; returns the measurements. `rate`: open loop at this many requests/s in total
+/// instead (latency from the scheduled send time).
+async fn window(
+    target: &Target,
+    connections: usize,
+    window: Duration,
+    round: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Window> {
+    let tag = format!("{}-{round}-{}", target.kind.short(), rand_tag());
+    let mut conns = Vec::with_capacity(connections);
+    for i in 0..connections {
+        conns.push(Conn::open(target, i, &tag).await?);
+    }
+    let cpu_before: u64 = target.pids.iter().map(|p| cpu_ns(*p)).sum();
+    let started = Instant::now();
+    let deadline = started + window;
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut conn)| {
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            tokio::spawn(async move {
+                let mut latencies: Vec<u32> = Vec::with_capacity(4096);
+                let mut values: Vec<(i64, i64)> = Vec::new();
+                let mut timestamps = 0u64;
+                // Open loop: stagger the connections over one interval.
+                let mut next_send =
+                    interval.map(|iv| Instant::now() + iv.mul_f64(i as f64 / connections as f64));
+                loop {
+                    let sent = match (next_send, interval) {
+                        (Some(at), Some(iv)) => {
+                            if at >= deadline {
+                                break;
+                            }
+                            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                            next_send = Some(at + iv);
+                            at
+                        }
+                        _ => {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                break;
+                            }
+                            now
+                        }
+                    };
+                    let got = conn.request().await?;
+                    latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    timestamps += got.timestamps;
+                    if let Some(v) = got.values {
+                        values.push(v);
+                    }
+                }
+                Ok::<_, anyhow::Error>((latencies, values, timestamps))
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut ranges = Vec::new();
+    let mut timestamps = 0;
+    for t in tasks {
+        let (l, v, n) = t.await??;
+        latencies.extend(l);
+        ranges.extend(v);
+        timestamps += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_after: u64 = target.pids.iter().map(|p| cpu_ns(*p)).sum();
+    // No value handed out twice: ranges must not overlap.
+    ranges.sort_unstable();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
+        bail!(
+            "{}: values handed out twice: {:?} and {:?}",
+            target.kind.label(),
+            w[0],
+            w[1]
+        );
+    }
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    ensure!(
+        requests > 0,
+        "{}: no request completed",
+        target.kind.label()
+    );
+    Ok(Window {
+        target: target.kind.short(),
+        round,
+        secs,
+        requests,
+        timestamps,
+        req_per_sec: requests as f64 / secs,
+        ts_per_sec: timestamps as f64 / secs,
+        p50_us: percentile(&latencies, 0.50),
+        p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        server_cpu_us_per_req: (cpu_after.saturating_sub(cpu_before)) as f64
+            / 1000.0
+            / requests as f64,
+    })
+}
+
+fn rand_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+#[derive(serde::Serialize)]
+pub struct Summary {
+    pub target: String,
+    pub label: String,
+    pub durability: String,
+    pub req_per_sec: f64,
+    pub ts_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub server_cpu_us_per_req: f64,
+    pub peak_rss_mb: f64,
+    pub ratio_to_ceiling: f64,
+    pub ratio_min: f64,
+    pub ratio_max: f64,
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&options.out)?;
+    raise_fd_limit();
+    let ceiling = start_ceiling()?;
+    let (timelock, _) = start_timelock(&[])?;
+    let mut targets = vec![Target {
+        kind: Kind::Ceiling,
+        addr: Some(ceiling.addr),
+        pids: vec![ceiling.pid()],
+        durability: "none (constant)".into(),
+        peer: None,
+    }];
+    for kind in [
+        Kind::Fresh,
+        Kind::Batch,
+        Kind::TlTs,
+        Kind::StartTransaction,
+        Kind::LockUnlock,
+    ] {
+        targets.push(Target {
+            kind,
+            addr: Some(timelock.addr),
+            pids: vec![timelock.pid()],
+            durability: if kind == Kind::LockUnlock {
+                "locks in memory (they die with the process, as in TimeLock)".into()
+            } else {
+                "bound fsynced (RocksDB sync write) before any timestamp above it; one write per 1,000,000".into()
+            },
+            peer: None,
+        });
+    }
+    let mut skipped = Vec::new();
+    if options.peers {
+        for kind in PeerKind::ALL {
+            match peers::start(kind).await {
+                Ok(peer) => {
+                    let peer = Arc::new(peer);
+                    targets.push(Target {
+                        kind: Kind::Peer(kind),
+                        addr: None,
+                        pids: peer.pids.clone(),
+                        durability: peer.durability.clone(),
+                        peer: Some(peer),
+                    });
+                }
+                Err(e) => {
+                    println!("compare: {} skipped: {e:#}", kind.label());
+                    skipped.push((kind.label().to_string(), format!("{e:#}")));
+                }
+            }
+        }
+    }
+
+    // Warm-up, then interleaved rounds in rotating order.
+    for t in &targets {
+        window(t, options.connections, options.warmup * 3, 0, None)
+            .await
+            .with_context(|| format!("warm-up of {}", t.kind.label()))?;
+    }
+    let mut windows: Vec<Window> = Vec::new();
+    for round in 0..options.rounds {
+        let n = targets.len();
+        for k in 0..n {
+            let t = &targets[(k + round) % n];
+            window(t, options.connections, options.warmup, round, None).await?;
+            let w = window(t, options.connections, options.window, round, None)
+                .await
+                .with_context(|| format!("{} in round {round}", t.kind.label()))?;
+            windows.push(w);
+        }
+        eprintln!(
+            "compare: round {}/{} done ({:.0} s)",
+            round + 1,
+            options.rounds,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    let summaries = summarise(&targets, &windows, options.rounds);
+    print_table(&summaries, &options);
+
+    let mut report = serde_json::json!({
+        "machine": machine(),
+        "connections": options.connections,
+        "window_ms": options.window.as_millis() as u64,
+        "rounds": options.rounds,
+        "windows": windows,
+        "summary": summaries,
+        "skipped": skipped,
+    });
+
+    if options.extras {
+        let half = half_load(&targets, &summaries, &options).await?;
+        report["half_load"] = half;
+        report["resources"] = resources().await?;
+        report["scale"] = scale(&options).await?;
+    }
+    if !options.smoke {
+        let json_path = options.out.join("compare.json");
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+        let png_path = options.out.join("compare.png");
+        match super::chart::draw(&summaries, &png_path) {
+            Ok(()) => println!(
+                "\nraw numbers: {}\nchart: {}",
+                json_path.display(),
+                png_path.display()
+            ),
+            Err(e) => println!(
+                "\nraw numbers: {}\nchart not drawn: {e:#}",
+                json_path.display()
+            ),
+        }
+    } else {
+        println!(
+            "compare: smoke run passed (every reply valid) in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    drop(timelock);
+    drop(ceiling);
+    Ok(())
+}
+
+fn summarise(targets: &[Target], windows: &[Window], rounds: usize) -> Vec<Summary> {
+    let ceiling_by_round: Vec<Option<f64>> = (0..rounds)
+        .map(|r| {
+            windows
+                .iter()
+                .find(|w| w.round == r && w.target == "ceiling")
+                .map(|w| w.req_per_sec)
+        })
+        .collect();
+    targets
+        .iter()
+        .map(|t| {
+            let mine: Vec<&Window> = windows
+                .iter()
+                .filter(|w| w.target == t.kind.short())
+                .collect();
+            let pick = |f: &dyn Fn(&Window) -> f64| {
+                let mut v: Vec<f64> = mine.iter().map(|w| f(w)).collect();
+                median(&mut v)
+            };
+            let mut ratios: Vec<f64> = mine
+                .iter()
+                .filter_map(|w| Some(w.req_per_sec / ceiling_by_round.get(w.round).copied()??))
+                .collect();
+            let ratio = median(&mut ratios);
+            Summary {
+                target: t.kind.short(),
+                label: t.kind.label(),
+                durability: t.durability.clone(),
+                req_per_sec: pick(&|w| w.req_per_sec),
+                ts_per_sec: pick(&|w| w.ts_per_sec),
+                p50_us: pick(&|w| w.p50_us),
+                p99_us: pick(&|w| w.p99_us),
+                p999_us: pick(&|w| w.p999_us),
+                server_cpu_us_per_req: pick(&|w| w.server_cpu_us_per_req),
+                peak_rss_mb: peak_rss_mb(&t.pids),
+                ratio_to_ceiling: ratio,
+                ratio_min: ratios.first().copied().unwrap_or(f64::NAN),
+                ratio_max: ratios.last().copied().unwrap_or(f64::NAN),
+            }
+        })
+        .collect()
+}
+
+fn print_table(summaries: &[Summary], options: &Options) {
+    println!();
+    println!(
+        "{} connections, {} rounds of {} ms windows (medians); {}",
+        options.connections,
+        options.rounds,
+        options.window.as_millis(),
+        machine()
+    );
+    println!();
+    println!("| target | requests/s | timestamps/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | peak RSS MB | ratio to ceiling (rounds) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for s in summaries {
+        println!(
+            "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | **{:.3}** ({:.2}–{:.2}) |",
+            s.label,
+            s.req_per_sec,
+            if s.target == "ceiling" || s.target == "lock+unlock" {
+                "–".to_string()
+            } else {
+                format!("{:.0}", s.ts_per_sec)
+            },
+            s.p50_us,
+            s.p99_us,
+            s.p999_us,
+            s.server_cpu_us_per_req,
+            s.peak_rss_mb,
+            s.ratio_to_ceiling,
+            s.ratio_min,
+            s.ratio_max
+        );
+    }
+    println!();
+    println!("| target | durability |");
+    println!("|---|---|");
+    for s in summaries {
+        println!("| {} | {} |", s.label, s.durability);
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs ({model}), Linux, loopback")
+}
+
+fn raise_fd_limit() {
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half load: p99 at half the ceiling's throughput, open loop.
+
+async fn half_load(
+    targets: &[Target],
+    summaries: &[Summary],
+    options: &Options,
+) -> anyhow::Result<serde_json::Value> {
+    let ceiling_rate = summaries[0].req_per_sec;
+    let rate = ceiling_rate / 2.0;
+    let pair = [&targets[0], &targets[1]]; // ceiling, fresh-timestamp
+    let mut p99 = [Vec::new(), Vec::new()];
+    let mut achieved = [Vec::new(), Vec::new()];
+    for round in 0..options.rounds.min(5) {
+        for k in 0..2 {
+            let i = (k + round) % 2;
+            let w = window(
+                pair[i],
+                options.connections,
+                options.window,
+                round,
+                Some(rate),
+            )
+            .await?;
+            p99[i].push(w.p99_us);
+            achieved[i].push(w.req_per_sec);
+        }
+    }
+    let c = median(&mut p99[0].clone());
+    let f = median(&mut p99[1].clone());
+    println!();
+    println!(
+        "half load ({rate:.0} requests/s open loop, {} connections, latency from the scheduled send): p99 ceiling {c:.0} µs, fresh-timestamp {f:.0} µs: **{:.2}×** the ceiling's",
+        options.connections,
+        f / c
+    );
+    Ok(serde_json::json!({
+        "rate": rate,
+        "ceiling_p99_us": p99[0],
+        "fresh_p99_us": p99[1],
+        "ceiling_achieved": achieved[0],
+        "fresh_achieved": achieved[1],
+        "median_ratio": f / c,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resources: memory and start-up.
+
+async fn fresh_once(addr: SocketAddr, ns: &str) -> anyhow::Result<i64> {
+    let mut http = Http::connect(addr).await?;
+    let (status, body) = http
+        .exchange(&post(&format!("/{ns}/timestamp/fresh-timestamp"), ""))
+        .await?;
+    ensure!(status == 200, "status {status}");
+    parse_number(body)
+}
+
+/// From spawning the process to the first timestamp answered.
+async fn time_to_first_timestamp(
+    dir: tempfile::TempDir,
+    ns: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Server, Duration)> {
+    let started = Instant::now();
+    let (server, _) = start_timelock_in(dir, env)?;
+    loop {
+        if fresh_once(server.addr, ns).await.is_ok() {
+            return Ok((server, started.elapsed()));
+        }
+        ensure!(started.elapsed() < Duration::from_secs(30), "no timestamp");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn resources() -> anyhow::Result<serde_json::Value> {
+    // Cold start: a fresh data dir each time.
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir_in(bench_dir())?;
+        let (_server, took) = time_to_first_timestamp(dir, "cold", &[]).await?;
+        cold.push(took.as_secs_f64() * 1000.0);
+    }
+    // Idle RSS of a started server that has served one request.
+    let (idle, _) = start_timelock(&[])?;
+    fresh_once(idle.addr, "idle").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = status_kb(idle.pid(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    drop(idle);
+
+    // 500 namespaces with 100,000 held locks (200 per namespace, one request each).
+    let (loaded, _) = start_timelock(&[])?;
+    let mut http = Http::connect(loaded.addr).await?;
+    for ns in 0..500 {
+        let descriptors: Vec<String> = (0..200)
+            .map(|i| format!("\"{}\"", base64_of(&format!("table.row{ns}.{i}"))))
+            .collect();
+        let body = format!(
+            r#"{{"requestId":"{}","lockDescriptors":[{}],"acquireTimeoutMs":1000}}"#,
+            uuid::Uuid::new_v4(),
+            descriptors.join(",")
+        );
+        let (status, reply) = http
+            .exchange(&post(&format!("/tl/l/ns{ns}"), &body))
+            .await?;
+        ensure!(
+            status == 200 && find(reply, b"\"successful\"").is_some(),
+            "locking in ns{ns}: {status}"
+        );
+        fresh_once(loaded.addr, &format!("ns{ns}")).await?;
+    }
+    let locked_rss = status_kb(loaded.pid(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    drop(loaded);
+
+    // Restart with 500 namespaces: create them, stop gracefully, time the restart.
+    let dir = tempfile::tempdir_in(bench_dir())?;
+    let dir_path = dir.path().to_path_buf();
+    let (mut server, _) = start_timelock_in(dir, &[])?;
+    for ns in 0..500 {
+        fresh_once(server.addr, &format!("ns{ns}")).await?;
+    }
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGTERM);
+    }
+    let _ = server.child.wait();
+    let dir = server._dir.take().expect("dir");
+    drop(server);
+    let mut restarts = Vec::new();
+    let mut dir = Some(dir);
+    for _ in 0..5 {
+        let (mut s, took) = time_to_first_timestamp(dir.take().unwrap(), "ns499", &[]).await?;
+        restarts.push(took.as_secs_f64() * 1000.0);
+        unsafe {
+            libc::kill(s.pid() as i32, libc::SIGTERM);
+        }
+        let _ = s.child.wait();
+        dir = s._dir.take();
+    }
+    let _ = dir_path;
+    let cold_ms = median(&mut cold.clone());
+    let restart_ms = median(&mut restarts.clone());
+    println!();
+    println!("| resource | measured | goal |");
+    println!("|---|---:|---:|");
+    println!("| idle RSS (after one request) | {idle_rss:.1} MB | < 30 MB |");
+    println!("| RSS with 500 namespaces and 100,000 held locks | {locked_rss:.1} MB | < 256 MB |");
+    println!(
+        "| cold start to first timestamp (median of 5; worst {:.0}) | {cold_ms:.0} ms | < 100 ms |",
+        cold.iter().cloned().fold(0.0, f64::max)
+    );
+    println!("| restart with 500 namespaces to first timestamp (median of 5; worst {:.0}) | {restart_ms:.0} ms | < 500 ms |", restarts.iter().cloned().fold(0.0, f64::max));
+    Ok(serde_json::json!({
+        "idle_rss_mb": idle_rss,
+        "rss_500_namespaces_100k_locks_mb": locked_rss,
+        "cold_start_ms": cold,
+        "restart_500_namespaces_ms": restarts,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale: how cost grows with namespaces, held locks, waiters and connections.
+
+async fn scale(options: &Options) -> anyhow::Result<serde_json::Value> {
+    let secs = Duration::from_millis(1000);
+    let (server, _) = start_timelock(&[("TIMELOCK__NAMESPACES__MAX", "10000")])?;
+    let target = |kind| Target {
+        kind,
+        addr: Some(server.addr),
+        pids: vec![server.pid()],
+        durability: String::new(),
+        peer: None,
+    };
+    let mut out = serde_json::Map::new();
+    println!();
+    println!("| scale | requests/s | p99 µs | server CPU µs/req |");
+    println!("|---|---:|---:|---:|");
+
+    // Namespaces: fresh timestamps spread over N namespaces (each connection cycles through
+    // its share of them).
+    for n in [1usize, 500, 10_000] {
+        let mut http = Http::connect(server.addr).await?;
+        for i in 0..n {
+            let (status, _) = http
+                .exchange(&post(&format!("/sc{i}/timestamp/fresh-timestamp"), ""))
+                .await?;
+            ensure!(status == 200, "creating namespace sc{i}: {status}");
+        }
+        let w = spread_window(server.addr, server.pid(), options.connections, n, secs).await?;
+        println!(
+            "| fresh-timestamp over {n} namespaces | {:.0} | {:.0} | {:.1} |",
+            w.req_per_sec, w.p99_us, w.server_cpu_us_per_req
+        );
+        out.insert(format!("namespaces_{n}"), serde_json::to_value(&w)?);
+    }
+
+    // Held locks: lock + unlock with 0 or 100,000 other locks held in the same namespace.
+    let lock_target = target(Kind::LockUnlock);
+    let w0 = window(&lock_target, options.connections, secs, 0, None).await?;
+    let mut http = Http::connect(server.addr).await?;
+    for batch in 0..100 {
+        let descriptors: Vec<String> = (0..1000)
+            .map(|i| format!("\"{}\"", base64_of(&format!("held.{batch}.{i}"))))
+            .collect();
+        let body = format!(
+            r#"{{"requestId":"{}","lockDescriptors":[{}],"acquireTimeoutMs":1000}}"#,
+            uuid::Uuid::new_v4(),
+            descriptors.join(",")
+        );
+        let (status, _) = http.exchange(&post("/tl/l/bench", &body)).await?;
+        ensure!(status == 200, "holding locks: {status}");
+    }
+    let w1 = window(&lock_target, options.connections, secs, 0, None).await?;
+    for (label, w) in [("0", &w0), ("100,000", &w1)] {
+        println!(
+            "| lock + unlock with {label} other locks held | {:.0} | {:.0} | {:.1} |",
+            w.req_per_sec, w.p99_us, w.server_cpu_us_per_req
+        );
+    }
+    out.insert("locks_held_0".into(), serde_json::to_value(&w0)?);
+    out.insert("locks_held_100000".into(), serde_json::to_value(&w1)?);
+
+    // Waiters: one lock held, W requests queued on it, then released: time until all got it.
+    for waiters in [1usize, 100, 1000] {
+        let took = waiters_handoff(server.addr, waiters).await?;
+        println!(
+            "| hand-off through {waiters} queued waiters (one lock, FIFO) | {:.0} per s | – | – |",
+            waiters as f64 / took.as_secs_f64()
+        );
+        out.insert(
+            format!("waiters_{waiters}_ms"),
+            (took.as_secs_f64() * 1000.0).into(),
+        );
+    }
+
+    // Connections: fresh timestamps with 1, 32 and 1,000 connections.
+    let fresh = target(Kind::Fresh);
+    for c in [1usize, 32, 1000] {
+        let w = window(&fresh, c, secs, 0, None).await?;
+        println!(
+            "| fresh-timestamp with {c} connections | {:.0} | {:.0} | {:.1} |",
+            w.req_per_sec, w.p99_us, w.server_cpu_us_per_req
+        );
+        out.insert(format!("connections_{c}"), serde_json::to_value(&w)?);
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Fresh timestamps with each request going to the next of `namespaces` namespaces.
+async fn spread_window(
+    addr: SocketAddr,
+    pid: u32,
+    connections: usize,
+    namespaces: usize,
+    length: Duration,
+) -> anyhow::Result<Window> {
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..namespaces)
+            .map(|i| post(&format!("/sc{i}/timestamp/fresh-timestamp"), ""))
+            .collect(),
+    );
+    let cpu_before = cpu_ns(pid);
+    let started = Instant::now();
+    let deadline = started + length;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(addr).await?;
+            let mut last = vec![i64::MIN; requests.len()];
+            let mut latencies = Vec::new();
+            let mut i = c % requests.len();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let (status, body) = http.exchange(&requests[i]).await?;
+                ensure!(status == 200, "status {status}");
+                let v = parse_number(body)?;
+                ensure!(v > last[i], "namespace sc{i}: {v} after {}", last[i]);
+                last[i] = v;
+                latencies.push(sent.elapsed().as_micros() as u32);
+                i = (i + connections) % requests.len();
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    Ok(Window {
+        target: format!("spread-{namespaces}"),
+        round: 0,
+        secs,
+        requests,
+        timestamps: requests,
+        req_per_sec: requests as f64 / secs,
+        ts_per_sec: requests as f64 / secs,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        server_cpu_us_per_req: (cpu_ns(pid) - cpu_before) as f64 / 1000.0 / requests as f64,
+    })
+}
+
+/// Holds one lock, queues `waiters` lock requests on it (each on its own connection), releases
+/// it, and measures until every waiter has held and released it in turn.
+async fn waiters_handoff(addr: SocketAddr, waiters: usize) -> anyhow::Result<Duration> {
+    let descriptor = base64_of(&format!("contended-{}", rand_tag()));
+    let lock_body = |id: &str| {
+        format!(
+            r#"{{"requestId":"{id}","lockDescriptors":["{descriptor}"],"acquireTimeoutMs":60000}}"#
+        )
+    };
+    let mut holder = Http::connect(addr).await?;
+    let first = uuid::Uuid::new_v4().to_string();
+    let (status, _) = holder
+        .exchange(&post("/tl/l/wait", &lock_body(&first)))
+        .await?;
+    ensure!(status == 200, "first lock: {status}");
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..waiters {
+        let body = lock_body(&uuid::Uuid::new_v4().to_string());
+        let order = order.clone();
+        let mut http = Http::connect(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let id = find_id(&body);
+            let (status, reply) = http.exchange(&post("/tl/l/wait", &body)).await?;
+            ensure!(
+                status == 200 && find(reply, b"\"successful\"").is_some(),
+                "waiter {w}: {status}"
+            );
+            order.lock().push(w);
+            let (status, _) = http
+                .exchange(&post("/tl/ul2/wait", &format!("[\"{id}\"]")))
+                .await?;
+            ensure!(status == 200, "waiter {w} unlock: {status}");
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    // Let every waiter queue up.
+    tokio::time::sleep(Duration::from_millis(200 + waiters as u64)).await;
+    let started = Instant::now();
+    let (status, _) = holder
+        .exchange(&post("/tl/ul2/wait", &format!("[\"{first}\"]")))
+        .await?;
+    ensure!(status == 200, "release: {status}");
+    for t in tasks {
+        t.await??;
+    }
+    let took = started.elapsed();
+    ensure!(
+        order.lock().len() == waiters,
+        "not every waiter got the lock"
+    );
+    let _: HashSet<usize> = order.lock().iter().copied().collect();
+    Ok(took)
+}
+
+fn find_id(body: &str) -> String {
+    body.split('"').nth(3).unwrap_or_default().to_string()
 }
