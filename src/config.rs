@@ -323,6 +323,9 @@ pub struct FaultSettings {
     /// If set, every bound write after the first N successful ones fails with an injected I/O
     /// error, as a full or broken disk would.
     pub fail_bound_writes_after: Option<u64>,
+    /// UNSAFE, test-only: bound writes are not fsynced, so a power cut can lose acknowledged
+    /// timestamps. The power-cut test's negative control uses it to prove it can see that bug.
+    pub skip_sync: bool,
 }
 
 /// Command-line values that override everything else.

@@ -73,6 +73,10 @@ impl Server {
         })
             .await
             .context("store opener task")??;
+        if settings.faults.skip_sync {
+            tracing::error!("FAULT INJECTION: faults.skip_sync is set: bound writes are NOT fsynced and a power cut can lose acknowledged timestamps (test setting)");
+            crate::storage::rocks::SKIP_SYNC.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut store: Arc<dyn BoundStore> = Arc::new(rocks);
         if let Some(n) = settings.faults.fail_bound_writes_after {
             tracing::warn!(

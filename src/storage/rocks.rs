@@ -46,9 +46,14 @@ fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
     }
 }
 
+/// Test-only negative control (`faults.skip_sync`): when set, writes are NOT synced, so a power
+/// cut can lose an acknowledged bound. Exists so that the power-cut test can prove it detects
+/// exactly that bug; never set it otherwise.
+pub static SKIP_SYNC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn sync_writes() -> WriteOptions {
     let mut wo = WriteOptions::default();
-    wo.set_sync(true);
+    wo.set_sync(!SKIP_SYNC.load(std::sync::atomic::Ordering::Relaxed));
     wo
 }
 
