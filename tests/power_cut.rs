@@ -13,32 +13,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-
-/// Builds the preload library once per test binary.
-fn library() -> PathBuf {
-    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    LIB.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libpowercut.so");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powercut/powercut.c");
-        let status = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O2", "-o"])
-            .arg(&out)
-            .arg(&source)
-            .args(["-ldl", "-lpthread"])
-            .status()
-            .expect("cc (build-essential)");
-        assert!(status.success(), "building the power-cut library failed");
-        out
-    })
-    .clone()
-}
 
 /// What a replay did.
 #[derive(Default, Debug)]
@@ -105,7 +85,7 @@ async fn power_cut_loop(cycles: usize, extra_env: &[(&str, &str)]) -> Outcome {
     let (dir, data) = temp_data_dir();
     std::fs::create_dir_all(&data).unwrap();
     let journal = dir.path().join("powercut.journal");
-    let lib = library();
+    let lib = powercut_library();
     let lib = lib.to_str().unwrap();
     let data_str = data.to_str().unwrap().to_string();
     let journal_str = journal.to_str().unwrap().to_string();

@@ -108,6 +108,26 @@ impl TestServer {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the process is still running (false once it exited by itself, e.g. aborted).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// Reaps a server that exited by itself, so that it can be restarted.
+    pub fn reap(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// `kill -9`: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -143,6 +163,26 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `tests/powercut/powercut.c` built once per test binary (power cuts and I/O faults).
+pub fn powercut_library() -> PathBuf {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("libpowercut-{}.so", std::process::id()));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powercut/powercut.c");
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(&source)
+            .args(["-ldl", "-lpthread"])
+            .status()
+            .expect("cc (build-essential)");
+        assert!(status.success(), "building the power-cut library failed");
+        out
+    })
+    .clone()
 }
 
 /// A temporary directory holding `data/` and the server logs.

@@ -19,6 +19,11 @@
  * Metadata (create, rename, unlink) is treated as durable as soon as it happens: this models a
  * power cut losing data, not directory entries; RocksDB fsyncs directories itself.
  *
+ * Fault injection (same library): while the file named by POWERCUT_FAIL_SYNC exists, every
+ * fsync/fdatasync of a file under POWERCUT_DIR fails with EIO (without syncing); while the file
+ * named by POWERCUT_FAIL_WRITE exists, every write to a RocksDB WAL file (`*.log`) under it fails
+ * with EIO. Each injected fault is journaled as `F sync|write <path>`.
+ *
  * Build: cc -shared -fPIC -O2 -o libpowercut.so powercut.c -ldl -lpthread
  */
 #define _GNU_SOURCE
@@ -44,6 +49,8 @@ static int journal_fd = -1;
 static char dir[PATH_MAX];
 static size_t dir_len;
 static int ready;
+static char fail_sync[PATH_MAX];
+static char fail_write[PATH_MAX];
 
 static ssize_t (*real_write)(int, const void *, size_t);
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
@@ -79,6 +86,10 @@ __attribute__((constructor)) static void init(void) {
         return;
     }
     dir_len = strlen(dir);
+    const char *fs = getenv("POWERCUT_FAIL_SYNC");
+    const char *fw = getenv("POWERCUT_FAIL_WRITE");
+    if (fs) snprintf(fail_sync, sizeof fail_sync, "%s", fs);
+    if (fw) snprintf(fail_write, sizeof fail_write, "%s", fw);
     journal_fd = real_open(j, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     ready = journal_fd >= 0;
 }
@@ -145,6 +156,22 @@ static void before_write(int fd, off_t offset, size_t len) {
     pthread_mutex_unlock(&lock);
 }
 
+/* Whether a fault of this kind is armed (its trigger file exists) for fd; journals it. */
+static int fault(int fd, const char *trigger, const char *kind, int wal_only) {
+    if (!ready || !trigger[0] || fd < 0 || fd >= MAX_FDS) return 0;
+    int hit = 0;
+    pthread_mutex_lock(&lock);
+    if (paths[fd] && access(trigger, F_OK) == 0) {
+        size_t n = strlen(paths[fd]);
+        if (!wal_only || (n > 4 && strcmp(paths[fd] + n - 4, ".log") == 0)) {
+            journal("F %s %s\n", kind, paths[fd]);
+            hit = 1;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return hit;
+}
+
 static void synced(int fd) {
     if (!ready || fd < 0 || fd >= MAX_FDS) return;
     pthread_mutex_lock(&lock);
@@ -200,31 +227,38 @@ int close(int fd) {
     return real_close(fd);
 }
 ssize_t write(int fd, const void *buf, size_t n) {
+    if (fault(fd, fail_write, "write", 1)) { errno = EIO; return -1; }
     before_write(fd, -1, n);
     return real_write(fd, buf, n);
 }
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
+    if (fault(fd, fail_write, "write", 1)) { errno = EIO; return -1; }
     before_write(fd, off, n);
     return real_pwrite(fd, buf, n, off);
 }
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
+    if (fault(fd, fail_write, "write", 1)) { errno = EIO; return -1; }
     before_write(fd, off, n);
     return real_pwrite64(fd, buf, n, off);
 }
 ssize_t writev(int fd, const struct iovec *iov, int cnt) {
+    if (fault(fd, fail_write, "write", 1)) { errno = EIO; return -1; }
     before_write(fd, -1, iov_len(iov, cnt));
     return real_writev(fd, iov, cnt);
 }
 ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
+    if (fault(fd, fail_write, "write", 1)) { errno = EIO; return -1; }
     before_write(fd, off, iov_len(iov, cnt));
     return real_pwritev(fd, iov, cnt, off);
 }
 int fsync(int fd) {
+    if (fault(fd, fail_sync, "sync", 0)) { errno = EIO; return -1; }
     int r = real_fsync(fd);
     if (r == 0) synced(fd);
     return r;
 }
 int fdatasync(int fd) {
+    if (fault(fd, fail_sync, "sync", 0)) { errno = EIO; return -1; }
     int r = real_fdatasync(fd);
     if (r == 0) synced(fd);
     return r;
