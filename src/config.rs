@@ -43,6 +43,10 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// A request that takes longer than this is answered with 408 (milliseconds).
     pub request_timeout_ms: u64,
+    /// A connection that does not deliver a complete request head within this long (after
+    /// opening, or between requests on a keep-alive connection) is closed: slow or silent
+    /// clients cannot hold sockets for ever (milliseconds).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -52,6 +56,7 @@ impl Default for ServerSettings {
             path_prefix: "/timelock/api".to_string(),
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout_ms: 120_000,
+            header_read_timeout_ms: 30_000,
         }
     }
 }
@@ -434,9 +439,12 @@ impl Settings {
         if self.namespaces.max == 0 {
             return invalid("namespaces.max must be at least 1".into());
         }
-        if self.server.max_body_bytes == 0 || self.server.request_timeout_ms == 0 {
+        if self.server.max_body_bytes == 0
+            || self.server.request_timeout_ms == 0
+            || self.server.header_read_timeout_ms == 0
+        {
             return invalid(
-                "server.max_body_bytes and server.request_timeout_ms must be positive".into(),
+                "server.max_body_bytes, server.request_timeout_ms and server.header_read_timeout_ms must be positive".into(),
             );
         }
         Ok(())

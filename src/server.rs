@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::cluster::election::{EtcdBoundsElsewhere, TermFactory};
@@ -35,6 +34,7 @@ pub struct Server {
     data_dir: PathBuf,
     store_description: String,
     reaper_interval: std::time::Duration,
+    header_read_timeout: std::time::Duration,
     backup_schedule: Option<(std::time::Duration, usize)>,
     /// Cluster mode: the election loop to run while serving.
     election: Option<(ClusterSettings, TermFactory)>,
@@ -128,6 +128,9 @@ impl Server {
             data_dir,
             store_description: store.describe(),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
+            header_read_timeout: std::time::Duration::from_millis(
+                settings.server.header_read_timeout_ms,
+            ),
             backup_schedule: settings
                 .backup
                 .schedule_interval()?
@@ -196,6 +199,9 @@ impl Server {
                 cluster.etcd_endpoints, cluster.etcd_prefix, settings.cluster.node_id
             ),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
+            header_read_timeout: std::time::Duration::from_millis(
+                settings.server.header_read_timeout_ms,
+            ),
             backup_schedule: None,
             election: Some((cluster, factory)),
         })
@@ -243,10 +249,6 @@ impl Server {
             let state = self.state.clone();
             AbortOnDrop(tokio::spawn(scheduled_backups(state, every, keep)))
         });
-        let listener = self.listener.tap_io(|tcp| {
-            // Small request/response pairs on keep-alive connections: never wait for Nagle.
-            let _ = tcp.set_nodelay(true);
-        });
         let (stop_election, election_stopped) = tokio::sync::watch::channel(false);
         let election = self.election.map(|(cluster, factory)| {
             tokio::spawn(crate::cluster::election::run(
@@ -257,24 +259,76 @@ impl Server {
             ))
         });
         let closing = self.state.leadership.clone();
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                shutting_down.store(true, Ordering::Release);
-                if let Some(election) = election {
-                    // Cluster mode: stop leading and revoke the lease, so that another node
-                    // takes over now rather than when the lease expires.
-                    let _ = stop_election.send(true);
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
-                }
-                // Lock waits can last as long as a client asked; end this term's lock services so
-                // they answer 503 (clients retry elsewhere) instead of holding up the shutdown.
-                closing.close();
-                tracing::info!("shutting down: finishing in-flight requests");
-            })
-            .await
-            .context("serving HTTP")
+        let shutdown = async move {
+            shutdown.await;
+            shutting_down.store(true, Ordering::Release);
+            if let Some(election) = election {
+                // Cluster mode: stop leading and revoke the lease, so that another node
+                // takes over now rather than when the lease expires.
+                let _ = stop_election.send(true);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+            }
+            // Lock waits can last as long as a client asked; end this term's lock services so
+            // they answer 503 (clients retry elsewhere) instead of holding up the shutdown.
+            closing.close();
+            tracing::info!("shutting down: finishing in-flight requests");
+        };
+        accept_loop(
+            self.listener,
+            self.router,
+            self.header_read_timeout,
+            shutdown,
+        )
+        .await;
+        Ok(())
     }
+}
+
+/// Accepts connections until `shutdown` completes, then lets in-flight requests finish.
+///
+/// Each connection is served by hyper's HTTP/1.1 connection (keep-alive, pipelining) with a
+/// header-read timeout: a client that does not send a complete request head within
+/// `header_read_timeout` (a slowloris, or a silent or idle connection) is disconnected, so
+/// sockets and memory cannot be pinned for ever. Accept errors (out of file descriptors, say)
+/// are logged and retried after a pause instead of ending the server.
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Small request/response pairs on keep-alive connections: never wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(tcp), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Takes a `scheduled` backup every `every` and keeps the newest `keep` of them. A failed backup

@@ -238,6 +238,28 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
     let leader = cluster.leader(Duration::from_secs(20)).await;
     let bases = cluster.bases();
     let leader_base = bases[leader].clone();
+    // Followers learn the leader by polling etcd (every renew interval): wait until they know.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, base) in bases.iter().enumerate() {
+        while i != leader {
+            let ready: Value = http()
+                .get(format!("{base}/health/ready"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if ready["leader"] == json!(leader_base) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base} never learned the leader: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     // The leader serves everyone, new protocol or curl.
     let first = http()

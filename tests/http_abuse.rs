@@ -1,0 +1,244 @@
+//! Raw HTTP abuse against the real server: oversized bodies and headers, contradictory framing,
+//! slow clients that never finish a request, and thousands of idle connections. The server must
+//! answer with a 4xx or close the connection, never panic, keep serving everyone else, and give
+//! back its sockets and memory afterwards.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn connect(server: &TestServer) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until the server closes the connection or stops sending (at most `limit`).
+fn read_reply(stream: &mut TcpStream, limit: Duration) -> String {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(reply: &str) -> Option<u16> {
+    reply.get(9..12)?.parse().ok()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn still_serves(server: &TestServer) {
+    let r = post(server, "/abuse/timestamp/fresh-timestamp").await;
+    assert_eq!(r.status, 200, "server stopped serving: {}", r.body);
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_the_connection_is_closed() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[("TIMELOCK__SERVER__MAX_BODY_BYTES", "1024")]);
+    // Declared too large: answered without reading the body.
+    let mut s = connect(&server);
+    s.write_all(
+        b"POST /tl/ts/abuse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{",
+    )
+    .unwrap();
+    let reply = read_reply(&mut s, Duration::from_secs(5));
+    assert_eq!(status_of(&reply), Some(413), "{reply}");
+    assert!(reply.contains("REQUEST_ENTITY_TOO_LARGE"), "{reply}");
+    // Chunked and too large: cut off once the limit is passed.
+    let mut s = connect(&server);
+    s.write_all(b"POST /tl/ts/abuse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = format!("800\r\n{}\r\n", "x".repeat(0x800));
+    for _ in 0..4 {
+        if s.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let reply = read_reply(&mut s, Duration::from_secs(5));
+    assert_eq!(status_of(&reply), Some(413), "{reply}");
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn contradictory_framing_and_oversized_headers_are_rejected() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "two different Content-Lengths",
+            b"POST /abuse/timestamp/fresh-timestamp HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            b"POST /abuse/timestamp/fresh-timestamp HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "unknown transfer coding",
+            b"POST /abuse/timestamp/fresh-timestamp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+        ),
+        (
+            "negative Content-Length",
+            b"POST /abuse/timestamp/fresh-timestamp HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        ),
+        (
+            "1 MiB of headers",
+            format!(
+                "POST /abuse/timestamp/fresh-timestamp HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(1 << 20)
+            )
+            .into_bytes(),
+        ),
+        (
+            "garbage request line",
+            b"\x00\x01\x02 NOT HTTP\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let mut s = connect(&server);
+        let _ = s.write_all(&bytes);
+        let reply = read_reply(&mut s, Duration::from_secs(5));
+        match status_of(&reply) {
+            // A 4xx and then closed, or closed without an answer: both refuse.
+            Some(code) if code != 200 => assert!((400..500).contains(&code), "{name}: {reply}"),
+            Some(_) => {}
+            None => assert!(reply.is_empty(), "{name}: {reply}"),
+        }
+        if name == "Content-Length and Transfer-Encoding" && status_of(&reply) == Some(200) {
+            // RFC 9112 6.1: a server may process such a request by its Transfer-Encoding alone,
+            // but must close the connection after it (no request smuggling behind it).
+            assert!(
+                reply.to_ascii_lowercase().contains("connection: close"),
+                "{name}: served without closing: {reply}"
+            );
+            continue;
+        }
+        assert!(
+            !reply.contains("HTTP/1.1 200"),
+            "{name} was served: {reply}"
+        );
+    }
+    still_serves(&server).await;
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+#[tokio::test]
+async fn slow_clients_that_never_finish_are_dropped() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(
+        &data,
+        &[("TIMELOCK__SERVER__HEADER_READ_TIMEOUT_MS", "1000")],
+    );
+    // Headers trickled and never finished.
+    let mut slow = connect(&server);
+    slow.write_all(b"POST /abuse/timestamp/fresh-timestamp HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(200));
+        if slow.write_all(b"X-Drip: 1\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        slow.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok(0) = slow.read(&mut buf) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a client that never finished its headers was kept for 8 s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A connection that sends nothing at all is dropped too.
+    let mut silent = connect(&server);
+    let reply = read_reply(&mut silent, Duration::from_secs(8));
+    assert!(
+        status_of(&reply).is_none_or(|c| c == 408),
+        "silent connection got {reply}"
+    );
+    still_serves(&server).await;
+}
+
+#[tokio::test]
+async fn thousands_of_idle_connections_neither_block_service_nor_leak() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let pid = server_pid(&server);
+    still_serves(&server).await;
+    let fds_before = open_fds(pid);
+    let rss_before = rss_kb(pid);
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        match TcpStream::connect(("127.0.0.1", server.port)) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect {} failed: {e}", idle.len()),
+        }
+    }
+    // Everyone else is still served promptly.
+    let started = Instant::now();
+    for _ in 0..20 {
+        still_serves(&server).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let fds_during = open_fds(pid);
+    assert!(
+        fds_during >= fds_before + 1900,
+        "{fds_before} -> {fds_during}"
+    );
+    drop(idle);
+    // Sockets are given back once the clients go away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = open_fds(pid);
+        if now <= fds_before + 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fds {fds_before} -> {now} after the clients left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rss_after = rss_kb(pid);
+    println!(
+        "2000 idle connections: fds {fds_before} -> {fds_during} -> back; RSS {rss_before} kB -> {rss_after} kB"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew by more than 64 MiB: {rss_before} -> {rss_after} kB"
+    );
+    still_serves(&server).await;
+}
+
+fn server_pid(server: &TestServer) -> u32 {
+    server.pid().expect("running")
+}
