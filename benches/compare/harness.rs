@@ -647,7 +647,13 @@ async fn window(
     for i in 0..connections {
         conns.push(Conn::open(target, i, &tag).await?);
     }
-    let cpu_before: u64 = target.pids.iter().map(|p| cpu_ns(*p)).sum();
+    // PostgreSQL serves each connection from a process of its own: count the processes that
+    // exist once the connections are open.
+    let pids = match &target.peer {
+        Some(peer) => peer.pids_now(),
+        None => target.pids.clone(),
+    };
+    let cpu_before: u64 = pids.iter().map(|p| cpu_ns(*p)).sum();
     let started = Instant::now();
     let deadline = started + window;
     let tasks: Vec<_> = conns
@@ -701,7 +707,7 @@ async fn window(
         timestamps += n;
     }
     let secs = started.elapsed().as_secs_f64();
-    let cpu_after: u64 = target.pids.iter().map(|p| cpu_ns(*p)).sum();
+    let cpu_after: u64 = pids.iter().map(|p| cpu_ns(*p)).sum();
     // No value handed out twice: ranges must not overlap.
     ranges.sort_unstable();
     if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
