@@ -10,7 +10,9 @@
 //!   allocator), its RocksDB data dir in a temporary directory on a real disk;
 //! * `timelock-st` — the same server asked `POST /tl/st` (start one transaction; the immutable-
 //!   timestamp locks are released 64 at a time, as committing clients would);
-//! * `timelock-lock` — the same server asked `POST /tl/l` then `POST /tl/ul2` (uncontended).
+//! * `timelock-lock` — the same server asked `POST /tl/l` then `POST /tl/ul2` (uncontended);
+//! * `timelock-batch` — the same server asked `POST /{ns}/timestamp/fresh-timestamps?number=10000`
+//!   (the batch path at full speed: the bound store must stay off the request path).
 //!
 //! `LOAD_TARGETS=all` adds variants in between (see [`TARGETS`]) that each add one part of the
 //! real server, to attribute the difference.
@@ -38,7 +40,7 @@
 //! `LOAD_ROUTER_CALLS` calls per thread and round in the in-process phase [50000; 0 skips it],
 //! `LOAD_ROUTER_ROUNDS` rounds of the in-process phase [6],
 //! `LOAD_TARGETS` comma-separated subset of the targets below, or `all`
-//! [`constant,timelock,timelock-st,timelock-lock`],
+//! [`constant,timelock,timelock-st,timelock-lock,timelock-batch`],
 //! `TIMELOCK_BENCH_DIR` where the RocksDB temp dir goes [cargo's `<target>/tmp`].
 //!
 //! Before the HTTP phase, an in-process phase calls each target's router directly
@@ -118,8 +120,9 @@ impl Options {
         } else {
             (1.0, 10, 1.0, 50_000, 6)
         };
-        let spec = std::env::var("LOAD_TARGETS")
-            .unwrap_or_else(|_| "constant,timelock,timelock-st,timelock-lock".into());
+        let spec = std::env::var("LOAD_TARGETS").unwrap_or_else(|_| {
+            "constant,timelock,timelock-st,timelock-lock,timelock-batch".into()
+        });
         let mut targets: Vec<Target> = if spec.trim() == "all" {
             (0..TARGETS.len()).collect()
         } else {
@@ -206,7 +209,12 @@ enum Workload {
     /// `POST /tl/l/bench` (an uncontended lock, one descriptor per connection, timeout 0), then
     /// `POST /tl/ul2/bench` for it: two requests, both counted.
     LockUnlock,
+    /// `POST /bench/timestamp/fresh-timestamps?number=10000`: `{"lowerBound","upperBound"}`,
+    /// 10,000 timestamps each.
+    Batch,
 }
+
+const BATCH_URI: &str = "/bench/timestamp/fresh-timestamps?number=10000";
 
 /// Every target, from least to most of timelock; `LOAD_TARGETS` picks a subset (default
 /// `constant,timelock`; `all` for all). The variants in between attribute the difference: each
@@ -266,6 +274,12 @@ const TARGETS: &[TargetSpec] = &[
         kind: Kind::Timelock,
         workload: Workload::LockUnlock,
         about: "the same server: POST /tl/l then /tl/ul2 (uncontended), both counted",
+    },
+    TargetSpec {
+        name: "timelock-batch",
+        kind: Kind::Timelock,
+        workload: Workload::Batch,
+        about: "the same server: POST /{ns}/timestamp/fresh-timestamps?number=10000",
     },
 ];
 
@@ -501,9 +515,55 @@ fn thread_cpu() -> Duration {
     Duration::ZERO
 }
 
+/// The requests one in-process caller sends for `calls` counted operations of `workload`
+/// (built before the clock starts), and how many of them count.
+fn in_process_requests(
+    workload: Workload,
+    calls: u64,
+) -> (Vec<(&'static str, Option<Bytes>)>, u64) {
+    let mut out = Vec::new();
+    let requestor = uuid::Uuid::new_v4();
+    let descriptor = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        requestor.as_bytes(),
+    );
+    match workload {
+        Workload::Fresh => out.extend((0..calls).map(|_| (URI, None))),
+        Workload::Batch => out.extend((0..calls).map(|_| (BATCH_URI, None))),
+        Workload::StartTransactions => {
+            let mut ids = Vec::new();
+            for _ in 0..calls {
+                let id = uuid::Uuid::new_v4();
+                ids.push(id);
+                let body = format!(
+                    r#"{{"requestId":"{id}","requestorId":"{requestor}","numTransactions":1}}"#
+                );
+                out.push(("/tl/st/bench", Some(Bytes::from(body))));
+                if ids.len() == 64 {
+                    let body = serde_json::to_string(&ids).expect("ids");
+                    out.push(("/tl/ul2/bench", Some(Bytes::from(body))));
+                    ids.clear();
+                }
+            }
+        }
+        Workload::LockUnlock => {
+            for _ in 0..calls {
+                let id = uuid::Uuid::new_v4();
+                let body = format!(
+                    r#"{{"requestId":"{id}","lockDescriptors":["{descriptor}"],"acquireTimeoutMs":0}}"#
+                );
+                out.push(("/tl/l/bench", Some(Bytes::from(body))));
+                out.push(("/tl/ul2/bench", Some(Bytes::from(format!(r#"["{id}"]"#)))));
+            }
+            return (out, calls * 2);
+        }
+    }
+    (out, calls)
+}
+
 /// Calls `router` directly (`tower::ServiceExt::oneshot`, as `axum::serve` does per request)
 /// `calls` times on each of `threads` threads at once, validating every answer. Returns the
-/// median over threads of CPU nanoseconds per call, and the errors seen.
+/// median over threads of CPU nanoseconds per counted request, and the errors seen.
 fn router_cost(router: &Router, target: Target, calls: u64, threads: usize) -> (f64, Errors) {
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
@@ -516,64 +576,86 @@ fn router_cost(router: &Router, target: Target, calls: u64, threads: usize) -> (
                     .build()
                     .expect("runtime");
                 rt.block_on(async move {
-                    let timestamps = TARGETS[target].kind.returns_timestamps();
+                    let spec = &TARGETS[target];
+                    let timestamps = spec.kind.returns_timestamps();
                     let mut errors = Errors::default();
                     let mut last: Option<i64> = None;
-                    let mut check = |status: StatusCode, body: &[u8], errors: &mut Errors| {
-                        let text = String::from_utf8_lossy(body);
-                        if status != StatusCode::OK {
-                            errors.push(format!("in-process: status {status}: {text}"));
-                        } else if !timestamps {
-                            if body != b"1" {
-                                errors.push(format!("in-process: constant body {text:?}"));
-                            }
-                        } else {
-                            match text.parse::<i64>() {
-                                Ok(ts) if last.is_none_or(|l| ts > l) => last = Some(ts),
-                                Ok(ts) => errors.push(format!(
-                                    "in-process: timestamp {ts} not above previous {last:?}"
-                                )),
-                                Err(_) => {
-                                    errors.push(format!("in-process: not a number: {text:?}"))
+                    let mut check =
+                        |uri: &str, status: StatusCode, body: &[u8], errors: &mut Errors| {
+                            let text = String::from_utf8_lossy(body);
+                            if status != StatusCode::OK {
+                                errors.push(format!("in-process {uri}: status {status}: {text}"));
+                            } else if !timestamps {
+                                if body != b"1" {
+                                    errors.push(format!("in-process: constant body {text:?}"));
                                 }
+                            } else if uri == URI {
+                                match text.parse::<i64>() {
+                                    Ok(ts) if last.is_none_or(|l| ts > l) => last = Some(ts),
+                                    Ok(ts) => errors.push(format!(
+                                        "in-process: timestamp {ts} not above previous {last:?}"
+                                    )),
+                                    Err(_) => {
+                                        errors.push(format!("in-process: not a number: {text:?}"))
+                                    }
+                                }
+                            } else if uri == BATCH_URI {
+                                match check_batch(status, body) {
+                                    Ok(ts) if last.is_none_or(|l| ts > l) => last = Some(ts),
+                                    Ok(ts) => errors.push(format!(
+                                        "in-process: batch {ts} not above previous {last:?}"
+                                    )),
+                                    Err(e) => errors.push(e),
+                                }
+                            } else if !body.starts_with(b"{") && !body.starts_with(b"[") {
+                                errors.push(format!("in-process {uri}: {text}"));
                             }
-                        }
-                    };
-                    let request = || {
-                        Request::builder()
+                        };
+                    let request = |uri: &'static str, body: &Option<Bytes>| {
+                        let builder = Request::builder()
                             .method(Method::POST)
-                            .uri(URI)
-                            .header(header::HOST, "localhost")
-                            .body(Body::empty())
-                            .expect("request")
+                            .uri(uri)
+                            .header(header::HOST, "localhost");
+                        match body {
+                            None => builder.body(Body::empty()),
+                            Some(b) => builder
+                                .header(header::CONTENT_TYPE, "application/json")
+                                .header(header::CONTENT_LENGTH, b.len())
+                                .body(Body::from(b.clone())),
+                        }
+                        .expect("request")
                     };
                     // Warm up (creates the namespace), then measure.
-                    for i in 0..calls / 10 + 1 {
-                        let response = tower::ServiceExt::oneshot(router.clone(), request())
-                            .await
-                            .expect("infallible");
+                    let (warm, _) = in_process_requests(spec.workload, calls / 10 + 1);
+                    for (i, (uri, body)) in warm.iter().enumerate() {
+                        let response =
+                            tower::ServiceExt::oneshot(router.clone(), request(uri, body))
+                                .await
+                                .expect("infallible");
                         let status = response.status();
                         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
                             .await
                             .unwrap_or_default();
                         if i == 0 || status != StatusCode::OK {
-                            check(status, &body, &mut errors);
+                            check(uri, status, &body, &mut errors);
                         }
                     }
+                    let (requests, counted) = in_process_requests(spec.workload, calls);
                     barrier.wait();
                     let started = thread_cpu();
-                    for _ in 0..calls {
-                        let response = tower::ServiceExt::oneshot(router.clone(), request())
-                            .await
-                            .expect("infallible");
+                    for (uri, body) in &requests {
+                        let response =
+                            tower::ServiceExt::oneshot(router.clone(), request(uri, body))
+                                .await
+                                .expect("infallible");
                         let status = response.status();
                         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
                             .await
                             .unwrap_or_default();
-                        check(status, &body, &mut errors);
+                        check(uri, status, &body, &mut errors);
                     }
                     let cpu = thread_cpu().saturating_sub(started);
-                    (cpu.as_nanos() as f64 / calls as f64, errors)
+                    (cpu.as_nanos() as f64 / counted as f64, errors)
                 })
             })
         })
@@ -811,6 +893,17 @@ async fn exchange(
     Ok((status, body))
 }
 
+/// Checks a batch answer: 200 and `{"lowerBound":l,"upperBound":l+9999}`; returns `l`.
+fn check_batch(status: StatusCode, body: &[u8]) -> Result<i64, String> {
+    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let lower = v.as_ref().and_then(|v| v["lowerBound"].as_i64());
+    let upper = v.as_ref().and_then(|v| v["upperBound"].as_i64());
+    match (status, lower, upper) {
+        (StatusCode::OK, Some(l), Some(u)) if u - l == 9_999 => Ok(l),
+        _ => Err(format!("batch: {status} {}", String::from_utf8_lossy(body))),
+    }
+}
+
 /// Checks one timestamp against the connection's previous one and keeps it for the run-wide
 /// uniqueness check.
 fn check_timestamp(conn: &mut Conn, out: &mut ConnResult, ts: i64) {
@@ -877,6 +970,16 @@ async fn drive(
                             )),
                             Some(ts) => check_timestamp(&mut conn, &mut out, ts),
                         }
+                    }
+                    Ok(1)
+                }
+            },
+            Workload::Batch => match exchange(&mut conn, &host, BATCH_URI, None).await {
+                Err(e) => Err(e),
+                Ok((status, body)) => {
+                    match check_batch(status, &body) {
+                        Ok(lower) => check_timestamp(&mut conn, &mut out, lower),
+                        Err(e) => out.errors.push(e),
                     }
                     Ok(1)
                 }
@@ -1200,12 +1303,7 @@ fn main() -> ExitCode {
             .build()
             .expect("runtime");
         let settings = default_settings();
-        // Only the fresh-timestamp targets have an in-process twin.
-        let in_process: Vec<Target> = targets
-            .iter()
-            .copied()
-            .filter(|&t| TARGETS[t].workload == Workload::Fresh)
-            .collect();
+        let in_process: Vec<Target> = targets.clone();
         let routers: BTreeMap<Target, Router> = in_process
             .iter()
             .map(|&t| (t, target_router(t, &setup, &settings)))

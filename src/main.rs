@@ -12,10 +12,14 @@ use timelock::server::{shutdown_signal, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = match cli.command {
+        Command::Serve(_) => server_runtime(),
+        // Client commands make a handful of HTTP calls: one thread, nothing to spread.
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await.map(|()| None),
@@ -36,6 +40,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The server's runtime, sized for small machines (the reference deployment has 2 cores):
+/// * one worker per CPU the process may use (`available_parallelism` honours cgroup quotas and
+///   affinity), at least 2 so a request waiting on a bound write never stalls the only worker;
+/// * a small blocking pool: it only runs RocksDB bound writes, loads and backups, which are
+///   serialised per namespace anyway, and every idle thread costs memory;
+/// * the default event interval and LIFO slot: request/response pairs on keep-alive
+///   connections are short tasks, where polling I/O every 61 tasks and the LIFO slot's
+///   cache locality both pay.
+fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus.max(2))
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(10))
+        .thread_name("timelock-worker")
+        .enable_all()
+        .build()
 }
 
 fn init_logging(settings: &Settings) {

@@ -241,7 +241,10 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
     // Followers learn the leader by polling etcd (every renew interval): wait until they know.
     let deadline = Instant::now() + Duration::from_secs(10);
     for (i, base) in bases.iter().enumerate() {
-        while i != leader {
+        if i == leader {
+            continue;
+        }
+        loop {
             let ready: Value = http()
                 .get(format!("{base}/health/ready"))
                 .send()

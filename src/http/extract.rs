@@ -82,6 +82,15 @@ pub fn query_i64(query: Option<&str>, key: &str) -> Result<Option<i64>, Timelock
 /// Reads string `key` from a raw query string (first occurrence).
 pub fn query_str(query: Option<&str>, key: &str) -> Result<Option<String>, TimelockError> {
     let Some(query) = query else { return Ok(None) };
+    // Fast path, no allocation but the value: nothing percent- or plus-encoded.
+    if !query.contains(['%', '+']) {
+        return Ok(query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string()));
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| TimelockError::InvalidArgument(format!("malformed query string: {e}")))?;
     Ok(pairs.into_iter().find(|(k, _)| k == key).map(|(_, v)| v))
@@ -117,5 +126,16 @@ mod tests {
             Some(i64::MIN)
         );
         assert!(required_i64(Some(""), "number").is_err());
+        // Encoded keys and values take the general path.
+        assert_eq!(query_i64(Some("numb%65r=%2B7"), "number").unwrap(), Some(7));
+        assert_eq!(query_i64(Some("&&number=4&"), "number").unwrap(), Some(4));
+        assert_eq!(
+            query_str(Some("number"), "number").unwrap().as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            query_str(Some("a=b=c"), "a").unwrap().as_deref(),
+            Some("b=c")
+        );
     }
 }

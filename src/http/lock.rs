@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use super::extract::{JsonBody, NsName};
+use super::write::JsonWriter;
 use super::{json, json_number, no_content, AppState};
 use crate::error::TimelockError;
 use crate::lock::watch::LockWatchReference;
@@ -145,13 +146,6 @@ async fn do_lock(
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SuccessfulLock<'a> {
-    lock_token: LockToken,
-    lease: &'a Lease,
-}
-
 async fn conjure_lock(
     State(state): State<AppState>,
     NsName(ns): NsName,
@@ -159,15 +153,26 @@ async fn conjure_lock(
 ) -> Result<Response, TimelockError> {
     let request_id = request.request_id;
     let outcome = do_lock(&state, &ns, request.into(), false).await?;
-    Ok(match outcome {
-        LockOutcome::Acquired(lease) => json(&serde_json::json!({
-            "type": "successful",
-            "successful": SuccessfulLock { lock_token: LockToken { request_id }, lease: &lease },
-        })),
-        LockOutcome::TimedOut => {
-            json(&serde_json::json!({"type": "unsuccessful", "unsuccessful": {}}))
+    Ok(conjure_lock_response(request_id, &outcome))
+}
+
+/// `{"type":"successful","successful":{"lockToken":{"requestId":..},"lease":..}}` or
+/// `{"type":"unsuccessful","unsuccessful":{}}`.
+fn conjure_lock_response(request_id: Uuid, outcome: &LockOutcome) -> Response {
+    let mut w = JsonWriter::with_capacity(192);
+    match outcome {
+        LockOutcome::Acquired(lease) => {
+            w.raw(r#"{"successful":{"lease":"#)
+                .lease(lease)
+                .raw(r#","lockToken":{"requestId":"#)
+                .uuid(&request_id)
+                .raw(r#"}},"type":"successful"}"#);
         }
-    })
+        LockOutcome::TimedOut => {
+            w.raw(r#"{"type":"unsuccessful","unsuccessful":{}}"#);
+        }
+    }
+    w.into_response()
 }
 
 async fn conjure_wait_for_locks(
@@ -261,7 +266,10 @@ async fn conjure_unlock_v2(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<Vec<Uuid>>,
 ) -> Result<Response, TimelockError> {
-    Ok(json(&do_unlock(&state, &ns, &request).await?))
+    let unlocked = do_unlock(&state, &ns, &request).await?;
+    let mut w = JsonWriter::with_capacity(unlocked.len() * 39 + 2);
+    w.uuids(&unlocked);
+    Ok(w.into_response())
 }
 
 async fn leader_time(

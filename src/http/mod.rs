@@ -32,6 +32,7 @@ pub mod ops;
 pub mod routing;
 pub mod timestamp;
 pub mod transactions;
+pub mod write;
 
 /// What every handler can reach. One `Arc`, so handing it to a handler costs one reference
 /// count increment.
@@ -151,7 +152,7 @@ pub fn json<T: serde::Serialize>(value: &T) -> Response {
     ))
 }
 
-fn json_bytes(body: bytes::Bytes) -> Response {
+pub(crate) fn json_bytes(body: bytes::Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

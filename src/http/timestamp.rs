@@ -10,10 +10,11 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::extract::{required_i64, JsonBody, NsName};
-use super::{json, json_number, AppState};
+use super::write::two_numbers;
+use super::{json_number, AppState};
 use crate::error::TimelockError;
 use crate::timestamp::validate_count;
 
@@ -48,14 +49,6 @@ async fn fresh_timestamp(
     Ok(json_number(namespace.timestamps.fresh_timestamp().await?))
 }
 
-/// `TimestampRange` of the legacy API: both ends inclusive.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LegacyRange {
-    lower_bound: i64,
-    upper_bound: i64,
-}
-
 async fn fresh_timestamps(
     State(state): State<AppState>,
     NsName(ns): NsName,
@@ -65,23 +58,19 @@ async fn fresh_timestamps(
     validate_count(number)?;
     let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let range = namespace.timestamps.fresh_timestamps(number).await?;
-    Ok(json(&LegacyRange {
-        lower_bound: range.lower,
-        upper_bound: range.upper,
-    }))
+    // `TimestampRange` of the legacy API: both ends inclusive.
+    Ok(two_numbers(
+        "lowerBound",
+        range.lower,
+        "upperBound",
+        range.upper,
+    ))
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GetFreshTimestampsRequest {
     num_timestamps: i64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GetFreshTimestampsResponse {
-    inclusive_lower: i64,
-    inclusive_upper: i64,
 }
 
 async fn conjure_fresh_timestamps(
@@ -95,17 +84,12 @@ async fn conjure_fresh_timestamps(
         .timestamps
         .fresh_timestamps(request.num_timestamps)
         .await?;
-    Ok(json(&GetFreshTimestampsResponse {
-        inclusive_lower: range.lower,
-        inclusive_upper: range.upper,
-    }))
-}
-
-/// `[start, start + count)`.
-#[derive(Serialize)]
-struct GetFreshTimestampsResponseV2 {
-    start: i64,
-    count: i64,
+    Ok(two_numbers(
+        "inclusiveLower",
+        range.lower,
+        "inclusiveUpper",
+        range.upper,
+    ))
 }
 
 async fn conjure_fresh_timestamps_v2(
@@ -116,8 +100,6 @@ async fn conjure_fresh_timestamps_v2(
     validate_count(requested)?;
     let namespace = state.namespaces()?.get_or_create(&ns).await?;
     let range = namespace.timestamps.fresh_timestamps(requested).await?;
-    Ok(json(&GetFreshTimestampsResponseV2 {
-        start: range.lower,
-        count: range.count(),
-    }))
+    // `[start, start + count)`.
+    Ok(two_numbers("start", range.lower, "count", range.count()))
 }

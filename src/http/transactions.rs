@@ -98,7 +98,30 @@ async fn start_transactions(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<StartTransactionsRequest>,
 ) -> Result<Response, TimelockError> {
-    Ok(json(&do_start(&state, &ns, &request).await?))
+    let r = do_start(&state, &ns, &request).await?;
+    Ok(start_response(&r).into_response())
+}
+
+/// Written by hand, in the field order of the `StartTransactionsResponse` derive; only the
+/// lock-watch update goes through serde.
+fn start_response(r: &StartTransactionsResponse) -> super::write::JsonWriter {
+    let mut w = super::write::JsonWriter::with_capacity(384);
+    w.raw(r#"{"immutableTimestamp":{"immutableTimestamp":"#)
+        .i64(r.immutable_timestamp.immutable_timestamp)
+        .raw(r#","lock":{"requestId":"#)
+        .uuid(&r.immutable_timestamp.lock.request_id)
+        .raw(r#"}},"timestamps":{"start":"#)
+        .i64(r.timestamps.start)
+        .raw(r#","interval":"#)
+        .i64(r.timestamps.interval)
+        .raw(r#","count":"#)
+        .i64(r.timestamps.count)
+        .raw(r#"},"lease":"#)
+        .lease(&r.lease)
+        .raw(r#","lockWatchUpdate":"#)
+        .serde(&r.lock_watch_update)
+        .raw("}");
+    w
 }
 
 #[derive(Deserialize)]
@@ -434,4 +457,48 @@ async fn legacy_start_v4(
     Ok(json(
         &serde_json::json!({"immutableTimestamp": immutable, "timestamps": timestamps, "lease": lease}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lock::clock::IsoDuration;
+    use crate::lock::watch::LockWatchStateUpdate;
+    use crate::transactions::LockImmutableTimestampResponse;
+
+    #[test]
+    fn start_response_matches_serde() {
+        let r = StartTransactionsResponse {
+            immutable_timestamp: LockImmutableTimestampResponse {
+                immutable_timestamp: 90,
+                lock: crate::transactions::LockToken {
+                    request_id: Uuid::new_v4(),
+                },
+            },
+            timestamps: PartitionedTimestamps {
+                start: 113,
+                interval: 16,
+                count: 1,
+            },
+            lease: Lease {
+                leader_time: LeaderTime {
+                    id: Uuid::new_v4(),
+                    current_time: 123_456_789,
+                },
+                validity: IsoDuration(Duration::from_secs(8)),
+            },
+            lock_watch_update: LockWatchStateUpdate::Snapshot {
+                log_id: Uuid::new_v4(),
+                last_known_version: -1,
+                locked: Vec::new(),
+                lock_watches: Vec::new(),
+            },
+        };
+        assert_eq!(
+            start_response(&r).as_str(),
+            serde_json::to_string(&r).unwrap()
+        );
+    }
 }

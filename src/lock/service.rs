@@ -153,6 +153,8 @@ pub struct LockService {
     limits: LockLimits,
     state: Mutex<State>,
     metrics: Metrics,
+    /// `lock_acquisitions{result="acquired"}`, resolved once (no label hashing per lock).
+    acquired: prometheus::IntCounter,
 }
 
 impl LockService {
@@ -173,6 +175,7 @@ impl LockService {
                 timestamp_leases: HashMap::new(),
                 watches: LockWatchLog::new(leadership_id),
             }),
+            acquired: metrics.lock_acquisitions.with_label_values(&["acquired"]),
             metrics,
         })
     }
@@ -276,10 +279,7 @@ impl LockService {
                 } else {
                     self.grant_token(&mut st, request_id, descriptors)
                 };
-                self.metrics
-                    .lock_acquisitions
-                    .with_label_values(&["acquired"])
-                    .inc();
+                self.acquired.inc();
                 return Ok(outcome);
             } else {
                 if st.waiters >= self.limits.max_waiters {
@@ -382,10 +382,7 @@ impl LockService {
         match failure {
             None if st.closed => Err(TimelockError::NotCurrentLeader),
             None => {
-                self.metrics
-                    .lock_acquisitions
-                    .with_label_values(&["acquired"])
-                    .inc();
+                self.acquired.inc();
                 if wait_only {
                     Ok(LockOutcome::Acquired(self.lease()))
                 } else {

@@ -12,9 +12,18 @@
 //!
 //! The hot path is one atomic load of the state, two loads and one CAS: no lock, no allocation,
 //! no disk. Disk is touched only to move `durable` forward, by
-//! * a background extension once fewer than `low_water_mark` reserved values remain, and
+//! * a background extension once fewer than the low-water mark of reserved values remain, and
 //! * a request that finds the reservation exhausted (it waits for the write), and
 //! * fast-forward, invalidate and revalidate, which persist before they return.
+//!
+//! The reservation follows the issue rate, as PD's timestamp oracle does: each extension
+//! reserves `max(timestamp.reservation, rate × RESERVATION_HORIZON)` (the rate measured between
+//! bound writes, capped at [`MAX_WINDOW`]), and the low-water mark scales with it, so even a
+//! client taking 10,000-timestamp batches as fast as it can finds the bound extended in the
+//! background, long before it runs out, instead of waiting for a disk write every few requests.
+//! Reservations below [`MIN_ADAPTIVE_RESERVATION`] are used as configured (they are there to
+//! exercise bound writes). A larger reservation only moves the durable bound further ahead; the invariant is unchanged
+//! (the values skipped after a restart are at most one window).
 //!
 //! All bound writes and state changes are serialised by one async mutex (`writer`), like
 //! AtlasDB's `ErrorCheckingTimestampBoundStore`. A failed write moves the service to `FAILED` for
@@ -23,7 +32,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
@@ -37,6 +46,27 @@ const ACTIVE: u8 = 0;
 const INVALIDATED: u8 = 1;
 const FAILED: u8 = 2;
 const FENCED: u8 = 3;
+
+/// Each bound write reserves at least this long at the issue rate observed since the previous
+/// one (PD reserves 3 s): the background extension then starts with about half of it left.
+pub const RESERVATION_HORIZON: Duration = Duration::from_secs(2);
+
+/// Largest window one bound write reserves, however fast timestamps go (about 10^12, which is
+/// still over 8 million restarts' worth of skipped values below `i64::MAX`).
+pub const MAX_WINDOW: i64 = 1 << 40;
+
+/// Reservations below this are taken literally (no rate sizing): they exist to exercise bound
+/// writes (tests, fault drills), which a rate-sized window would make rare.
+pub const MIN_ADAPTIVE_RESERVATION: i64 = 10_000;
+
+/// Rate samples shorter than this only ever grow the window (short samples are noisy).
+const MIN_SHRINK_SAMPLE: Duration = Duration::from_millis(100);
+
+/// Where the last rate sample was taken: when, and `issued` at that moment.
+struct RateSample {
+    at: Instant,
+    issued: i64,
+}
 
 /// An inclusive range of fresh timestamps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +144,13 @@ pub struct TimestampService {
     extending: AtomicBool,
     writer: Mutex<()>,
     limits: AllocatorLimits,
+    /// Current reservation per bound write (at least `limits.reservation`, see module docs).
+    window: AtomicI64,
+    /// Extend in the background when fewer than this many reserved values remain (the configured
+    /// low-water mark scaled with `window`).
+    low_water: AtomicI64,
+    /// Last rate sample; touched only by bound writes (under `writer`) and fast-forwards.
+    sample: parking_lot::Mutex<RateSample>,
     store: Arc<dyn BoundStore>,
     metrics: Metrics,
     /// Open while this node's term may serve (always, on a single node; see [`TermGate`]).
@@ -145,6 +182,12 @@ impl TimestampService {
             extending: AtomicBool::new(false),
             writer: Mutex::new(()),
             limits,
+            window: AtomicI64::new(limits.reservation),
+            low_water: AtomicI64::new(limits.low_water_mark),
+            sample: parking_lot::Mutex::new(RateSample {
+                at: Instant::now(),
+                issued: record.bound,
+            }),
             store,
             metrics,
             gate: TermGate::unbounded(),
@@ -231,8 +274,7 @@ impl TimestampService {
             let durable = self.durable.load(Ordering::Acquire);
             if next > durable {
                 // Reservation exhausted: wait for a bound write, then try again.
-                self.ensure_durable(next, next.saturating_add(self.limits.reservation))
-                    .await?;
+                self.ensure_reserved(next, next).await?;
                 continue;
             }
             if self
@@ -240,7 +282,7 @@ impl TimestampService {
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                if durable - next < self.limits.low_water_mark {
+                if durable - next < self.low_water.load(Ordering::Relaxed) {
                     self.extend_in_background();
                 }
                 self.metrics.timestamps_issued.inc_by(n as u64);
@@ -267,7 +309,56 @@ impl TimestampService {
         self.ensure_durable(timestamp, timestamp + self.limits.reservation)
             .await?;
         self.issued.fetch_max(timestamp, Ordering::AcqRel);
+        self.skip_rate_sample_to(timestamp);
         Ok(())
+    }
+
+    /// A jump of `issued` (fast-forward, revalidate) is not issue rate: the next sample counts
+    /// only what is issued after it.
+    fn skip_rate_sample_to(&self, timestamp: i64) {
+        let mut sample = self.sample.lock();
+        sample.issued = sample.issued.max(timestamp);
+    }
+
+    /// The current reservation window (at least `timestamp.reservation`).
+    pub fn reservation_window(&self) -> i64 {
+        self.window.load(Ordering::Relaxed)
+    }
+
+    /// Takes a rate sample at `issued` and resizes the window (and the low-water mark) to
+    /// `max(reservation, rate × RESERVATION_HORIZON)`. Samples shorter than
+    /// [`MIN_SHRINK_SAMPLE`] may only grow it. Called under `writer`, before a bound write.
+    fn resize_window(&self, issued: i64) -> i64 {
+        if self.limits.reservation < MIN_ADAPTIVE_RESERVATION {
+            return self.limits.reservation;
+        }
+        let now = Instant::now();
+        let mut sample = self.sample.lock();
+        let elapsed = now.duration_since(sample.at);
+        let counted = issued.saturating_sub(sample.issued).max(0);
+        *sample = RateSample {
+            at: now,
+            issued: issued.max(sample.issued),
+        };
+        drop(sample);
+        let reservation = self.limits.reservation;
+        let current = self.window.load(Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64().max(1e-6);
+        let wanted = (counted as f64 / secs * RESERVATION_HORIZON.as_secs_f64())
+            .min(MAX_WINDOW as f64) as i64;
+        let window = if elapsed >= MIN_SHRINK_SAMPLE {
+            wanted.max(reservation)
+        } else {
+            wanted.max(current)
+        }
+        .clamp(reservation, MAX_WINDOW.max(reservation));
+        if window != current {
+            let low = (i128::from(self.limits.low_water_mark) * i128::from(window)
+                / i128::from(reservation)) as i64;
+            self.low_water.store(low, Ordering::Relaxed);
+            self.window.store(window, Ordering::Relaxed);
+        }
+        window
     }
 
     fn check_fast_forward_target(&self, timestamp: i64) -> Result<()> {
@@ -328,6 +419,7 @@ impl TimestampService {
         })
         .await?;
         self.issued.fetch_max(timestamp, Ordering::AcqRel);
+        self.skip_rate_sample_to(timestamp);
         match self.state.swap(ACTIVE, Ordering::AcqRel) {
             INVALIDATED => {
                 tracing::warn!(namespace = %self.namespace, timestamp, "namespace revalidated")
@@ -349,6 +441,24 @@ impl TimestampService {
         }
         self.persist(NamespaceRecord {
             bound: target.max(needed),
+            invalidated: false,
+            fenced: false,
+        })
+        .await
+    }
+
+    /// Makes `durable >= needed` for the allocator: a write, if one is required, reserves the
+    /// current window (resized to the issue rate) above `base`.
+    async fn ensure_reserved(&self, needed: i64, base: i64) -> Result<()> {
+        let _guard = self.writer.lock().await;
+        self.check_state()?;
+        if self.durable.load(Ordering::Acquire) >= needed {
+            return Ok(());
+        }
+        let issued = self.issued.load(Ordering::Acquire);
+        let window = self.resize_window(issued);
+        self.persist(NamespaceRecord {
+            bound: base.max(issued).saturating_add(window).max(needed),
             invalidated: false,
             fenced: false,
         })
@@ -411,11 +521,10 @@ impl TimestampService {
             handle.spawn(async move {
                 let issued = this.issued.load(Ordering::Acquire);
                 let needed = issued
-                    .saturating_add(this.limits.low_water_mark)
+                    .saturating_add(this.low_water.load(Ordering::Relaxed))
                     .saturating_add(1);
-                let target = issued.saturating_add(this.limits.reservation);
                 // Errors are already logged and have fail-stopped the service.
-                let _ = this.ensure_durable(needed, target).await;
+                let _ = this.ensure_reserved(needed, issued).await;
                 this.extending.store(false, Ordering::Release);
             })
         });

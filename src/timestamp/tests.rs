@@ -390,3 +390,97 @@ fn restored_namespace_is_fenced_until_fast_forwarded() {
         assert_eq!(svc.fresh_timestamp().await.unwrap(), 10_001);
     });
 }
+
+/// A store that counts bound writes.
+struct CountingStore {
+    inner: Arc<MemoryStore>,
+    puts: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl BoundStore for CountingStore {
+    async fn load_all(
+        &self,
+    ) -> std::result::Result<Vec<(String, NamespaceRecord)>, crate::storage::StoreError> {
+        self.inner.load_all().await
+    }
+
+    async fn put(
+        &self,
+        namespace: &str,
+        record: NamespaceRecord,
+    ) -> std::result::Result<(), crate::storage::StoreError> {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.inner.put(namespace, record).await
+    }
+
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+}
+
+#[test]
+fn reservation_grows_with_the_issue_rate_and_jumps_do_not_count() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let memory = Arc::new(MemoryStore::new());
+        let store = Arc::new(CountingStore {
+            inner: memory.clone(),
+            puts: Default::default(),
+        });
+        let l = limits(MIN_ADAPTIVE_RESERVATION, MIN_ADAPTIVE_RESERVATION / 2, 100);
+        let svc = Arc::new(TimestampService::new(
+            Arc::from(NS),
+            NamespaceRecord::default(),
+            l,
+            store.clone(),
+            Metrics::new(),
+        ));
+        // Full-speed batches: the window grows far beyond the configured reservation...
+        let started = std::time::Instant::now();
+        let mut previous = 0;
+        while started.elapsed() < std::time::Duration::from_millis(400) {
+            for _ in 0..100 {
+                let range = svc.fresh_timestamps(100).await.unwrap();
+                assert!(range.lower > previous);
+                previous = range.upper;
+            }
+            tokio::task::yield_now().await;
+            assert_within_durable(&memory, &svc);
+        }
+        let window = svc.reservation_window();
+        assert!(window > 20 * l.reservation, "window {window} did not grow");
+        // ... so that bound writes become rare: 50,000 more timestamps, at most a few writes.
+        let before = store.puts.load(Ordering::Relaxed);
+        for _ in 0..500 {
+            svc.fresh_timestamps(100).await.unwrap();
+        }
+        let writes = store.puts.load(Ordering::Relaxed) - before;
+        assert!(writes <= 2, "{writes} bound writes for 1,000 batches");
+        assert_within_durable(&memory, &svc);
+
+        // A fast-forward is a jump, not a rate: the window does not explode.
+        let svc = Arc::new(TimestampService::new(
+            Arc::from("other"),
+            NamespaceRecord::default(),
+            l,
+            store.clone(),
+            Metrics::new(),
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        svc.fast_forward(1_000_000_000_000).await.unwrap();
+        for _ in 0..30 {
+            svc.fresh_timestamps(100).await.unwrap();
+        }
+        assert!(
+            svc.reservation_window() < 1_000_000,
+            "window {} after a fast-forward",
+            svc.reservation_window()
+        );
+        assert!(svc.durable_bound() < 1_000_000_000_000 + 10_000_000);
+    });
+}

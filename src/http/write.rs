@@ -1,0 +1,157 @@
+//! Hand-written JSON for the fixed-shape answers of the hot endpoints (timestamp ranges, start
+//! transactions, lock and unlock): written straight into one pre-sized buffer, with the same
+//! field names, order and JSON types as the `serde` derives they replace (the tests compare
+//! them byte for byte). Anything of variable shape (lock-watch updates) still goes through
+//! `serde_json`, into the same buffer.
+
+use axum::response::Response;
+use uuid::Uuid;
+
+use crate::lock::{LeaderTime, Lease};
+
+/// A JSON body under construction.
+pub struct JsonWriter(Vec<u8>);
+
+impl JsonWriter {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
+    }
+
+    /// Appends `text` verbatim (punctuation and field names, already JSON).
+    #[inline]
+    pub fn raw(&mut self, text: &str) -> &mut Self {
+        self.0.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    #[inline]
+    pub fn i64(&mut self, value: i64) -> &mut Self {
+        let mut buf = itoa::Buffer::new();
+        self.0.extend_from_slice(buf.format(value).as_bytes());
+        self
+    }
+
+    #[inline]
+    pub fn bool(&mut self, value: bool) -> &mut Self {
+        self.raw(if value { "true" } else { "false" })
+    }
+
+    /// A UUID as a JSON string, hyphenated lower case (as `uuid`'s serde impl writes it).
+    #[inline]
+    pub fn uuid(&mut self, id: &Uuid) -> &mut Self {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut buf);
+        self.0.push(b'"');
+        self.0.extend_from_slice(text.as_bytes());
+        self.0.push(b'"');
+        self
+    }
+
+    /// `{"id":"..","currentTime":..}`.
+    pub fn leader_time(&mut self, time: &LeaderTime) -> &mut Self {
+        self.raw(r#"{"id":"#)
+            .uuid(&time.id)
+            .raw(r#","currentTime":"#)
+            .i64(time.current_time)
+            .raw("}")
+    }
+
+    /// `{"leaderTime":{..},"validity":"PT8S"}`.
+    pub fn lease(&mut self, lease: &Lease) -> &mut Self {
+        self.raw(r#"{"leaderTime":"#)
+            .leader_time(&lease.leader_time)
+            .raw(r#","validity":""#);
+        let validity = lease.validity.0;
+        if validity.subsec_nanos() == 0 && (1..60).contains(&validity.as_secs()) {
+            self.raw("PT").i64(validity.as_secs() as i64).raw("S");
+        } else {
+            let text = crate::lock::clock::iso8601(validity);
+            self.raw(&text);
+        }
+        self.raw("\"}")
+    }
+
+    /// `["..",".."]`.
+    pub fn uuids(&mut self, ids: &[Uuid]) -> &mut Self {
+        self.0.reserve(ids.len() * 39 + 2);
+        self.0.push(b'[');
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                self.0.push(b',');
+            }
+            self.uuid(id);
+        }
+        self.0.push(b']');
+        self
+    }
+
+    /// Any value through `serde_json`, appended.
+    pub fn serde<T: serde::Serialize>(&mut self, value: &T) -> &mut Self {
+        serde_json::to_writer(&mut self.0, value).expect("response serialises");
+        self
+    }
+
+    /// The finished `application/json` response.
+    pub fn into_response(self) -> Response {
+        super::json_bytes(bytes::Bytes::from(self.0))
+    }
+
+    #[cfg(test)]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap()
+    }
+}
+
+/// `{"<a>":x,"<b>":y}` for two integer fields (timestamp ranges).
+pub fn two_numbers(a: &str, x: i64, b: &str, y: i64) -> Response {
+    let mut w = JsonWriter::with_capacity(a.len() + b.len() + 48);
+    w.raw("{\"")
+        .raw(a)
+        .raw("\":")
+        .i64(x)
+        .raw(",\"")
+        .raw(b)
+        .raw("\":")
+        .i64(y)
+        .raw("}");
+    w.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lock::clock::IsoDuration;
+
+    #[test]
+    fn matches_serde() {
+        let id = Uuid::new_v4();
+        for validity in [
+            Duration::from_secs(8),
+            Duration::from_millis(500),
+            Duration::from_secs(90),
+            Duration::ZERO,
+        ] {
+            let lease = Lease {
+                leader_time: LeaderTime {
+                    id,
+                    current_time: -5,
+                },
+                validity: IsoDuration(validity),
+            };
+            let mut w = JsonWriter::with_capacity(0);
+            w.lease(&lease);
+            assert_eq!(w.as_str(), serde_json::to_string(&lease).unwrap());
+        }
+        let ids = [Uuid::new_v4(), Uuid::nil(), Uuid::max()];
+        for slice in [&ids[..0], &ids[..1], &ids[..]] {
+            let mut w = JsonWriter::with_capacity(0);
+            w.uuids(slice);
+            assert_eq!(w.as_str(), serde_json::to_string(slice).unwrap());
+        }
+        let mut w = JsonWriter::with_capacity(0);
+        w.i64(i64::MIN).raw(",").i64(i64::MAX).raw(",").bool(true);
+        assert_eq!(w.as_str(), "-9223372036854775808,9223372036854775807,true");
+    }
+}
