@@ -1181,7 +1181,7 @@ async fn resources() -> anyhow::Result<serde_json::Value> {
 
 async fn scale(options: &Options) -> anyhow::Result<serde_json::Value> {
     let secs = Duration::from_millis(1000);
-    let (server, _) = start_timelock(&[("TIMELOCK__NAMESPACES__MAX", "10000")])?;
+    let (server, _) = start_timelock(&[("TIMELOCK__NAMESPACES__MAX", "10100")])?;
     let target = |kind| Target {
         kind,
         addr: Some(server.addr),
