@@ -106,21 +106,9 @@ impl Server {
         .await
         .context("loading namespaces")?;
         let leadership = Arc::new(Leadership::single(Arc::new(namespaces), metrics.clone()));
-        let state = AppState::new(Shared {
-            leadership,
-            store: store.clone(),
-            backups_dir: settings.storage_backups_dir(),
-            migrations_dir: settings.migration.dir.clone(),
-            max_body_bytes: settings.server.max_body_bytes,
-            metrics,
-            lifecycle_id: uuid::Uuid::new_v4(),
-            shutting_down: Arc::new(AtomicBool::new(false)),
-        });
+        let state = app_state(settings, leadership, store.clone(), metrics);
         let router = app(state.clone(), settings);
-        let addr = settings.listen_addr();
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = listen(settings).await?;
         Ok(Self {
             listener,
             state,
@@ -145,10 +133,7 @@ impl Server {
         settings.validate()?;
         let cluster = settings.cluster.clone();
         let metrics = Metrics::new();
-        let addr = settings.listen_addr();
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = listen(settings).await?;
         let local = listener.local_addr()?;
         let advertise_url = if cluster.advertise_url.is_empty() {
             anyhow::ensure!(
@@ -172,16 +157,7 @@ impl Server {
         let store: Arc<dyn BoundStore> = Arc::new(EtcdBoundsElsewhere {
             endpoints: cluster.etcd_endpoints.clone(),
         });
-        let state = AppState::new(Shared {
-            leadership,
-            store: store.clone(),
-            backups_dir: settings.storage_backups_dir(),
-            migrations_dir: settings.migration.dir.clone(),
-            max_body_bytes: settings.server.max_body_bytes,
-            metrics: metrics.clone(),
-            lifecycle_id: uuid::Uuid::new_v4(),
-            shutting_down: Arc::new(AtomicBool::new(false)),
-        });
+        let state = app_state(settings, leadership, store, metrics.clone());
         let router = app(state.clone(), settings);
         let factory = TermFactory {
             limits: AllocatorLimits::from(&settings.timestamp),
@@ -282,6 +258,33 @@ impl Server {
         .await;
         Ok(())
     }
+}
+
+/// The state every handler shares, for either mode.
+fn app_state(
+    settings: &Settings,
+    leadership: Arc<Leadership>,
+    store: Arc<dyn BoundStore>,
+    metrics: Metrics,
+) -> AppState {
+    AppState::new(Shared {
+        leadership,
+        store,
+        backups_dir: settings.storage_backups_dir(),
+        migrations_dir: settings.migration.dir.clone(),
+        max_body_bytes: settings.server.max_body_bytes,
+        metrics,
+        lifecycle_id: uuid::Uuid::new_v4(),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// Binds `server.listen`.
+async fn listen(settings: &Settings) -> anyhow::Result<TcpListener> {
+    let addr = settings.listen_addr();
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Accepts connections until `shutdown` completes, then lets in-flight requests finish.
