@@ -47,6 +47,13 @@ pub struct ServerSettings {
     /// opening, or between requests on a keep-alive connection) is closed: slow or silent
     /// clients cannot hold sockets for ever (milliseconds).
     pub header_read_timeout_ms: u64,
+    /// Most client requests inside handlers at once (waiting lock requests included); beyond
+    /// it, requests are answered 429 with `Retry-After` at once (`/metrics` and `/health/*`
+    /// are exempt).
+    pub max_in_flight_requests: usize,
+    /// Most open client connections; a connection beyond it is answered 429 with
+    /// `Retry-After` and closed.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -57,6 +64,8 @@ impl Default for ServerSettings {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout_ms: 120_000,
             header_read_timeout_ms: 30_000,
+            max_in_flight_requests: 10_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -400,6 +409,12 @@ impl Settings {
             return invalid(format!(
                 "server.path_prefix must be empty or start with '/' and not end with '/', got {prefix:?}"
             ));
+        }
+        if self.server.max_in_flight_requests == 0 || self.server.max_connections == 0 {
+            return invalid(
+                "server.max_in_flight_requests and server.max_connections must be at least 1"
+                    .into(),
+            );
         }
         let ts = &self.timestamp;
         if ts.max_per_request < 1 {

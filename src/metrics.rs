@@ -25,6 +25,66 @@ pub struct Metrics {
     pub lock_expiries: IntCounter,
     pub lock_wait_latency: Histogram,
     pub cluster: ClusterMetrics,
+    pub guard: GuardMetrics,
+}
+
+/// Overload shedding and access control: what was refused, and why.
+#[derive(Clone)]
+pub struct GuardMetrics {
+    /// Open client connections.
+    pub connections: IntGauge,
+    /// Requests or connections answered 429 because a configured limit was reached, by limit
+    /// (`in_flight`, `connections`).
+    pub shed: IntCounterVec,
+    /// Requests refused by access control, by status (`401`, `403`).
+    pub denied: IntCounterVec,
+    /// TLS certificate reloads, by result (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
+}
+
+impl GuardMetrics {
+    fn new(registry: &Registry) -> Self {
+        let connections =
+            IntGauge::new("timelock_connections", "Open client connections").expect("metric");
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "timelock_shed_total",
+                "Requests or connections answered 429 because a configured limit was reached",
+            ),
+            &["limit"],
+        )
+        .expect("metric");
+        let denied = IntCounterVec::new(
+            Opts::new(
+                "timelock_auth_denied_total",
+                "Requests refused by access control, by status",
+            ),
+            &["status"],
+        )
+        .expect("metric");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "timelock_tls_reloads_total",
+                "TLS certificate reloads after the files changed, by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        for m in [
+            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shed.clone()),
+            Box::new(denied.clone()),
+            Box::new(tls_reloads.clone()),
+        ] {
+            registry.register(m).expect("register metric");
+        }
+        Self {
+            connections,
+            shed,
+            denied,
+            tls_reloads,
+        }
+    }
 }
 
 /// Cluster mode (etcd): who leads, how often that changes, how fresh the lease is, and what
@@ -229,6 +289,7 @@ impl Metrics {
             registry.register(m).expect("register metric");
         }
         let cluster = ClusterMetrics::new(&registry);
+        let guard = GuardMetrics::new(&registry);
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -246,6 +307,7 @@ impl Metrics {
             lock_expiries,
             lock_wait_latency,
             cluster,
+            guard,
         }
     }
 

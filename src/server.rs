@@ -34,7 +34,7 @@ pub struct Server {
     data_dir: PathBuf,
     store_description: String,
     reaper_interval: std::time::Duration,
-    header_read_timeout: std::time::Duration,
+    connections: ConnectionPolicy,
     backup_schedule: Option<(std::time::Duration, usize)>,
     /// Cluster mode: the election loop to run while serving.
     election: Option<(ClusterSettings, TermFactory)>,
@@ -108,6 +108,7 @@ impl Server {
         let leadership = Arc::new(Leadership::single(Arc::new(namespaces), metrics.clone()));
         let state = app_state(settings, leadership, store.clone(), metrics);
         let router = app(state.clone(), settings);
+        let connections = ConnectionPolicy::new(settings, &state.metrics);
         let listener = listen(settings).await?;
         Ok(Self {
             listener,
@@ -116,9 +117,7 @@ impl Server {
             data_dir,
             store_description: store.describe(),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
-            header_read_timeout: std::time::Duration::from_millis(
-                settings.server.header_read_timeout_ms,
-            ),
+            connections,
             backup_schedule: settings
                 .backup
                 .schedule_interval()?
@@ -159,6 +158,7 @@ impl Server {
         });
         let state = app_state(settings, leadership, store, metrics.clone());
         let router = app(state.clone(), settings);
+        let connections = ConnectionPolicy::new(settings, &metrics);
         let factory = TermFactory {
             limits: AllocatorLimits::from(&settings.timestamp),
             lock_limits: LockLimits::from(&settings.lock),
@@ -175,9 +175,7 @@ impl Server {
                 cluster.etcd_endpoints, cluster.etcd_prefix, settings.cluster.node_id
             ),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
-            header_read_timeout: std::time::Duration::from_millis(
-                settings.server.header_read_timeout_ms,
-            ),
+            connections,
             backup_schedule: None,
             election: Some((cluster, factory)),
         })
@@ -249,13 +247,7 @@ impl Server {
             closing.close();
             tracing::info!("shutting down: finishing in-flight requests");
         };
-        accept_loop(
-            self.listener,
-            self.router,
-            self.header_read_timeout,
-            shutdown,
-        )
-        .await;
+        accept_loop(self.listener, self.router, self.connections, shutdown).await;
         Ok(())
     }
 }
@@ -287,17 +279,38 @@ async fn listen(settings: &Settings) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// How connections are served: limits that apply to each and to all of them.
+#[derive(Clone)]
+struct ConnectionPolicy {
+    header_read_timeout: std::time::Duration,
+    max_connections: usize,
+    guard: crate::metrics::GuardMetrics,
+}
+
+impl ConnectionPolicy {
+    fn new(settings: &Settings, metrics: &Metrics) -> Self {
+        Self {
+            header_read_timeout: std::time::Duration::from_millis(
+                settings.server.header_read_timeout_ms,
+            ),
+            max_connections: settings.server.max_connections,
+            guard: metrics.guard.clone(),
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` completes, then lets in-flight requests finish.
 ///
 /// Each connection is served by hyper's HTTP/1.1 connection (keep-alive, pipelining) with a
 /// header-read timeout: a client that does not send a complete request head within
 /// `header_read_timeout` (a slowloris, or a silent or idle connection) is disconnected, so
-/// sockets and memory cannot be pinned for ever. Accept errors (out of file descriptors, say)
-/// are logged and retried after a pause instead of ending the server.
+/// sockets and memory cannot be pinned for ever. Beyond `max_connections` open connections a
+/// new one is answered 429 and closed (see [`refuse_connection`]). Accept errors (out of file
+/// descriptors, say) are logged and retried after a pause instead of ending the server.
 async fn accept_loop(
     listener: TcpListener,
     router: axum::Router,
-    header_read_timeout: std::time::Duration,
+    policy: ConnectionPolicy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -305,9 +318,11 @@ async fn accept_loop(
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(policy.header_read_timeout)
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_connections));
+    let shed_connections = policy.guard.shed.with_label_values(&["connections"]);
     tokio::pin!(shutdown);
     loop {
         let (tcp, _peer) = tokio::select! {
@@ -321,17 +336,46 @@ async fn accept_loop(
             },
             _ = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shed_connections.inc();
+            tokio::spawn(refuse_connection(tcp));
+            continue;
+        };
         // Small request/response pairs on keep-alive connections: never wait for Nagle.
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let connection = http.serve_connection(TokioIo::new(tcp), service);
         let connection = graceful.watch(connection);
+        let open = policy.guard.connections.clone();
+        open.inc();
         tokio::spawn(async move {
             let _ = connection.await;
+            open.dec();
+            drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Answers a connection beyond `server.max_connections` with `429 Too Many Requests`
+/// (`Retry-After: 1`, no body, as a QoS answer) and closes it. Whatever the client sent first
+/// is read (briefly) so that closing does not reset the connection before the answer arrives;
+/// the whole exchange is bounded to half a second.
+async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ANSWER: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let exchange = async {
+        let mut buf = [0u8; 4096];
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(100), tcp.read(&mut buf)).await;
+        tcp.write_all(ANSWER).await?;
+        tcp.shutdown().await?;
+        // Drain until the client closes, so our close does not turn into a reset.
+        while tcp.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), exchange).await;
 }
 
 /// Takes a `scheduled` backup every `every` and keeps the newest `keep` of them. A failed backup

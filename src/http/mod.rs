@@ -7,7 +7,8 @@
 //!
 //! Modules: [`timestamp`] (fresh timestamps, legacy and Conjure), [`management`]
 //! (fast-forward, ping, invalidate/revalidate, `/tl/management`, `/tl/feedback`), [`ops`]
-//! (metrics, health, request metrics middleware).
+//! (metrics, health, request metrics middleware), [`overload`] (shedding beyond the in-flight
+//! limit).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub mod extract;
 pub mod lock;
 pub mod management;
 pub mod ops;
+pub mod overload;
 pub mod routing;
 pub mod timestamp;
 pub mod transactions;
@@ -86,6 +88,12 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
         Some(Duration::from_millis(settings.server.request_timeout_ms)),
     );
     let untimed = ops::TrackingLayer::new(state.metrics.clone(), None);
+    // One in-flight limit shared by the root and prefixed copies of the client routes;
+    // operations routes stay outside it so an overloaded server can still be observed.
+    let shed = overload::ShedLayer::new(
+        settings.server.max_in_flight_requests,
+        state.metrics.guard.shed.with_label_values(&["in_flight"]),
+    );
     let routes = || {
         Router::new()
             .merge(
@@ -93,10 +101,11 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
                     .merge(timestamp::routes())
                     .merge(management::routes())
                     .merge(transactions::routes())
-                    .merge(ops::routes())
                     .route_layer(timed.clone()),
             )
             .merge(lock::routes().route_layer(untimed.clone()))
+            .layer(shed.clone())
+            .merge(ops::routes().route_layer(timed.clone()))
     };
     // Admin routes stay apart from client routes, at the root only, under one prefix that an
     // admin credential can protect.

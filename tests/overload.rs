@@ -1,0 +1,242 @@
+//! Overload against the real server: beyond `server.max_in_flight_requests` requests and
+//! `server.max_connections` connections it sheds with 429 and `Retry-After` instead of queueing,
+//! keeps observability routes open, answers every accepted request correctly, and recovers as
+//! soon as the load goes away.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use uuid::Uuid;
+
+fn lock_body(descriptor: &str, timeout_ms: i64) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.encode(descriptor);
+    json!({"requestId": Uuid::new_v4(), "lockDescriptors": [bytes], "acquireTimeoutMs": timeout_ms, "clientDescription": "overload"})
+        .to_string()
+}
+
+/// The value of a metric line `name{labels} value`, summed over matching lines.
+async fn metric(server: &TestServer, prefix: &str) -> f64 {
+    let text = get(server, "/metrics").await.body;
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_get_429_with_retry_after_and_service_recovers() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[("TIMELOCK__SERVER__MAX_IN_FLIGHT_REQUESTS", "4")]);
+    let holder = post_json(&server, "/tl/l/shed", &lock_body("L", 0)).await;
+    assert_eq!(holder.status, 200, "{holder:?}");
+    assert_eq!(holder.json()["type"], "successful", "{holder:?}");
+
+    // Four requests queue on the held lock: the server is at its limit.
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let url = server.url("/tl/l/shed");
+            tokio::spawn(async move {
+                send(
+                    client()
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(lock_body("L", 2_000)),
+                )
+                .await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&server, "timelock_lock_waiters").await < 4.0 {
+        assert!(Instant::now() < deadline, "waiters never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A fifth request is refused at once, with no body and a Retry-After.
+    let started = Instant::now();
+    let refused = client()
+        .post(server.url("/tl/ts/shed"))
+        .header("content-type", "application/json")
+        .body(r#"{"numTimestamps": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shed, not queued"
+    );
+    assert_eq!(
+        refused.text().await.unwrap(),
+        "",
+        "QoS answers have no body"
+    );
+    let legacy = post(&server, "/shed/timestamp/fresh-timestamp").await;
+    assert_eq!(legacy.status, 429);
+
+    // Observability stays available at the limit.
+    assert_eq!(get(&server, "/health/ready").await.status, 200);
+    assert!(metric(&server, "timelock_shed_total{limit=\"in_flight\"}").await >= 2.0);
+
+    // The waiters time out (their own acquireTimeoutMs); the slots come back.
+    for waiter in waiters {
+        let reply = waiter.await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.json()["type"], "unsuccessful", "{reply:?}");
+    }
+    let first = post(&server, "/shed/timestamp/fresh-timestamp")
+        .await
+        .number();
+    let second = post(&server, "/shed/timestamp/fresh-timestamp")
+        .await
+        .number();
+    assert!(second > first);
+}
+
+fn request_on(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"POST /conn/timestamp/fresh-timestamp HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_get_429_and_are_closed_then_slots_free_up() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[("TIMELOCK__SERVER__MAX_CONNECTIONS", "3")]);
+    let port = server.port;
+    tokio::task::spawn_blocking(move || {
+        let connect = || {
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        };
+        let mut held: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+        for s in &mut held {
+            let reply = request_on(s);
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+        // The fourth connection is refused with a 429 and closed.
+        let mut extra = connect();
+        let _ = extra.write_all(
+            b"POST /conn/timestamp/fresh-timestamp HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        );
+        let mut reply = String::new();
+        extra.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 429"), "{reply:?}");
+        assert!(reply.to_ascii_lowercase().contains("retry-after: 1"), "{reply:?}");
+        // The held connections still work.
+        for s in &mut held {
+            assert!(request_on(s).starts_with("HTTP/1.1 200"));
+        }
+        // Closing one frees a slot for a new connection.
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut again = connect();
+            let reply = request_on(&mut again);
+            if reply.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(reply.starts_with("HTTP/1.1 429"), "{reply:?}");
+            assert!(Instant::now() < deadline, "slot never freed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(metric(&server, "timelock_shed_total{limit=\"connections\"}").await >= 1.0);
+}
+
+/// Many more clients than the server admits hammer it for a bounded time: every answer is a
+/// correct timestamp or a 429, some load is shed, and right after the load stops every request
+/// succeeds again.
+#[tokio::test]
+async fn under_overload_answers_stay_correct_and_service_recovers_at_once() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(
+        &data,
+        &[
+            ("TIMELOCK__SERVER__MAX_CONNECTIONS", "16"),
+            ("TIMELOCK__SERVER__MAX_IN_FLIGHT_REQUESTS", "8"),
+        ],
+    );
+    let clients = 128;
+    let run_for = Duration::from_secs(3);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let url = server.url("/load/timestamp/fresh-timestamp");
+            tokio::spawn(async move {
+                let client = client();
+                let (mut ok, mut shed, mut last) = (0u64, 0u64, i64::MIN);
+                let mut latencies = Vec::new();
+                let stop = Instant::now() + run_for;
+                while Instant::now() < stop {
+                    let started = Instant::now();
+                    match client.post(&url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let ts: i64 = r.text().await.unwrap().parse().unwrap();
+                            assert!(ts > last, "timestamp went back: {ts} after {last}");
+                            last = ts;
+                            ok += 1;
+                            latencies.push(started.elapsed());
+                        }
+                        Ok(r) if r.status() == 429 => {
+                            assert_eq!(r.headers()["retry-after"], "1");
+                            shed += 1;
+                            // A real client waits Retry-After; a hostile one does not. Pause a
+                            // little so the run is not all refusals.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Ok(r) => panic!("unexpected status {}", r.status()),
+                        // A refused connection may be closed under the client's feet.
+                        Err(_) => shed += 1,
+                    }
+                }
+                (ok, shed, latencies)
+            })
+        })
+        .collect();
+    let (mut ok, mut shed, mut latencies) = (0, 0, Vec::new());
+    for t in tasks {
+        let (o, s, l) = t.await.unwrap();
+        ok += o;
+        shed += s;
+        latencies.extend(l);
+    }
+    latencies.sort();
+    let p99 = latencies
+        .get(latencies.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    eprintln!("overload: {clients} clients, {ok} served, {shed} shed, accepted p99 {p99:?}");
+    assert!(ok > 0, "nothing was served");
+    assert!(
+        shed > 0,
+        "nothing was shed at {clients} clients against 16 connections"
+    );
+
+    // Recovery: the very next requests succeed.
+    let recovered = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(
+            post(&server, "/load/timestamp/fresh-timestamp")
+                .await
+                .status,
+            200
+        );
+    }
+    eprintln!(
+        "overload: 20 requests after the load in {:?}",
+        recovered.elapsed()
+    );
+}
