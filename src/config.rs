@@ -28,6 +28,8 @@ pub struct Settings {
     pub migration: MigrationSettings,
     pub log: LogSettings,
     pub cluster: ClusterSettings,
+    pub auth: AuthSettings,
+    pub tls: TlsSettings,
     pub faults: FaultSettings,
 }
 
@@ -330,6 +332,58 @@ impl ClusterSettings {
     }
 }
 
+/// Access control (see `crate::auth`). Empty settings leave every route open, as TimeLock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// The admin credential, `file:PATH` or `env:NAME` (never the secret itself). When set,
+    /// admin and management routes need `Authorization: Bearer <it>`.
+    pub admin_token: String,
+    /// A file of `<namespace> <token>` lines: each namespace listed needs one of its tokens.
+    pub namespace_tokens_file: PathBuf,
+    /// A file of `<identity> <grant>[,<grant>...]` lines mapping client-certificate identities
+    /// (subject CN or DNS name) to namespaces, `*` or `admin`. Needs `tls.client_ca_file`.
+    pub cert_identities_file: PathBuf,
+}
+
+/// TLS on the client port (rustls).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain; with `key_file`, `server.listen` serves HTTPS only.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign client certificates: enables mutual TLS.
+    pub client_ca_file: PathBuf,
+    /// With a client CA: "required" (no certificate, no connection) or "optional".
+    pub client_auth: String,
+    /// An extra plain-HTTP listener for local development; must be a loopback address.
+    pub plain_listen: String,
+    /// How often the certificate, key and CA files are checked for changes (reloaded without
+    /// a restart; a bad new file is logged and the old certificate kept).
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: PathBuf::new(),
+            client_auth: "required".to_string(),
+            plain_listen: String::new(),
+            reload_interval_ms: 5_000,
+        }
+    }
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+}
+
 /// Fault injection, for tests of the fail-stop path only. Never set these in production.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -447,6 +501,7 @@ impl Settings {
             return invalid("lock.reaper_interval_ms and the lock limits must be positive".into());
         }
         self.validate_cluster()?;
+        self.validate_tls()?;
         self.backup.schedule_interval()?;
         if self.backup.keep == 0 {
             return invalid("backup.keep must be at least 1".into());
@@ -461,6 +516,39 @@ impl Settings {
             return invalid(
                 "server.max_body_bytes, server.request_timeout_ms and server.header_read_timeout_ms must be positive".into(),
             );
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
+        let tls = &self.tls;
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if set(&tls.cert_file) != set(&tls.key_file) {
+            return invalid("tls.cert_file and tls.key_file go together: set both or neither");
+        }
+        if set(&tls.client_ca_file) && !tls.enabled() {
+            return invalid("tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file");
+        }
+        if !matches!(tls.client_auth.as_str(), "required" | "optional") {
+            return invalid("tls.client_auth must be \"required\" or \"optional\"");
+        }
+        if set(&self.auth.cert_identities_file) && !set(&tls.client_ca_file) {
+            return invalid(
+                "auth.cert_identities_file maps client certificates: it needs tls.client_ca_file",
+            );
+        }
+        if !tls.plain_listen.is_empty() {
+            if !tls.enabled() {
+                return invalid("tls.plain_listen is an extra plain-HTTP listener beside TLS: without TLS use server.listen");
+            }
+            match tls.plain_listen.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => {}
+                _ => return invalid("tls.plain_listen must be a loopback address such as 127.0.0.1:8420 (plain HTTP is for local development only)"),
+            }
+        }
+        if tls.enabled() && tls.reload_interval_ms == 0 {
+            return invalid("tls.reload_interval_ms must be at least 1");
         }
         Ok(())
     }

@@ -58,6 +58,14 @@ pub enum TimelockError {
     #[error("{0}")]
     TooManyRequests(String),
 
+    /// No credential, or one this server does not know (401). No side effects happened.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// A known credential that does not grant this operation (403). No side effects happened.
+    #[error("{0}")]
+    PermissionDenied(String),
+
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,

@@ -15,6 +15,7 @@
 //! [`server`] wires these together and runs the HTTP server; [`cli`] is the operator's command
 //! line, which talks to a running server over HTTP.
 
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod cluster;

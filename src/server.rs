@@ -106,7 +106,7 @@ impl Server {
         .await
         .context("loading namespaces")?;
         let leadership = Arc::new(Leadership::single(Arc::new(namespaces), metrics.clone()));
-        let state = app_state(settings, leadership, store.clone(), metrics);
+        let state = app_state(settings, leadership, store.clone(), metrics)?;
         let router = app(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &state.metrics);
         let listener = listen(settings).await?;
@@ -156,7 +156,7 @@ impl Server {
         let store: Arc<dyn BoundStore> = Arc::new(EtcdBoundsElsewhere {
             endpoints: cluster.etcd_endpoints.clone(),
         });
-        let state = app_state(settings, leadership, store, metrics.clone());
+        let state = app_state(settings, leadership, store, metrics.clone())?;
         let router = app(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &metrics);
         let factory = TermFactory {
@@ -258,8 +258,17 @@ fn app_state(
     leadership: Arc<Leadership>,
     store: Arc<dyn BoundStore>,
     metrics: Metrics,
-) -> AppState {
-    AppState::new(Shared {
+) -> anyhow::Result<AppState> {
+    let access = crate::auth::AccessPolicy::load(&settings.auth).map_err(anyhow::Error::msg)?;
+    if access.is_enforcing() {
+        tracing::info!(policy = ?access, "access control enabled");
+    } else if !settings.listen_addr().ip().is_loopback() {
+        tracing::warn!(
+            "no [auth] settings: admin and management routes are open to anyone who can reach {}",
+            settings.server.listen
+        );
+    }
+    Ok(AppState::new(Shared {
         leadership,
         store,
         backups_dir: settings.storage_backups_dir(),
@@ -268,7 +277,8 @@ fn app_state(
         metrics,
         lifecycle_id: uuid::Uuid::new_v4(),
         shutting_down: Arc::new(AtomicBool::new(false)),
-    })
+        access: Arc::new(access),
+    }))
 }
 
 /// Binds `server.listen`.

@@ -93,6 +93,18 @@ fn classify(err: &TimelockError) -> (StatusCode, &'static str, &'static str, Opt
             "TimeLock:NotCurrentLeader",
             None,
         ),
+        Unauthenticated(_) => (
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "Default:Unauthorized",
+            None,
+        ),
+        PermissionDenied(_) => (
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "Default:PermissionDenied",
+            None,
+        ),
         TooManyRequests(_) => (
             StatusCode::TOO_MANY_REQUESTS,
             "INTERNAL",

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod lock;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub lifecycle_id: uuid::Uuid,
     /// Set when graceful shutdown begins; readiness turns red.
     pub shutting_down: Arc<AtomicBool>,
+    /// Who may do what (`[auth]`); open unless configured.
+    pub access: Arc<crate::auth::AccessPolicy>,
 }
 
 impl AppState {
@@ -113,6 +116,15 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
     let prefix = settings.server.path_prefix.as_str();
     if !prefix.is_empty() {
         router = router.nest(prefix, routes());
+    }
+    if state.access.is_enforcing() {
+        let guard = Arc::new(auth::AuthGuard {
+            policy_source: state.access.clone(),
+            prefix: settings.server.path_prefix.clone(),
+            max_body_bytes: settings.server.max_body_bytes,
+            metrics: state.metrics.guard.clone(),
+        });
+        router = router.route_layer(axum::middleware::from_fn_with_state(guard, auth::authorize));
     }
     router = router
         .fallback(not_found)
