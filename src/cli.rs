@@ -614,13 +614,57 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// A client for `http://` and `https://` servers. From the environment:
+    /// `TIMELOCK_CA_CERT` (a PEM file of CA certificates to trust for `https://`),
+    /// `TIMELOCK_CLIENT_CERT` (a PEM file holding a client certificate and its key, for mutual
+    /// TLS), and the bearer token sent with every request, `TIMELOCK_TOKEN` or the file named by
+    /// `TIMELOCK_TOKEN_FILE` (the admin credential, for servers with `[auth]` set).
     pub(crate) fn new() -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        crate::tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        Ok(Self { http })
+            .timeout(Duration::from_secs(60));
+        if let Some(path) = std::env::var_os("TIMELOCK_CA_CERT") {
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("TIMELOCK_CA_CERT: cannot read {path:?}"))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("TIMELOCK_CA_CERT: bad PEM in {path:?}"))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(path) = std::env::var_os("TIMELOCK_CLIENT_CERT") {
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("TIMELOCK_CLIENT_CERT: cannot read {path:?}"))?;
+            builder = builder.identity(
+                reqwest::Identity::from_pem(&pem)
+                    .with_context(|| format!("TIMELOCK_CLIENT_CERT: {path:?} must hold a PEM certificate and its private key"))?,
+            );
+        }
+        let token = match (
+            std::env::var("TIMELOCK_TOKEN"),
+            std::env::var_os("TIMELOCK_TOKEN_FILE"),
+        ) {
+            (Ok(token), _) => Some(token),
+            (Err(_), Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("TIMELOCK_TOKEN_FILE: cannot read {path:?}"))?,
+            ),
+            _ => None,
+        };
+        if let Some(token) = token {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                    .context("the bearer token must be printable ASCII")?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        Ok(Self {
+            http: builder.build()?,
+        })
     }
 
     /// PUTs a JSON body to `base`/`path` (no redirects followed); Ok on 2xx.

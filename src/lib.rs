@@ -29,6 +29,7 @@ pub mod namespaces;
 pub mod server;
 pub mod storage;
 pub mod timestamp;
+pub mod tls;
 pub mod transactions;
 
 /// The server's version, as reported in logs and (later) backup metadata.

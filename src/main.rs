@@ -96,9 +96,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store = server.store_description(),
         namespaces = server.state().namespaces().map(|n| n.names().len()).unwrap_or(0),
         role = server.state().leadership.role().as_str(),
-        "timelock listening on http://{addr} with data in {}",
+        "timelock listening on {}://{addr} with data in {}",
+        if settings.tls.enabled() { "https" } else { "http" },
         data_dir.display()
     );
+    if let Some(plain) = server.plain_addr() {
+        tracing::info!(%plain, "also listening for plain HTTP on {plain} (tls.plain_listen, loopback only)");
+    }
     server.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -35,6 +35,10 @@ pub struct Server {
     store_description: String,
     reaper_interval: std::time::Duration,
     connections: ConnectionPolicy,
+    /// `[tls]`: the certificate source for `listener`, and the optional loopback plain-HTTP
+    /// listener beside it.
+    tls: Option<Arc<crate::tls::TlsSource>>,
+    plain_listener: Option<TcpListener>,
     backup_schedule: Option<(std::time::Duration, usize)>,
     /// Cluster mode: the election loop to run while serving.
     election: Option<(ClusterSettings, TermFactory)>,
@@ -109,6 +113,7 @@ impl Server {
         let state = app_state(settings, leadership, store.clone(), metrics)?;
         let router = app(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &state.metrics);
+        let (tls, plain_listener) = tls_setup(settings, &state.metrics).await?;
         let listener = listen(settings).await?;
         Ok(Self {
             listener,
@@ -118,6 +123,8 @@ impl Server {
             store_description: store.describe(),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
             connections,
+            tls,
+            plain_listener,
             backup_schedule: settings
                 .backup
                 .schedule_interval()?
@@ -159,6 +166,7 @@ impl Server {
         let state = app_state(settings, leadership, store, metrics.clone())?;
         let router = app(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &metrics);
+        let (tls, plain_listener) = tls_setup(settings, &metrics).await?;
         let factory = TermFactory {
             limits: AllocatorLimits::from(&settings.timestamp),
             lock_limits: LockLimits::from(&settings.lock),
@@ -176,9 +184,18 @@ impl Server {
             ),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
             connections,
+            tls,
+            plain_listener,
             backup_schedule: None,
             election: Some((cluster, factory)),
         })
+    }
+
+    /// The address of the plain-HTTP listener beside TLS (`tls.plain_listen`), if any.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -247,7 +264,35 @@ impl Server {
             closing.close();
             tracing::info!("shutting down: finishing in-flight requests");
         };
-        accept_loop(self.listener, self.router, self.connections, shutdown).await;
+        let _reload_certificates = self
+            .tls
+            .clone()
+            .map(|tls| AbortOnDrop(tokio::spawn(tls.watch())));
+        // Every listener stops accepting when the shutdown completes.
+        let (stopped, stop) = tokio::sync::watch::channel(false);
+        let stop_signal = move || {
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        };
+        let main = accept_loop(
+            self.listener,
+            self.router.clone(),
+            self.connections.clone(),
+            self.tls,
+            stop_signal(),
+        );
+        let plain = async {
+            if let Some(listener) = self.plain_listener {
+                accept_loop(listener, self.router, self.connections, None, stop_signal()).await;
+            }
+        };
+        let signal = async move {
+            shutdown.await;
+            let _ = stopped.send(true);
+        };
+        tokio::join!(main, plain, signal);
         Ok(())
     }
 }
@@ -281,6 +326,29 @@ fn app_state(
     }))
 }
 
+/// `[tls]`: loads the certificate source and binds the optional loopback plain listener.
+async fn tls_setup(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> anyhow::Result<(Option<Arc<crate::tls::TlsSource>>, Option<TcpListener>)> {
+    if !settings.tls.enabled() {
+        return Ok((None, None));
+    }
+    let tls = crate::tls::TlsSource::load(&settings.tls, metrics.guard.clone())
+        .context("loading the TLS certificate")?;
+    let plain = if settings.tls.plain_listen.is_empty() {
+        None
+    } else {
+        let addr = settings.tls.plain_listen.as_str();
+        Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (tls.plain_listen)"))?,
+        )
+    };
+    Ok((Some(tls), plain))
+}
+
 /// Binds `server.listen`.
 async fn listen(settings: &Settings) -> anyhow::Result<TcpListener> {
     let addr = settings.listen_addr();
@@ -293,7 +361,8 @@ async fn listen(settings: &Settings) -> anyhow::Result<TcpListener> {
 #[derive(Clone)]
 struct ConnectionPolicy {
     header_read_timeout: std::time::Duration,
-    max_connections: usize,
+    /// Free connection slots (`server.max_connections`), shared by every listener.
+    slots: Arc<tokio::sync::Semaphore>,
     guard: crate::metrics::GuardMetrics,
 }
 
@@ -303,7 +372,7 @@ impl ConnectionPolicy {
             header_read_timeout: std::time::Duration::from_millis(
                 settings.server.header_read_timeout_ms,
             ),
-            max_connections: settings.server.max_connections,
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.server.max_connections)),
             guard: metrics.guard.clone(),
         }
     }
@@ -321,6 +390,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: axum::Router,
     policy: ConnectionPolicy,
+    tls: Option<Arc<crate::tls::TlsSource>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -331,7 +401,7 @@ async fn accept_loop(
         .header_read_timeout(policy.header_read_timeout)
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_connections));
+    let slots = policy.slots.clone();
     let shed_connections = policy.guard.shed.with_label_values(&["connections"]);
     tokio::pin!(shutdown);
     loop {
@@ -353,13 +423,49 @@ async fn accept_loop(
         };
         // Small request/response pairs on keep-alive connections: never wait for Nagle.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = http.serve_connection(TokioIo::new(tcp), service);
-        let connection = graceful.watch(connection);
         let open = policy.guard.connections.clone();
         open.inc();
+        let Some(tls) = &tls else {
+            let service = TowerToHyperService::new(router.clone());
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+            tokio::spawn(async move {
+                let _ = connection.await;
+                open.dec();
+                drop(slot);
+            });
+            continue;
+        };
+        // TLS: the handshake runs in the connection's own task (a slow client cannot stall
+        // the accept loop) and must finish within the header-read timeout.
+        let acceptor = tls.acceptor();
+        let (watcher, http, router) = (graceful.watcher(), http.clone(), router.clone());
+        let handshake_deadline = policy.header_read_timeout;
         tokio::spawn(async move {
-            let _ = connection.await;
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(handshake_deadline, acceptor.accept(tcp)).await
+            {
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|cert| {
+                        crate::auth::CertificateIdentity(crate::tls::identities(cert).into())
+                    });
+                let service = tower::ServiceBuilder::new()
+                    .map_request(
+                        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                            if let Some(identity) = &identity {
+                                request.extensions_mut().insert(identity.clone());
+                            }
+                            request
+                        },
+                    )
+                    .service(router);
+                let connection =
+                    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+                let _ = watcher.watch(connection).await;
+            }
             open.dec();
             drop(slot);
         });

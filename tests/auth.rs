@@ -133,6 +133,32 @@ async fn admin_routes_need_the_admin_credential() {
     .await;
     assert_eq!(backups.status, 200, "{backups:?}");
 
+    // The operator CLI sends the admin token from the environment; without it, it is refused.
+    let cli = |token: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_timelock"));
+        command.args([
+            "timestamp",
+            "invalidate",
+            "--server",
+            &server.base(),
+            "--namespace",
+            "alpha",
+        ]);
+        if let Some(token) = token {
+            command.env("TIMELOCK_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let refused = cli(None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    let invalidated = cli(Some(ADMIN));
+    assert!(
+        invalidated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&invalidated.stderr)
+    );
+
     // Secrets never reach the log.
     let log = server.log();
     for secret in [ADMIN, ALPHA, BETA] {
