@@ -74,6 +74,12 @@ fn https_client(ca: &Ca, identity: Option<(String, String)>) -> reqwest::Client 
     builder.build().unwrap()
 }
 
+async fn fresh_timestamp(client: &reqwest::Client, url: &str) -> i64 {
+    let reply = client.post(url).send().await.unwrap();
+    assert_eq!(reply.status(), 200);
+    reply.text().await.unwrap().parse().unwrap()
+}
+
 async fn status(client: &reqwest::Client, url: &str) -> Result<u16, String> {
     client
         .post(url)
@@ -113,16 +119,7 @@ async fn https_on_the_client_port_and_plain_http_only_on_loopback() {
     let server = start(dir.path(), env);
     let https = https_client(&ca, None);
     let base = format!("https://127.0.0.1:{}", server.port);
-    let first: i64 = https
-        .post(format!("{base}/tls/timestamp/fresh-timestamp"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first = fresh_timestamp(&https, &format!("{base}/tls/timestamp/fresh-timestamp")).await;
     // The client port speaks TLS only.
     let plain = client()
         .post(server.url("/tls/timestamp/fresh-timestamp"))
@@ -140,16 +137,11 @@ async fn https_on_the_client_port_and_plain_http_only_on_loopback() {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no plain listener in the log:\n{log}"))
         .to_string();
-    let second: i64 = client()
-        .post(format!("http://{plain_addr}/tls/timestamp/fresh-timestamp"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second = fresh_timestamp(
+        &client(),
+        &format!("http://{plain_addr}/tls/timestamp/fresh-timestamp"),
+    )
+    .await;
     assert!(second > first);
     assert!(log.contains(&format!("https://127.0.0.1:{}", server.port)));
 }
