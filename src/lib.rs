@@ -21,6 +21,8 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod lock;
 pub mod metrics;

@@ -145,15 +145,23 @@ pub fn list(dir: &Path) -> Vec<Migration> {
 
 /// Writes a migration's state durably.
 pub fn save(dir: &Path, m: &Migration) -> anyhow::Result<()> {
+    validate_id(&m.id)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_file_durably(&state_path(dir, &m.id), &serde_json::to_string_pretty(m)?)
 }
 
-/// Reads a migration's state.
-pub fn load(dir: &Path, id: &str) -> anyhow::Result<Migration> {
+/// A migration id names its state file `<id>.json` in the state dir: letters, digits and `-`
+/// only, so that no id (such as `../x`, from `PUT /admin/migrations/{id}`) reaches outside it.
+fn validate_id(id: &str) -> anyhow::Result<()> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         bail!("invalid migration id {id:?}");
     }
+    Ok(())
+}
+
+/// Reads a migration's state.
+pub fn load(dir: &Path, id: &str) -> anyhow::Result<Migration> {
+    validate_id(id)?;
     let path = state_path(dir, id);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("no migration {id:?} in {}", dir.display()))?;

@@ -297,6 +297,58 @@ impl Server {
     }
 }
 
+/// The complete application over an in-memory store, with no listener and no background tasks
+/// (lease reaper, backups): the router and state [`Server::bind_with_store`] would serve. For the
+/// fuzz targets in `fuzz/`, which drive the router in-process.
+pub struct InMemoryApp {
+    pub router: axum::Router,
+    pub state: AppState,
+    settings: Settings,
+}
+
+impl InMemoryApp {
+    pub async fn new(settings: &Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let metrics = Metrics::new();
+        let store: Arc<dyn BoundStore> = Arc::new(crate::storage::memory::MemoryStore::new());
+        let namespaces = Self::registry(settings, store.clone(), &metrics).await?;
+        let leadership = Arc::new(Leadership::single(namespaces, metrics.clone()));
+        let state = app_state(settings, leadership, store, metrics)?;
+        Ok(Self {
+            router: app(state.clone(), settings),
+            state,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Starts over behind the same router (building one costs far more than a request): a new,
+    /// empty in-memory store and registry, so no namespace, timestamp, lock or lock watch of
+    /// earlier requests remains. Metrics keep counting.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        let store: Arc<dyn BoundStore> = Arc::new(crate::storage::memory::MemoryStore::new());
+        let namespaces = Self::registry(&self.settings, store, &self.state.metrics).await?;
+        self.state.leadership.replace(namespaces);
+        Ok(())
+    }
+
+    async fn registry(
+        settings: &Settings,
+        store: Arc<dyn BoundStore>,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Arc<Namespaces>> {
+        let namespaces = Namespaces::load(
+            store,
+            AllocatorLimits::from(&settings.timestamp),
+            LockLimits::from(&settings.lock),
+            settings.namespaces.max,
+            metrics.clone(),
+        )
+        .await
+        .context("loading namespaces")?;
+        Ok(Arc::new(namespaces))
+    }
+}
+
 /// The state every handler shares, for either mode.
 fn app_state(
     settings: &Settings,

@@ -251,3 +251,57 @@ async fn oversized_chunked_bodies_get_413_too() {
     assert!(response.contains("REQUEST_ENTITY_TOO_LARGE"), "{response}");
     assert_eq!(namespaces(&server).await, Vec::<String>::new());
 }
+
+/// Found by reading the admin handlers while writing the router fuzz target (fuzz/, whose checks
+/// then flagged both on these inputs): path parameters that are not UTF-8 got axum's plain-text
+/// 400 instead of a Conjure error, and `PUT /admin/migrations/{id}` wrote `<data>/../{id}.json`
+/// for any id, `../` included, outside the migrations directory.
+#[tokio::test]
+async fn admin_path_parameters_are_checked() {
+    let (dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    for path in ["/admin/backups/%FF", "/admin/migrations/%FF"] {
+        let r = get(&server, path).await;
+        r.assert_conjure_error(400, "INVALID_ARGUMENT");
+    }
+    let id = "../../escaped";
+    let migration = serde_json::json!({
+        "id": id, "state": "RUNNING", "reversible": true, "sourceIsOffline": false,
+        "directionMapping": {
+            "source": {"kind": "server", "url": "http://a:8421"},
+            "destination": {"kind": "server", "url": "http://b:8421"},
+            "sourceWritable": true, "destinationWritable": false,
+        },
+        "namespaces": [], "log": [], "reversals": 0,
+    });
+    let r = send(
+        client()
+            .put(server.url("/admin/migrations/..%2F..%2Fescaped"))
+            .header("content-type", "application/json")
+            .body(migration.to_string()),
+    )
+    .await;
+    let v = r.assert_conjure_error(400, "INVALID_ARGUMENT");
+    assert!(v["parameters"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid migration id"));
+    // The migrations dir is `var/migrations` in the server's working directory, `dir`.
+    assert!(!dir.path().join("escaped.json").exists());
+    assert!(!dir.path().join("var").join("escaped.json").exists());
+    // A well-formed id is still stored and shown.
+    let mut ok = migration;
+    ok["id"] = "m-1".into();
+    let r = send(
+        client()
+            .put(server.url("/admin/migrations/m-1"))
+            .header("content-type", "application/json")
+            .body(ok.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(
+        get(&server, "/admin/migrations/m-1").await.json()["id"],
+        "m-1"
+    );
+}

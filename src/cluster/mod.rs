@@ -205,6 +205,16 @@ impl Leadership {
         }
     }
 
+    /// Single-node mode: serves `namespaces` from now on in place of the current registry,
+    /// whose lock services are closed. Lets [`crate::server::InMemoryApp::reset`] start afresh
+    /// behind the same router.
+    pub(crate) fn replace(&self, namespaces: Arc<Namespaces>) {
+        let old = self.current.write().replace(namespaces);
+        if let Some(old) = old {
+            old.close_lock_services();
+        }
+    }
+
     /// Ends the term for shutdown.
     pub fn close(&self) {
         if let Some(namespaces) = self.current.read().clone() {

@@ -9,12 +9,12 @@
 //!   server involved; `GET /admin/migrations[/{id}]` shows it (state, per-namespace progress,
 //!   direction mapping, which side may be written).
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
-use super::extract::{query_str, JsonBody};
+use super::extract::{query_str, JsonBody, PathParam};
 use super::{json, no_content, AppState};
 use crate::backup::{self, BackupError, BackupType};
 use crate::error::TimelockError;
@@ -63,7 +63,7 @@ async fn list_backups(State(state): State<AppState>) -> Result<Response, Timeloc
 
 async fn show_backup(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Response, TimelockError> {
     Ok(json(
         &backup::show(&state.backups_dir, &name).map_err(to_error)?,
@@ -72,7 +72,7 @@ async fn show_backup(
 
 async fn report_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(migration): JsonBody<crate::migrate::Migration>,
 ) -> Result<Response, TimelockError> {
     if migration.id != id {
@@ -91,7 +91,7 @@ async fn report_migration(
 
 async fn show_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, TimelockError> {
     let m = crate::migrate::load(&state.migrations_dir, &id)
         .map_err(|e| TimelockError::InvalidArgument(format!("{e:#}")))?;

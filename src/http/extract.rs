@@ -27,6 +27,21 @@ impl<S: Send + Sync> FromRequestParts<S> for NsName {
     }
 }
 
+/// Any other single `{param}` path segment (admin backup names, migration ids), percent-decoded;
+/// a segment that is not UTF-8 is a Conjure 400 rather than axum's plain-text rejection.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = TimelockError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| PathParam(value))
+            .map_err(|e| TimelockError::InvalidArgument(format!("invalid path parameter: {e}")))
+    }
+}
+
 /// A JSON request body decoded as `T`, at most `server.max_body_bytes` long (413 beyond).
 ///
 /// The limit is enforced here, where a body is read, rather than by a router-wide layer that

@@ -74,17 +74,17 @@ pub struct LegacyDescriptor {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConjureLockRequest {
-    request_id: Uuid,
-    lock_descriptors: Vec<B64>,
-    acquire_timeout_ms: i64,
+    pub(crate) request_id: Uuid,
+    pub(crate) lock_descriptors: Vec<B64>,
+    pub(crate) acquire_timeout_ms: i64,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LegacyLockRequest {
-    request_id: Uuid,
-    lock_descriptors: Vec<LegacyDescriptor>,
-    acquire_timeout_ms: i64,
+    pub(crate) request_id: Uuid,
+    pub(crate) lock_descriptors: Vec<LegacyDescriptor>,
+    pub(crate) acquire_timeout_ms: i64,
 }
 
 fn timeout(ms: i64) -> Result<Duration, TimelockError> {
@@ -187,7 +187,7 @@ async fn conjure_wait_for_locks(
 }
 
 #[derive(Deserialize)]
-struct TokensRequest {
+pub(crate) struct TokensRequest {
     tokens: Vec<LockToken>,
 }
 
@@ -280,7 +280,7 @@ async fn leader_time(
 }
 
 #[derive(Deserialize)]
-struct StartWatchingRequest {
+pub(crate) struct StartWatchingRequest {
     references: Vec<LockWatchReference>,
 }
 

@@ -207,10 +207,12 @@ where
                     return Poll::Pending;
                 };
                 let started = this.started;
+                // What is left of the limit, timed on tokio's clock (which the timer runs on)
+                // rather than as a deadline converted from the wall clock: the same in
+                // production, and right under a paused test clock too, where the two differ
+                // (the router fuzz target's lock waits advance tokio's clock by years).
                 let sleep = this.deadline.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(
-                        tokio::time::Instant::from_std(started) + limit,
-                    ))
+                    Box::pin(tokio::time::sleep(limit.saturating_sub(started.elapsed())))
                 });
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;

@@ -69,7 +69,7 @@ async fn fresh_timestamps(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct GetFreshTimestampsRequest {
+pub(crate) struct GetFreshTimestampsRequest {
     num_timestamps: i64,
 }
 

@@ -68,7 +68,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StartTransactionsRequest {
+pub(crate) struct StartTransactionsRequest {
     request_id: Uuid,
     requestor_id: Uuid,
     num_transactions: i64,
@@ -126,7 +126,7 @@ fn start_response(r: &StartTransactionsResponse) -> super::write::JsonWriter {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CommitTimestampsRequest {
+pub(crate) struct CommitTimestampsRequest {
     num_timestamps: i64,
     #[serde(default)]
     last_known_version: Option<IdentifiedVersion>,
@@ -153,7 +153,7 @@ async fn commit_timestamps(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CommitTimestampRequest {
+pub(crate) struct CommitTimestampRequest {
     #[serde(default)]
     last_known_version: Option<IdentifiedVersion>,
 }
@@ -226,7 +226,7 @@ async fn multi_unlock(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TimestampLeaseRequest {
+pub(crate) struct TimestampLeaseRequest {
     request_id: Uuid,
     num_fresh_timestamps: BTreeMap<String, i64>,
 }
@@ -348,7 +348,7 @@ async fn multi_min_leased_timestamps(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct IdentifiedRequest {
+pub(crate) struct IdentifiedRequest {
     request_id: Uuid,
     #[serde(default)]
     requestor_id: Option<Uuid>,
