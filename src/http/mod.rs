@@ -7,7 +7,8 @@
 //!
 //! Modules: [`timestamp`] (fresh timestamps, legacy and Conjure), [`management`]
 //! (fast-forward, ping, invalidate/revalidate, `/tl/management`, `/tl/feedback`), [`ops`]
-//! (metrics, health, request metrics middleware).
+//! (metrics, health, request metrics middleware), [`lock`] (v2 locks, lock watches) and
+//! [`lock_v1`] (the legacy v1 lock service).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod lock;
+pub mod lock_v1;
 pub mod management;
 pub mod ops;
 pub mod routing;
@@ -55,6 +57,8 @@ pub struct Shared {
     pub lifecycle_id: uuid::Uuid,
     /// Set when graceful shutdown begins; readiness turns red.
     pub shutting_down: Arc<AtomicBool>,
+    /// The legacy (v1) lock service's blocking limit and request permits.
+    pub lock_v1: lock_v1::V1Limits,
 }
 
 impl AppState {
@@ -97,6 +101,8 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
                     .route_layer(timed.clone()),
             )
             .merge(lock::routes().route_layer(untimed.clone()))
+            // v1 lock requests are cut off by `lock_v1.blocking_timeout_ms` instead.
+            .merge(lock_v1::routes().route_layer(untimed.clone()))
     };
     // Admin routes stay apart from client routes, at the root only, under one prefix that an
     // admin credential can protect.

@@ -339,6 +339,7 @@ mod tests {
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            lock_v1: crate::http::lock_v1::V1Limits::from(&crate::config::LockV1Settings::default()),
         })
     }
 
