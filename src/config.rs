@@ -24,6 +24,7 @@ pub struct Settings {
     pub timestamp: TimestampSettings,
     pub namespaces: NamespaceSettings,
     pub lock: LockSettings,
+    pub lock_v1: LockV1Settings,
     pub backup: BackupSettings,
     pub migration: MigrationSettings,
     pub log: LogSettings,
@@ -157,6 +158,27 @@ impl Default for LockSettings {
             max_descriptors_per_request: 100_000,
             max_descriptor_bytes: 65_536,
             max_waiters_per_namespace: 10_000,
+        }
+    }
+}
+
+/// The legacy (v1) lock service (`/lk/*`, `/{ns}/lock/*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockV1Settings {
+    /// A v1 lock request still blocked after this long is cut off with 429 `Retry-After: 0`
+    /// (503 for legacy clients) and holds nothing; the client retries (TimeLock: 0.8 x 60 s).
+    pub blocking_timeout_ms: u64,
+    /// Most v1 lock requests (any blocking mode) served at once, over all namespaces; past it,
+    /// 429 (TimeLock's shared lock thread pool of 128).
+    pub max_concurrent_lock_requests: usize,
+}
+
+impl Default for LockV1Settings {
+    fn default() -> Self {
+        Self {
+            blocking_timeout_ms: 48_000,
+            max_concurrent_lock_requests: 128,
         }
     }
 }
@@ -500,6 +522,12 @@ impl Settings {
         {
             return invalid("lock.reaper_interval_ms and the lock limits must be positive".into());
         }
+        if self.lock_v1.blocking_timeout_ms == 0 {
+            return invalid("lock_v1.blocking_timeout_ms must be positive".into());
+        }
+        if self.lock_v1.max_concurrent_lock_requests == 0 {
+            return invalid("lock_v1.max_concurrent_lock_requests must be at least 1".into());
+        }
         self.validate_cluster()?;
         self.validate_tls()?;
         self.backup.schedule_interval()?;
@@ -698,6 +726,19 @@ mod tests {
             ClusterSettings::default().serving_window(),
             std::time::Duration::from_millis(2_470)
         );
+    }
+
+    #[test]
+    fn lock_v1_settings_are_checked() {
+        let mut s = Settings::default();
+        s.lock_v1.blocking_timeout_ms = 0;
+        assert!(s.validate().is_err());
+        let mut s = Settings::default();
+        s.lock_v1.max_concurrent_lock_requests = 0;
+        assert!(s.validate().is_err());
+        let mut s = Settings::default();
+        s.lock_v1.blocking_timeout_ms = 500;
+        assert!(s.validate().is_ok());
     }
 
     #[test]

@@ -69,6 +69,17 @@ pub enum TimelockError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+
+    /// A legacy (v1) lock request was still blocked when the server's blocking limit ran out
+    /// (TimeLock's `BlockingTimeoutException`): it holds nothing; the client retries on the same
+    /// node (429 with `Retry-After: 0`, or 503 for legacy clients).
+    #[error("{0}")]
+    BlockingTimeout(String),
+
+    /// An internal inconsistency the request ran into (for example a v1 lock client asking for
+    /// the write lock while holding the read lock: TimeLock's `IllegalMonitorStateException`).
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = TimelockError> = std::result::Result<T, E>;

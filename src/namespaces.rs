@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::cluster::gate::TermGate;
 use crate::error::{Result, TimelockError};
+use crate::lock::v1::LockServiceV1;
 use crate::lock::{LockLimits, LockService};
 use crate::metrics::Metrics;
 use crate::storage::{BoundStore, NamespaceRecord, StoreError};
@@ -58,6 +59,8 @@ pub struct Namespace {
     /// The current term's lock service; replaced (and the old one closed) by
     /// [`Namespace::invalidate_resources`].
     locks: RwLock<Arc<LockService>>,
+    /// The current term's legacy (v1) lock table, apart from the v2 one; renewed with it.
+    locks_v1: RwLock<Arc<LockServiceV1>>,
     /// Start-transaction partitions per requestor.
     pub partitions: parking_lot::Mutex<PartitionAllocator>,
     lock_limits: LockLimits,
@@ -72,13 +75,20 @@ impl Namespace {
         self.locks.read().clone()
     }
 
-    /// Drops the in-memory services and starts a new term: a new leadership id, all locks,
-    /// leases, waiters and lock watches gone (TimeLock's `invalidateResources`). Timestamps are
-    /// unaffected: they continue above the durable bound.
+    /// The legacy (v1) lock table of the current term.
+    pub fn locks_v1(&self) -> Arc<LockServiceV1> {
+        self.locks_v1.read().clone()
+    }
+
+    /// Drops the in-memory services and starts a new term: a new leadership id, all locks
+    /// (v2 and v1, with v1 grants), leases, waiters and lock watches gone (TimeLock's
+    /// `invalidateResources`). Timestamps are unaffected: they continue above the durable bound.
     pub fn invalidate_resources(&self) {
         let fresh = LockService::new(self.lock_limits, self.metrics.clone());
         let old = std::mem::replace(&mut *self.locks.write(), fresh);
         old.close();
+        let old_v1 = std::mem::replace(&mut *self.locks_v1.write(), LockServiceV1::new());
+        old_v1.close();
         *self.partitions.lock() = PartitionAllocator::default();
     }
 }
@@ -165,6 +175,7 @@ impl Namespaces {
                 .with_gate(self.gate.clone()),
             ),
             locks: RwLock::new(LockService::new(self.lock_limits, self.metrics.clone())),
+            locks_v1: RwLock::new(LockServiceV1::new()),
             partitions: parking_lot::Mutex::new(PartitionAllocator::default()),
             lock_limits: self.lock_limits,
             metrics: self.metrics.clone(),
@@ -287,6 +298,7 @@ impl Namespaces {
         let all: Vec<Arc<Namespace>> = self.map.read().values().cloned().collect();
         for ns in all {
             ns.locks().close();
+            ns.locks_v1().close();
         }
     }
 
@@ -295,6 +307,7 @@ impl Namespaces {
         let all: Vec<Arc<Namespace>> = self.map.read().values().cloned().collect();
         for ns in all {
             ns.locks().reap();
+            ns.locks_v1().reap();
             ns.partitions.lock().evict_idle();
         }
     }

@@ -375,6 +375,7 @@ fn app_state(
         lifecycle_id: uuid::Uuid::new_v4(),
         shutting_down: Arc::new(AtomicBool::new(false)),
         access: Arc::new(access),
+        lock_v1: crate::http::lock_v1::V1Limits::from(&settings.lock_v1),
     }))
 }
 

@@ -111,6 +111,18 @@ fn classify(err: &TimelockError) -> (StatusCode, &'static str, &'static str, Opt
             "TimeLock:TooManyRequests",
             None,
         ),
+        BlockingTimeout(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "INTERNAL",
+            "TimeLock:BlockingTimeout",
+            None,
+        ),
+        Internal(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "Default:Internal",
+            None,
+        ),
     }
 }
 
@@ -153,6 +165,15 @@ impl IntoResponse for TimelockError {
             TimelockError::TooManyRequests(reason) => {
                 tracing::info!(%reason, "throttled: 429");
                 return StatusCode::TOO_MANY_REQUESTS.into_response();
+            }
+            TimelockError::BlockingTimeout(reason) => {
+                // conjure-java's `QosException.throttle(Duration.ZERO)`: retry at once, here.
+                tracing::info!(%reason, "blocking limit reached: 429 Retry-After 0");
+                let mut response = StatusCode::TOO_MANY_REQUESTS.into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+                return response;
             }
             _ => {}
         }

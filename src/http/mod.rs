@@ -8,7 +8,7 @@
 //! Modules: [`timestamp`] (fresh timestamps, legacy and Conjure), [`management`]
 //! (fast-forward, ping, invalidate/revalidate, `/tl/management`, `/tl/feedback`), [`ops`]
 //! (metrics, health, request metrics middleware), [`overload`] (shedding beyond the in-flight
-//! limit).
+//! limit), [`lock`] (v2 locks, lock watches) and [`lock_v1`] (the legacy v1 lock service).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod lock;
+pub mod lock_v1;
 pub mod management;
 pub mod ops;
 pub mod overload;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub shutting_down: Arc<AtomicBool>,
     /// Who may do what (`[auth]`); open unless configured.
     pub access: Arc<crate::auth::AccessPolicy>,
+    /// The legacy (v1) lock service's blocking limit and request permits.
+    pub lock_v1: lock_v1::V1Limits,
 }
 
 impl AppState {
@@ -107,6 +110,8 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
                     .route_layer(timed.clone()),
             )
             .merge(lock::routes().route_layer(untimed.clone()))
+            // v1 lock requests are cut off by `lock_v1.blocking_timeout_ms` instead.
+            .merge(lock_v1::routes().route_layer(untimed.clone()))
             .layer(shed.clone())
             .merge(ops::routes().route_layer(timed.clone()))
     };

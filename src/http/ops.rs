@@ -342,6 +342,7 @@ mod tests {
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),
             access: Default::default(),
+            lock_v1: crate::http::lock_v1::V1Limits::from(&crate::config::LockV1Settings::default()),
         })
     }
 
