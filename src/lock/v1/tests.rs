@@ -33,7 +33,7 @@ impl LockRequestBuilder {
         self.duration = Some(TimeDuration::new(ms, TimeUnit::Milliseconds));
         self
     }
-    fn as_many(mut self) -> Self {
+    fn lock_as_many(mut self) -> Self {
         self.group = Some(LockGroupBehavior::LockAsManyAsPossible);
         self
     }
@@ -136,7 +136,7 @@ async fn group_behaviours() {
     let many = s
         .lock(
             "c",
-            &req(&[("b", W), ("c", W), ("d", R)]).as_many().build(),
+            &req(&[("b", W), ("c", W), ("d", R)]).lock_as_many().build(),
             None,
         )
         .await
