@@ -100,16 +100,8 @@ impl Server {
     ) -> anyhow::Result<Self> {
         settings.validate()?;
         let metrics = Metrics::new();
-        let namespaces = Namespaces::load(
-            store.clone(),
-            AllocatorLimits::from(&settings.timestamp),
-            LockLimits::from(&settings.lock),
-            settings.namespaces.max,
-            metrics.clone(),
-        )
-        .await
-        .context("loading namespaces")?;
-        let leadership = Arc::new(Leadership::single(Arc::new(namespaces), metrics.clone()));
+        let namespaces = InMemoryApp::registry(settings, store.clone(), &metrics).await?;
+        let leadership = Arc::new(Leadership::single(namespaces, metrics.clone()));
         let state = app_state(settings, leadership, store.clone(), metrics)?;
         let router = app(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &state.metrics);
@@ -331,6 +323,8 @@ impl InMemoryApp {
         Ok(())
     }
 
+    /// The namespace registry over `store` with the configured limits (the single-node server's
+    /// too, see [`Server::bind_with_store`]).
     async fn registry(
         settings: &Settings,
         store: Arc<dyn BoundStore>,

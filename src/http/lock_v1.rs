@@ -61,7 +61,7 @@ pub fn routes() -> Router<AppState> {
     let mut router = Router::new()
         .route("/lk/laghl/{ns}", post(conjure_lock_and_get_held_locks))
         .route("/lk/rlrt/{ns}", post(conjure_refresh))
-        .route("/lk/us/{ns}", post(conjure_unlock_simple));
+        .route("/lk/us/{ns}", post(unlock));
     // Each `{client}` path also without the client (the anonymous client `""`), and with an
     // empty last segment, which is how a client path template renders the anonymous client.
     let with_client: [(&str, axum::routing::MethodRouter<AppState>); 9] = [
@@ -88,8 +88,8 @@ pub fn routes() -> Router<AppState> {
     }
     router
         .route("/{ns}/lock/unlock", post(unlock))
-        .route("/{ns}/lock/unlock-simple", post(unlock_simple))
-        .route("/{ns}/lock/unlock-deprecated", post(unlock_deprecated))
+        .route("/{ns}/lock/unlock-simple", post(unlock))
+        .route("/{ns}/lock/unlock-deprecated", post(unlock))
         .route("/{ns}/lock/unlock-and-freeze", post(unlock_and_freeze))
         .route("/{ns}/lock/refresh-tokens", post(refresh_tokens))
         .route("/{ns}/lock/refresh-lock-tokens", post(refresh_lock_tokens))
@@ -412,14 +412,6 @@ async fn conjure_refresh(
     ))
 }
 
-async fn conjure_unlock_simple(
-    State(state): State<AppState>,
-    NsName(ns): NsName,
-    JsonBody(token): JsonBody<TokenRef>,
-) -> Result<Response, TimelockError> {
-    Ok(boolean(table(&state, &ns).await?.unlock(token.token_id)))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Legacy `/{ns}/lock/...`
 
@@ -480,32 +472,14 @@ async fn try_lock(
     legacy(&headers, result)
 }
 
-async fn unlock_by(state: &AppState, ns: &str, token: TokenRef) -> Result<Response, TimelockError> {
-    Ok(boolean(table(state, ns).await?.unlock(token.token_id)))
-}
-
+/// `/lk/us`, `unlock`, `unlock-simple` and `unlock-deprecated`: each body names its token by `tokenId`
+/// (a `LockRefreshToken`, `SimpleHeldLocksToken` or `HeldLocksToken`), so one handler serves all.
 async fn unlock(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(token): JsonBody<TokenRef>,
 ) -> Result<Response, TimelockError> {
-    unlock_by(&state, &ns, token).await
-}
-
-async fn unlock_simple(
-    State(state): State<AppState>,
-    NsName(ns): NsName,
-    JsonBody(token): JsonBody<TokenRef>,
-) -> Result<Response, TimelockError> {
-    unlock_by(&state, &ns, token).await
-}
-
-async fn unlock_deprecated(
-    State(state): State<AppState>,
-    NsName(ns): NsName,
-    JsonBody(token): JsonBody<TokenRef>,
-) -> Result<Response, TimelockError> {
-    unlock_by(&state, &ns, token).await
+    Ok(boolean(table(&state, &ns).await?.unlock(token.token_id)))
 }
 
 async fn unlock_and_freeze(
