@@ -431,7 +431,7 @@ impl ConnectionPolicy {
 /// header-read timeout: a client that does not send a complete request head within
 /// `header_read_timeout` (a slowloris, or a silent or idle connection) is disconnected, so
 /// sockets and memory cannot be pinned for ever. Beyond `max_connections` open connections a
-/// new one is answered 429 and closed (see [`refuse_connection`]). Accept errors (out of file
+/// new one is answered 429 and closed (see [`refuse_connection`]; with TLS, closed at once). Accept errors (out of file
 /// descriptors, say) are logged and retried after a pause instead of ending the server.
 async fn accept_loop(
     listener: TcpListener,
@@ -465,7 +465,11 @@ async fn accept_loop(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             shed_connections.inc();
-            tokio::spawn(refuse_connection(tcp));
+            if tls.is_none() {
+                tokio::spawn(refuse_connection(tcp));
+            }
+            // On a TLS port nothing can be said before a handshake, which is the work being
+            // shed: the connection is just closed.
             continue;
         };
         // Small request/response pairs on keep-alive connections: never wait for Nagle.
