@@ -35,13 +35,23 @@ fn digest(token: &str) -> TokenDigest {
 #[derive(Debug, Clone)]
 pub struct CertificateIdentity(pub std::sync::Arc<[String]>);
 
-/// What a request presents.
+/// What a request presents. The bearer token is hashed once, here, however many checks follow
+/// (a multi-namespace request checks each namespace).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Credentials<'a> {
-    /// The token of an `Authorization: Bearer <token>` header.
-    pub bearer: Option<&'a str>,
+    /// Digest of the token of an `Authorization: Bearer <token>` header.
+    bearer: Option<TokenDigest>,
     /// The identities of a verified client certificate (subject CN and DNS names), if any.
-    pub certificate: Option<&'a [String]>,
+    certificate: Option<&'a [String]>,
+}
+
+impl<'a> Credentials<'a> {
+    pub fn new(bearer: Option<&str>, certificate: Option<&'a [String]>) -> Self {
+        Self {
+            bearer: bearer.map(digest),
+            certificate,
+        }
+    }
 }
 
 /// The policy's answer.
@@ -202,7 +212,7 @@ impl AccessPolicy {
 
     fn is_admin(&self, credentials: &Credentials<'_>) -> bool {
         let by_token = match (self.admin_token, credentials.bearer) {
-            (Some(admin), Some(token)) => digest(token) == admin,
+            (Some(admin), Some(token)) => token == admin,
             _ => false,
         };
         by_token
@@ -216,7 +226,7 @@ impl AccessPolicy {
         self.certificate_grants(credentials).is_some()
             || credentials
                 .bearer
-                .is_some_and(|t| self.namespace_tokens.contains_key(&digest(t)))
+                .is_some_and(|t| self.namespace_tokens.contains_key(&t))
     }
 
     /// May these credentials perform an admin or management operation?
@@ -249,7 +259,7 @@ impl AccessPolicy {
         }
         match credentials
             .bearer
-            .and_then(|t| self.namespace_tokens.get(&digest(t)))
+            .and_then(|t| self.namespace_tokens.get(&t))
         {
             Some(namespaces) if namespaces.contains(namespace) => Decision::Allow,
             Some(_) => {
@@ -293,11 +303,8 @@ mod tests {
         .unwrap()
     }
 
-    fn bearer(token: &str) -> Credentials<'_> {
-        Credentials {
-            bearer: Some(token),
-            certificate: None,
-        }
+    fn bearer(token: &str) -> Credentials<'static> {
+        Credentials::new(Some(token), None)
     }
 
     #[test]
@@ -351,10 +358,7 @@ mod tests {
     #[test]
     fn certificate_identities_map_to_namespaces_and_admin() {
         let p = policy("svc-a alpha,gamma\nops admin\nall *\n");
-        let cert = |names: &'static [String]| Credentials {
-            bearer: None,
-            certificate: Some(names),
-        };
+        let cert = |names: &'static [String]| Credentials::new(None, Some(names));
         let svc_a: &'static [String] = Box::leak(Box::new(["svc-a".to_string()]));
         let ops: &'static [String] = Box::leak(Box::new(["ops".to_string()]));
         let all: &'static [String] = Box::leak(Box::new(["x".to_string(), "all".to_string()]));

@@ -105,50 +105,37 @@ pub async fn authorize(
         .extensions()
         .get::<CertificateIdentity>()
         .map(|c| c.0.clone());
-    let credentials = Credentials {
-        bearer: bearer(&request),
-        certificate: certificate.as_deref(),
-    };
-    let decision = match door {
-        Door::Open => Decision::Allow,
-        Door::Admin => guard.policy_source.authorize_admin(&credentials),
+    let credentials = Credentials::new(bearer(&request), certificate.as_deref());
+    let policy = &guard.policy_source;
+    let (decision, request) = match door {
+        Door::Open => (Decision::Allow, request),
+        Door::Admin => (policy.authorize_admin(&credentials), request),
         Door::Namespace => {
             let ns = params
                 .as_ref()
                 .ok()
                 .and_then(|p| p.iter().find(|(k, _)| *k == "ns").map(|(_, v)| v));
-            match ns {
-                Some(ns) => guard.policy_source.authorize_namespace(ns, &credentials),
-                None => Decision::Allow,
-            }
+            let decision = ns.map_or(Decision::Allow, |ns| {
+                policy.authorize_namespace(ns, &credentials)
+            });
+            (decision, request)
         }
         Door::BodyNamespaces => {
-            let bearer = credentials.bearer.map(str::to_string);
+            // Read the body to learn its namespaces, then hand it on unchanged.
             let (parts, body) = request.into_parts();
-            let bytes = match axum::body::to_bytes(body, guard.max_body_bytes).await {
-                Ok(bytes) => bytes,
-                Err(_) => {
-                    return TimelockError::RequestTooLarge(format!(
-                        "request body unreadable or larger than {} bytes (server.max_body_bytes)",
-                        guard.max_body_bytes
-                    ))
-                    .into_response()
-                }
-            };
-            let credentials = Credentials {
-                bearer: bearer.as_deref(),
-                certificate: certificate.as_deref(),
+            let Ok(bytes) = axum::body::to_bytes(body, guard.max_body_bytes).await else {
+                return TimelockError::RequestTooLarge(format!(
+                    "request body unreadable or larger than {} bytes (server.max_body_bytes)",
+                    guard.max_body_bytes
+                ))
+                .into_response();
             };
             let decision = body_namespaces(&bytes)
                 .iter()
-                .map(|ns| guard.policy_source.authorize_namespace(ns, &credentials))
+                .map(|ns| policy.authorize_namespace(ns, &credentials))
                 .find(|d| *d != Decision::Allow)
                 .unwrap_or(Decision::Allow);
-            let request = Request::from_parts(parts, Body::from(bytes));
-            return match decision {
-                Decision::Allow => next.run(request).await,
-                refused => refuse(&guard, refused),
-            };
+            (decision, Request::from_parts(parts, Body::from(bytes)))
         }
     };
     match decision {

@@ -60,7 +60,7 @@ impl From<&LockV1Settings> for V1Limits {
 pub fn routes() -> Router<AppState> {
     let mut router = Router::new()
         .route("/lk/laghl/{ns}", post(conjure_lock_and_get_held_locks))
-        .route("/lk/rlrt/{ns}", post(conjure_refresh))
+        .route("/lk/rlrt/{ns}", post(refresh_lock_tokens))
         .route("/lk/us/{ns}", post(unlock));
     // Each `{client}` path also without the client (the anonymous client `""`), and with an
     // empty last segment, which is how a client path template renders the anonymous client.
@@ -391,27 +391,6 @@ async fn conjure_lock_and_get_held_locks(
     })
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConjureRefreshToken {
-    token_id: u128,
-    #[allow(dead_code)]
-    expiration_date_ms: Option<i64>,
-}
-
-async fn conjure_refresh(
-    State(state): State<AppState>,
-    NsName(ns): NsName,
-    JsonBody(tokens): JsonBody<Vec<ConjureRefreshToken>>,
-) -> Result<Response, TimelockError> {
-    let refreshed = table(&state, &ns)
-        .await?
-        .refresh(tokens.iter().map(|t| t.token_id));
-    Ok(json(
-        &refreshed.iter().map(refresh_token).collect::<Vec<_>>(),
-    ))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Legacy `/{ns}/lock/...`
 
@@ -517,6 +496,7 @@ async fn refresh_tokens(
     ))
 }
 
+/// `refresh-lock-tokens` and `/lk/rlrt`: the still-valid tokens, as `LockRefreshToken`s.
 async fn refresh_lock_tokens(
     State(state): State<AppState>,
     NsName(ns): NsName,
