@@ -311,10 +311,11 @@ impl Http {
         self.stream.write_all(request).await?;
         self.buf.clear();
         loop {
-            let mut chunk = [0u8; 2048];
-            let n = self.stream.read(&mut chunk).await?;
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096);
+            }
+            let n = self.stream.read_buf(&mut self.buf).await?;
             ensure!(n > 0, "server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
             let Some(end) = find(&self.buf, b"\r\n\r\n") else {
                 continue;
             };
@@ -341,7 +342,7 @@ impl Http {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 fn post(path: &str, body: &str) -> Vec<u8> {
@@ -352,19 +353,74 @@ fn post(path: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// [`post`] into a reused buffer.
+fn post_into(out: &mut Vec<u8>, path: &str, body: &[u8]) {
+    use std::io::Write;
+    out.clear();
+    let _ = write!(
+        out,
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(body);
+}
+
+/// Formats into a stack buffer (request bodies are short); panics if one ever outgrows it.
+fn fill<'a>(buf: &'a mut [u8], args: std::fmt::Arguments<'_>) -> &'a [u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    cursor
+        .write_fmt(args)
+        .expect("request body fits its buffer");
+    let n = cursor.position() as usize;
+    &buf[..n]
+}
+
+/// Request ids for one connection: a random base and a counter, as UUIDs.
+struct IdSource {
+    base: u128,
+    counter: u64,
+}
+
+impl IdSource {
+    fn new() -> IdSource {
+        IdSource {
+            base: uuid::Uuid::new_v4().as_u128() & !u128::from(u64::MAX),
+            counter: 0,
+        }
+    }
+
+    fn next(&mut self) -> uuid::fmt::Hyphenated {
+        self.counter += 1;
+        uuid::Uuid::from_u128(self.base | u128::from(self.counter)).hyphenated()
+    }
+}
+
+/// The namespace every target is loaded in.
+const NS: &str = "bench";
+const ST_PATH: &str = "/tl/st/bench";
+const L_PATH: &str = "/tl/l/bench";
+const UL2_PATH: &str = "/tl/ul2/bench";
+
 /// The integer after `"field":` in a small JSON body.
 fn json_int(body: &[u8], field: &str) -> anyhow::Result<i64> {
-    let key = format!("\"{field}\":");
-    let at = find(body, key.as_bytes())
-        .ok_or_else(|| anyhow!("no {field} in {}", String::from_utf8_lossy(body)))?
-        + key.len();
-    let digits: Vec<u8> = body[at..]
+    let missing = || anyhow!("no {field} in {}", String::from_utf8_lossy(body));
+    let mut at = 0;
+    let start = loop {
+        let i = at + find(&body[at..], field.as_bytes()).ok_or_else(missing)?;
+        let end = i + field.len();
+        if i > 0 && body[i - 1] == b'"' && body[end..].starts_with(b"\":") {
+            break end + 2;
+        }
+        at = i + 1;
+    };
+    let rest = &body[start..];
+    let rest = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+    let len = rest
         .iter()
-        .copied()
-        .skip_while(|b| *b == b' ')
-        .take_while(|b| b.is_ascii_digit() || *b == b'-')
-        .collect();
-    Ok(std::str::from_utf8(&digits)?.parse()?)
+        .take_while(|b| b.is_ascii_digit() || **b == b'-')
+        .count();
+    Ok(std::str::from_utf8(&rest[..len])?.parse()?)
 }
 
 fn parse_number(body: &[u8]) -> anyhow::Result<i64> {
@@ -427,12 +483,18 @@ enum Conn {
         kind: Kind,
         last: i64,
         /// /tl/st: immutable-timestamp lock tokens to release in a batch.
-        pending: Vec<String>,
+        pending: Vec<uuid::fmt::Hyphenated>,
         /// lock + unlock: this connection's lock descriptor, and whether the next request is
         /// the unlock.
         descriptor: String,
-        locked: Option<String>,
-        ns: String,
+        locked: Option<uuid::fmt::Hyphenated>,
+        /// The complete request of targets whose request never changes, built once.
+        fixed: Vec<u8>,
+        /// Request ids: a random 128-bit base per connection plus a counter (unique, and
+        /// without a `getrandom` system call per request charged to the load generator).
+        ids: IdSource,
+        /// Reused request buffer.
+        out: Vec<u8>,
     },
     Peer {
         conn: Box<dyn PeerConn>,
@@ -455,6 +517,15 @@ impl Conn {
                 last: i64::MIN,
             });
         }
+        let fixed = match target.kind {
+            Kind::Ceiling | Kind::Fresh => post(&format!("/{NS}/timestamp/fresh-timestamp"), ""),
+            Kind::Batch => post(
+                &format!("/{NS}/timestamp/fresh-timestamps?number=10000"),
+                "",
+            ),
+            Kind::TlTs => post(&format!("/tl/ts/{NS}"), r#"{"numTimestamps":1}"#),
+            _ => Vec::new(),
+        };
         Ok(Conn::Http {
             http: Http::connect(target.addr.expect("http target")).await?,
             kind: target.kind,
@@ -462,7 +533,9 @@ impl Conn {
             pending: Vec::new(),
             descriptor: base64_of(&format!("row-{tag}-{index}")),
             locked: None,
-            ns: "bench".to_string(),
+            fixed,
+            ids: IdSource::new(),
+            out: Vec::with_capacity(4096),
         })
     }
 
@@ -484,12 +557,13 @@ impl Conn {
                 pending,
                 descriptor,
                 locked,
-                ns,
+                fixed,
+                ids,
+                out,
             } => {
                 let (lo, hi, n) = match kind {
                     Kind::Ceiling => {
-                        let req = post("/bench/timestamp/fresh-timestamp", "");
-                        let (status, body) = http.exchange(&req).await?;
+                        let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200 && body == b"1", "ceiling answered {status}");
                         return Ok(Yield {
                             timestamps: 1,
@@ -497,18 +571,13 @@ impl Conn {
                         });
                     }
                     Kind::Fresh => {
-                        let req = post(&format!("/{ns}/timestamp/fresh-timestamp"), "");
-                        let (status, body) = http.exchange(&req).await?;
+                        let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200, "fresh-timestamp answered {status}");
                         let v = parse_number(body)?;
                         (v, v, 1)
                     }
                     Kind::Batch => {
-                        let req = post(
-                            &format!("/{ns}/timestamp/fresh-timestamps?number=10000"),
-                            "",
-                        );
-                        let (status, body) = http.exchange(&req).await?;
+                        let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200, "fresh-timestamps answered {status}");
                         let lo = json_int(body, "lowerBound")?;
                         let hi = json_int(body, "upperBound")?;
@@ -516,8 +585,7 @@ impl Conn {
                         (lo, hi, 10_000)
                     }
                     Kind::TlTs => {
-                        let req = post(&format!("/tl/ts/{ns}"), r#"{"numTimestamps":1}"#);
-                        let (status, body) = http.exchange(&req).await?;
+                        let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200, "/tl/ts answered {status}");
                         let lo = json_int(body, "inclusiveLower")?;
                         let hi = json_int(body, "inclusiveUpper")?;
@@ -525,23 +593,33 @@ impl Conn {
                     }
                     Kind::StartTransaction => {
                         if pending.len() >= 64 {
-                            let list = pending
-                                .iter()
-                                .map(|t| format!("\"{t}\""))
-                                .collect::<Vec<_>>()
-                                .join(",");
-                            let req = post(&format!("/tl/ul2/{ns}"), &format!("[{list}]"));
-                            let (status, _) = http.exchange(&req).await?;
+                            let mut list = String::with_capacity(64 * 39 + 2);
+                            list.push('[');
+                            for (i, t) in pending.iter().enumerate() {
+                                if i > 0 {
+                                    list.push(',');
+                                }
+                                list.push('"');
+                                list.push_str(t.encode_lower(&mut uuid::Uuid::encode_buffer()));
+                                list.push('"');
+                            }
+                            list.push(']');
+                            post_into(out, UL2_PATH, list.as_bytes());
+                            let (status, _) = http.exchange(out).await?;
                             ensure!(status == 200, "/tl/ul2 answered {status}");
                             pending.clear();
                         }
-                        let id = uuid::Uuid::new_v4().to_string();
-                        let body = format!(
-                            r#"{{"requestId":"{id}","requestorId":"{}","numTransactions":1}}"#,
-                            requestor_of(descriptor)
+                        let id = ids.next();
+                        let mut body = [0u8; 160];
+                        let body = fill(
+                            &mut body,
+                            format_args!(
+                                r#"{{"requestId":"{id}","requestorId":"{}","numTransactions":1}}"#,
+                                requestor_of(descriptor)
+                            ),
                         );
-                        let (status, reply) =
-                            http.exchange(&post(&format!("/tl/st/{ns}"), &body)).await?;
+                        post_into(out, ST_PATH, body);
+                        let (status, reply) = http.exchange(out).await?;
                         ensure!(status == 200, "/tl/st answered {status}");
                         let start = json_int(reply, "start")?;
                         ensure!(json_int(reply, "count")? == 1, "/tl/st count != 1");
@@ -550,20 +628,28 @@ impl Conn {
                     }
                     Kind::LockUnlock => {
                         if let Some(token) = locked.take() {
-                            let req = post(&format!("/tl/ul2/{ns}"), &format!("[\"{token}\"]"));
-                            let (status, body) = http.exchange(&req).await?;
+                            let mut text = uuid::Uuid::encode_buffer();
+                            let token: &str = token.encode_lower(&mut text);
+                            let mut body = [0u8; 48];
+                            let body = fill(&mut body, format_args!("[\"{token}\"]"));
+                            post_into(out, UL2_PATH, body);
+                            let (status, reply) = http.exchange(out).await?;
                             ensure!(
-                                status == 200 && find(body, token.as_bytes()).is_some(),
+                                status == 200 && find(reply, token.as_bytes()).is_some(),
                                 "/tl/ul2 answered {status}: {}",
-                                String::from_utf8_lossy(body)
+                                String::from_utf8_lossy(reply)
                             );
                         } else {
-                            let id = uuid::Uuid::new_v4().to_string();
-                            let body = format!(
-                                r#"{{"requestId":"{id}","lockDescriptors":["{descriptor}"],"acquireTimeoutMs":1000}}"#
+                            let id = ids.next();
+                            let mut body = [0u8; 256];
+                            let body = fill(
+                                &mut body,
+                                format_args!(
+                                    r#"{{"requestId":"{id}","lockDescriptors":["{descriptor}"],"acquireTimeoutMs":1000}}"#
+                                ),
                             );
-                            let (status, reply) =
-                                http.exchange(&post(&format!("/tl/l/{ns}"), &body)).await?;
+                            post_into(out, L_PATH, body);
+                            let (status, reply) = http.exchange(out).await?;
                             ensure!(
                                 status == 200 && find(reply, b"\"successful\"").is_some(),
                                 "/tl/l answered {status}: {}",
@@ -622,6 +708,9 @@ struct Window {
     p99_us: f64,
     p999_us: f64,
     server_cpu_us_per_req: f64,
+    /// CPU of this (load-generating) process per request: what the generator itself cost, on
+    /// the same two cores.
+    client_cpu_us_per_req: f64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -654,6 +743,7 @@ async fn window(
         None => target.pids.clone(),
     };
     let cpu_before: u64 = pids.iter().map(|p| cpu_ns(*p)).sum();
+    let client_before = cpu_ns(std::process::id());
     let started = Instant::now();
     let deadline = started + window;
     let tasks: Vec<_> = conns
@@ -708,6 +798,7 @@ async fn window(
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu_after: u64 = pids.iter().map(|p| cpu_ns(*p)).sum();
+    let client_after = cpu_ns(std::process::id());
     // No value handed out twice: ranges must not overlap.
     ranges.sort_unstable();
     if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
@@ -737,6 +828,9 @@ async fn window(
         p99_us: percentile(&latencies, 0.99),
         p999_us: percentile(&latencies, 0.999),
         server_cpu_us_per_req: (cpu_after.saturating_sub(cpu_before)) as f64
+            / 1000.0
+            / requests as f64,
+        client_cpu_us_per_req: (client_after.saturating_sub(client_before)) as f64
             / 1000.0
             / requests as f64,
     })
@@ -773,6 +867,7 @@ pub struct Summary {
     pub p99_us: f64,
     pub p999_us: f64,
     pub server_cpu_us_per_req: f64,
+    pub client_cpu_us_per_req: f64,
     pub peak_rss_mb: f64,
     pub ratio_to_ceiling: f64,
     pub ratio_min: f64,
@@ -806,10 +901,16 @@ async fn run(options: Options) -> anyhow::Result<()> {
             durability: if kind == Kind::LockUnlock {
                 "locks in memory (they die with the process, as in TimeLock)".into()
             } else {
-                "bound fsynced (RocksDB sync write) before any timestamp above it; one write per 1,000,000".into()
+                "bound fsynced (RocksDB sync write) before any timestamp above it; one write per reservation of at least 1,000,000 (about 2 s of traffic at high rates)".into()
             },
             peer: None,
         });
+    }
+    // `TARGETS=fresh,tl/st` (short names) narrows a run to those targets and the ceiling, for
+    // profiling one path.
+    if let Ok(only) = std::env::var("TARGETS") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        targets.retain(|t| t.kind == Kind::Ceiling || wanted.contains(&t.kind.short().as_str()));
     }
     let mut skipped = Vec::new();
     if options.peers {
@@ -938,6 +1039,7 @@ fn summarise(targets: &[Target], windows: &[Window], rounds: usize) -> Vec<Summa
                 p99_us: pick(&|w| w.p99_us),
                 p999_us: pick(&|w| w.p999_us),
                 server_cpu_us_per_req: pick(&|w| w.server_cpu_us_per_req),
+                client_cpu_us_per_req: pick(&|w| w.client_cpu_us_per_req),
                 peak_rss_mb: peak_rss_mb(&t.pids),
                 ratio_to_ceiling: ratio,
                 ratio_min: ratios.first().copied().unwrap_or(f64::NAN),
@@ -957,11 +1059,11 @@ fn print_table(summaries: &[Summary], options: &Options) {
         machine()
     );
     println!();
-    println!("| target | requests/s | timestamps/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | peak RSS MB | ratio to ceiling (rounds) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| target | requests/s | timestamps/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | generator CPU µs/req | peak RSS MB | ratio to ceiling (rounds) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for s in summaries {
         println!(
-            "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | **{:.3}** ({:.2}–{:.2}) |",
+            "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | **{:.3}** ({:.2}–{:.2}) |",
             s.label,
             s.req_per_sec,
             if s.target == "ceiling" || s.target == "lock+unlock" {
@@ -973,6 +1075,7 @@ fn print_table(summaries: &[Summary], options: &Options) {
             s.p99_us,
             s.p999_us,
             s.server_cpu_us_per_req,
+            s.client_cpu_us_per_req,
             s.peak_rss_mb,
             s.ratio_to_ceiling,
             s.ratio_min,
@@ -1320,6 +1423,7 @@ async fn spread_window(
         p99_us: percentile(&latencies, 0.99),
         p999_us: percentile(&latencies, 0.999),
         server_cpu_us_per_req: (cpu_ns(pid) - cpu_before) as f64 / 1000.0 / requests as f64,
+        client_cpu_us_per_req: f64::NAN,
     })
 }
 

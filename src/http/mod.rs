@@ -89,17 +89,16 @@ impl std::ops::Deref for AppState {
 pub fn app(state: AppState, settings: &Settings) -> Router {
     // Requests are cut off after `request_timeout_ms` (a Conjure 408), except lock requests,
     // whose wait is bounded by each request's own `acquireTimeoutMs`, as in TimeLock.
-    let timed = ops::TrackingLayer::new(
-        state.metrics.clone(),
-        Some(Duration::from_millis(settings.server.request_timeout_ms)),
-    );
-    let untimed = ops::TrackingLayer::new(state.metrics.clone(), None);
+    let timeout = Some(Duration::from_millis(settings.server.request_timeout_ms));
+    let timed = ops::TrackingLayer::new(state.metrics.clone(), timeout);
     // One in-flight limit shared by the root and prefixed copies of the client routes;
     // operations routes stay outside it so an overloaded server can still be observed.
-    let shed = overload::ShedLayer::new(
+    let limit = overload::InFlightLimit::new(
         settings.server.max_in_flight_requests,
         state.metrics.guard.shed.with_label_values(&["in_flight"]),
     );
+    let timed_client = timed.clone().with_limit(limit.clone());
+    let untimed_client = ops::TrackingLayer::new(state.metrics.clone(), None).with_limit(limit);
     let routes = || {
         Router::new()
             .merge(
@@ -107,12 +106,11 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
                     .merge(timestamp::routes())
                     .merge(management::routes())
                     .merge(transactions::routes())
-                    .route_layer(timed.clone()),
+                    .route_layer(timed_client.clone()),
             )
-            .merge(lock::routes().route_layer(untimed.clone()))
+            .merge(lock::routes().route_layer(untimed_client.clone()))
             // v1 lock requests are cut off by `lock_v1.blocking_timeout_ms` instead.
-            .merge(lock_v1::routes().route_layer(untimed.clone()))
-            .layer(shed.clone())
+            .merge(lock_v1::routes().route_layer(untimed_client.clone()))
             .merge(ops::routes().route_layer(timed.clone()))
     };
     // Admin routes stay apart from client routes, at the root only, under one prefix that an

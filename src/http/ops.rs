@@ -113,17 +113,30 @@ async fn leader(State(state): State<AppState>) -> Response {
 pub struct TrackingLayer {
     metrics: Metrics,
     timeout: Option<Duration>,
+    limit: Option<super::overload::InFlightLimit>,
 }
 
 impl TrackingLayer {
     pub fn new(metrics: Metrics, timeout: Option<Duration>) -> Self {
-        Self { metrics, timeout }
+        Self {
+            metrics,
+            timeout,
+            limit: None,
+        }
+    }
+
+    /// Requests beyond `limit` are answered 429 at once (see [`super::overload`]), before they
+    /// are timed or counted by route.
+    pub fn with_limit(mut self, limit: super::overload::InFlightLimit) -> Self {
+        self.limit = Some(limit);
+        self
     }
 }
 
 struct RouteMetrics {
     metrics: Metrics,
     timeout: Option<Duration>,
+    limit: Option<super::overload::InFlightLimit>,
     route: OnceLock<Box<str>>,
     usual: OnceLock<(Method, IntCounter, Histogram)>,
 }
@@ -137,6 +150,7 @@ impl<S> tower::Layer<S> for TrackingLayer {
             shared: Arc::new(RouteMetrics {
                 metrics: self.metrics.clone(),
                 timeout: self.timeout,
+                limit: self.limit.clone(),
                 route: OnceLock::new(),
                 usual: OnceLock::new(),
             }),
@@ -164,6 +178,13 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let admitted = match &self.shared.limit {
+            Some(limit) => match limit.admit() {
+                Some(slot) => Some(slot),
+                None => return TrackingFuture::shed(self.shared.clone()),
+            },
+            None => None,
+        };
         let started = Instant::now();
         if self.shared.route.get().is_none() {
             let route = request
@@ -174,21 +195,38 @@ where
         }
         let method = request.method().clone();
         TrackingFuture {
-            inner: self.inner.call(request),
+            inner: Some(self.inner.call(request)),
             shared: self.shared.clone(),
             started,
             method,
             deadline: None,
+            _admitted: admitted,
         }
     }
 }
 
 pub struct TrackingFuture<F> {
-    inner: F,
+    /// `None` for a request refused by the in-flight limit.
+    inner: Option<F>,
     shared: Arc<RouteMetrics>,
     started: Instant,
     method: Method,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The in-flight slot, held until the response is produced (or the request is dropped).
+    _admitted: Option<super::overload::Admitted>,
+}
+
+impl<F> TrackingFuture<F> {
+    fn shed(shared: Arc<RouteMetrics>) -> Self {
+        TrackingFuture {
+            inner: None,
+            shared,
+            started: Instant::now(),
+            method: Method::GET,
+            deadline: None,
+            _admitted: None,
+        }
+    }
 }
 
 impl<F> Future for TrackingFuture<F>
@@ -199,7 +237,10 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let response = match Pin::new(&mut this.inner).poll(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Ok(super::overload::too_many_requests()));
+        };
+        let response = match Pin::new(inner).poll(cx) {
             Poll::Ready(Ok(response)) => response,
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => {

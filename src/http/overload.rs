@@ -13,14 +13,9 @@
 //! `/metrics` and `/health/*` are outside the limit, so an overloaded server can still be
 //! observed.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus::IntCounter;
@@ -38,16 +33,18 @@ pub fn too_many_requests() -> Response {
     response
 }
 
-/// The tower layer; see the module docs.
+/// The in-flight limit, shared by every client route. Applied by the request tracking layer
+/// ([`super::ops::TrackingLayer::with_limit`]) rather than as a layer of its own: one fewer
+/// boxed service (and its per-request clone) between the router and a handler.
 #[derive(Clone)]
-pub struct ShedLayer {
+pub struct InFlightLimit {
     in_flight: Arc<AtomicUsize>,
     max: usize,
     shed: IntCounter,
 }
 
-impl ShedLayer {
-    /// At most `max` requests inside the wrapped service at once; `shed` counts refusals.
+impl InFlightLimit {
+    /// At most `max` requests inside handlers; `shed` counts the refused ones.
     pub fn new(max: usize, shed: IntCounter) -> Self {
         Self {
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -55,28 +52,21 @@ impl ShedLayer {
             shed,
         }
     }
-}
 
-impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-
-    fn layer(&self, inner: S) -> Shed<S> {
-        Shed {
-            inner,
-            layer: self.clone(),
+    /// A slot for one request (released when dropped), or `None` when the limit is reached;
+    /// the refusal is counted.
+    pub fn admit(&self) -> Option<Admitted> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shed.inc();
+            return None;
         }
+        Some(Admitted(self.in_flight.clone()))
     }
 }
 
-#[derive(Clone)]
-pub struct Shed<S> {
-    inner: S,
-    layer: ShedLayer,
-}
-
-/// Decrements the in-flight count when the request finishes (or is dropped mid-way, for
-/// instance when the client disconnects).
-struct Admitted(Arc<AtomicUsize>);
+/// One admitted request's slot.
+pub struct Admitted(Arc<AtomicUsize>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
@@ -84,57 +74,11 @@ impl Drop for Admitted {
     }
 }
 
-impl<S> tower::Service<Request> for Shed<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = ShedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let counter = &self.layer.in_flight;
-        if counter.fetch_add(1, Ordering::AcqRel) >= self.layer.max {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            self.layer.shed.inc();
-            return ShedFuture::Shed;
-        }
-        let admitted = Admitted(counter.clone());
-        ShedFuture::Admitted {
-            inner: self.inner.call(request),
-            _admitted: admitted,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The wrapped handler's future plus the in-flight slot it holds, or an immediate 429.
-    #[project = ShedProjection]
-    pub enum ShedFuture<F> {
-        Admitted { #[pin] inner: F, _admitted: Admitted },
-        Shed,
-    }
-}
-
-impl<F: Future<Output = Result<Response, Infallible>>> Future for ShedFuture<F> {
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ShedProjection::Admitted { inner, .. } => inner.poll(cx),
-            ShedProjection::Shed => Poll::Ready(Ok(too_many_requests())),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::extract::Request;
     use axum::routing::post;
     use tower::ServiceExt;
 
@@ -153,7 +97,10 @@ mod tests {
                     }
                 }),
             )
-            .layer(ShedLayer::new(2, shed.clone()));
+            .route_layer(
+                crate::http::ops::TrackingLayer::new(crate::metrics::Metrics::new(), None)
+                    .with_limit(InFlightLimit::new(2, shed.clone())),
+            );
         let call = |router: axum::Router| async move {
             router
                 .oneshot(Request::post("/wait").body(Body::empty()).expect("request"))

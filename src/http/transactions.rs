@@ -119,7 +119,7 @@ fn start_response(r: &StartTransactionsResponse) -> super::write::JsonWriter {
         .raw(r#"},"lease":"#)
         .lease(&r.lease)
         .raw(r#","lockWatchUpdate":"#)
-        .serde(&r.lock_watch_update)
+        .lock_watch_update(&r.lock_watch_update)
         .raw("}");
     w
 }
