@@ -18,7 +18,10 @@
 //! validated (status, shape, values strictly increasing per connection, no duplicates across
 //! connections within a window): a wrong answer fails the run. Measured per window: requests/s,
 //! timestamps/s, latency p50/p99/p99.9, server CPU µs per request (`/proc/<pid>/task/*/schedstat`
-//! of the server's processes), and at the end each server's peak RSS (`VmHWM`). The ratio to
+//! of the server's processes), the load generator's own CPU µs per request (this process: it
+//! shares the two cores, so its cost per reply weighs on every ratio; requests are prebuilt or
+//! formatted into reused buffers, request ids come from a counter, replies are checked with
+//! memmem searches), and at the end each server's peak RSS (`VmHWM`). The ratio to
 //! the ceiling is taken per round and the median reported, so machine drift hits every target
 //! alike. Then: p99 at half load (open loop at half the ceiling's median rate, latency from the
 //! scheduled send time), resource checks (idle RSS, 500 namespaces with 100,000 held locks, cold
@@ -27,6 +30,9 @@
 //!
 //! Output: tables on stdout, raw numbers as JSON and the chart as PNG in `--out DIR` (default
 //! `target/compare`).
+//!
+//! `TARGETS=fresh,tl/st` (short names: fresh, batch10k, tl/ts, tl/st, lock+unlock) narrows a run
+//! to those targets and the ceiling, for profiling one path.
 //!
 //! `--smoke` (and any run without `--bench`, such as `cargo test --bench compare`): the ceiling
 //! and the server's five targets for a few hundred milliseconds each, no peers; fails only on
