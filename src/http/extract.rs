@@ -66,12 +66,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        let bytes: Bytes = axum::body::to_bytes(req.into_body(), limit)
+        let bytes = read_limited(req.into_body(), limit)
             .await
-            .map_err(|e| {
-                if e.into_inner().is::<http_body_util::LengthLimitError>() {
-                    too_large()
-                } else {
+            .map_err(|e| match e {
+                BodyError::TooLarge => too_large(),
+                BodyError::Unreadable => {
                     TimelockError::InvalidArgument("cannot read the request body".to_string())
                 }
             })?;
@@ -79,6 +78,40 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .map(JsonBody)
             .map_err(|e| TimelockError::InvalidArgument(format!("invalid JSON request body: {e}")))
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// The whole body, refused once it grows past `limit` bytes. A body that arrives as one frame
+/// (every small JSON request) is returned as that frame, without the buffer list and copy of a
+/// general collector.
+async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        total += data.len();
+        if total > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if first.is_none() && joined.is_empty() {
+            first = Some(data);
+        } else {
+            if let Some(earlier) = first.take() {
+                joined.extend_from_slice(&earlier);
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 /// Reads integer `key` from a raw query string. Absent → `Ok(None)`; present but not a 64-bit
@@ -120,6 +153,61 @@ pub fn required_i64(query: Option<&str>, key: &str) -> Result<i64, TimelockError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that yields these frames, one per poll.
+    struct Frames(std::collections::VecDeque<Result<Bytes, std::io::Error>>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|f| f.map(hyper::body::Frame::data)))
+        }
+    }
+
+    fn chunked(chunks: &[&'static str]) -> axum::body::Body {
+        axum::body::Body::new(Frames(
+            chunks
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+                .collect(),
+        ))
+    }
+
+    async fn read(chunks: &[&'static str], limit: usize) -> Result<Bytes, &'static str> {
+        read_limited(chunked(chunks), limit)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => "too large",
+                BodyError::Unreadable => "unreadable",
+            })
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_up_to_the_limit() {
+        assert_eq!(read(&[], 8).await.unwrap(), "");
+        assert_eq!(read(&["{}"], 8).await.unwrap(), "{}");
+        assert_eq!(read(&["{\"a\"", ":1}"], 8).await.unwrap(), "{\"a\":1}");
+        assert_eq!(read(&["", "1", "", "23"], 8).await.unwrap(), "123");
+        assert_eq!(read(&["12345", "678"], 8).await.unwrap(), "12345678");
+        assert_eq!(read(&["12345", "678"], 7).await, Err("too large"));
+        assert_eq!(read(&["123456789"], 8).await, Err("too large"));
+        let failing = axum::body::Body::new(Frames(
+            [
+                Ok(Bytes::from_static(b"{")),
+                Err(std::io::Error::other("reset")),
+            ]
+            .into(),
+        ));
+        assert!(matches!(
+            read_limited(failing, 8).await,
+            Err(BodyError::Unreadable)
+        ));
+    }
 
     #[test]
     fn query_numbers() {
