@@ -73,8 +73,9 @@ pub fn draw(summaries: &[Summary], path: &Path) -> anyhow::Result<()> {
         .max(1.0);
     for (i, s) in summaries.iter().enumerate() {
         let y = top + i as i32 * row_h;
-        let ours = s.target == "ceiling" || s.label.starts_with("timelock");
-        let colour = if s.target == "ceiling" {
+        let constant = s.target.starts_with("ceiling");
+        let ours = constant || s.label.starts_with("timelock");
+        let colour = if constant {
             RGBColor(150, 150, 150)
         } else if ours {
             RGBColor(31, 119, 180)

@@ -6,6 +6,10 @@
 //!   `COMPARE_ROLE=ceiling`): same axum, hyper and tokio runtime settings as the server (a
 //!   multi-thread runtime with one worker per core, TCP_NODELAY), answering `1` to
 //!   `POST /{ns}/timestamp/fresh-timestamp`. The most any HTTP/JSON server can do here.
+//! * `ceiling-st` — the same process answering the `/tl/st` load (the same requests, bodies
+//!   and batched `/tl/ul2` releases) with a constant answer of a real one's size, parsed by the
+//!   generator as the real one is: what `/tl/st` costs in HTTP bytes alone. The run also prints
+//!   `/tl/st`'s per-round ratio to it.
 //! * this server (`target/release/timelock serve`, default settings, RocksDB on a real disk,
 //!   synced bound writes): `fresh-timestamp`, `fresh-timestamps?number=10000`, `/tl/ts`,
 //!   `/tl/st` (immutable-timestamp locks released 64 at a time, as committing clients do), and
@@ -32,7 +36,7 @@
 //! `target/compare`).
 //!
 //! `TARGETS=fresh,tl/st` (short names: fresh, batch10k, tl/ts, tl/st, lock+unlock) narrows a run
-//! to those targets and the ceiling, for profiling one path.
+//! to those targets and the ceiling (and `ceiling-st` with `tl/st`), for profiling one path.
 //!
 //! `--smoke` (and any run without `--bench`, such as `cargo test --bench compare`): the ceiling
 //! and the server's five targets for a few hundred milliseconds each, no peers; fails only on
@@ -131,6 +135,15 @@ pub fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // The ceiling: a constant-response axum server in its own process.
 
+/// A `/tl/st` answer as the server writes it under load (large timestamps and clock), for the
+/// ceiling shaped like `/tl/st`.
+const SHAPED_START_ANSWER: &str = concat!(
+    r#"{"immutableTimestamp":{"immutableTimestamp":1234567890123,"lock":{"requestId":"6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b"}},"#,
+    r#""timestamps":{"start":1234567890139,"interval":16,"count":1},"#,
+    r#""lease":{"leaderTime":{"id":"d68c1f25-0249-465e-957e-970aaf51998b","currentTime":12345678901234},"validity":"PT8S"},"#,
+    r#""lockWatchUpdate":{"type":"snapshot","logId":"d68c1f25-0249-465e-957e-970aaf51998b","lastKnownVersion":-1,"locked":[],"lockWatches":[]}}"#
+);
+
 fn serve_ceiling() -> ExitCode {
     use axum::routing::post;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -146,7 +159,30 @@ fn serve_ceiling() -> ExitCode {
             );
             response
         }
-        let app = axum::Router::new().route("/{ns}/timestamp/fresh-timestamp", post(constant));
+        // The same, shaped like `/tl/st`: an answer of a real start-transactions answer's size
+        // (the body of the request is left to hyper, which reads and discards it), and the
+        // batched `/tl/ul2` the load generator sends every 64 starts.
+        async fn constant_start() -> axum::response::Response {
+            let mut response =
+                axum::response::Response::new(axum::body::Body::from(SHAPED_START_ANSWER));
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        async fn constant_unlock() -> axum::response::Response {
+            let mut response = axum::response::Response::new(axum::body::Body::from("[]"));
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        let app = axum::Router::new()
+            .route("/{ns}/timestamp/fresh-timestamp", post(constant))
+            .route("/tl/st/{ns}", post(constant_start))
+            .route("/tl/ul2/{ns}", post(constant_unlock));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let port_file = std::env::var("COMPARE_PORT_FILE").expect("COMPARE_PORT_FILE");
@@ -439,6 +475,9 @@ fn parse_number(body: &[u8]) -> anyhow::Result<i64> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Ceiling,
+    /// The ceiling process answering `/tl/st`-shaped requests with a constant answer of the
+    /// same size: how much of `/tl/st`'s gap is HTTP bytes rather than work.
+    CeilingStart,
     Fresh,
     Batch,
     TlTs,
@@ -451,6 +490,10 @@ impl Kind {
     fn label(self) -> String {
         match self {
             Kind::Ceiling => "ceiling (constant axum handler)".into(),
+            Kind::CeilingStart => format!(
+                "ceiling shaped as /tl/st (same requests, constant {}-byte answer)",
+                SHAPED_START_ANSWER.len()
+            ),
             Kind::Fresh => "timelock fresh-timestamp".into(),
             Kind::Batch => "timelock fresh-timestamps?number=10000".into(),
             Kind::TlTs => "timelock /tl/ts (1)".into(),
@@ -463,6 +506,7 @@ impl Kind {
     fn short(self) -> String {
         match self {
             Kind::Ceiling => "ceiling".into(),
+            Kind::CeilingStart => "ceiling-st".into(),
             Kind::Fresh => "fresh".into(),
             Kind::Batch => "batch10k".into(),
             Kind::TlTs => "tl/ts".into(),
@@ -597,7 +641,7 @@ impl Conn {
                         let hi = json_int(body, "inclusiveUpper")?;
                         (lo, hi, (hi - lo + 1) as u64)
                     }
-                    Kind::StartTransaction => {
+                    Kind::StartTransaction | Kind::CeilingStart => {
                         if pending.len() >= 64 {
                             let mut list = String::with_capacity(64 * 39 + 2);
                             list.push('[');
@@ -630,6 +674,13 @@ impl Conn {
                         let start = json_int(reply, "start")?;
                         ensure!(json_int(reply, "count")? == 1, "/tl/st count != 1");
                         pending.push(id);
+                        if *kind == Kind::CeilingStart {
+                            // A constant answer: parsed like the real one, nothing to order.
+                            return Ok(Yield {
+                                timestamps: 0,
+                                values: None,
+                            });
+                        }
                         (start, start, 1)
                     }
                     Kind::LockUnlock => {
@@ -886,13 +937,14 @@ async fn run(options: Options) -> anyhow::Result<()> {
     raise_fd_limit();
     let ceiling = start_ceiling()?;
     let (timelock, _) = start_timelock(&[])?;
-    let mut targets = vec![Target {
-        kind: Kind::Ceiling,
+    let constant = |kind| Target {
+        kind,
         addr: Some(ceiling.addr),
         pids: vec![ceiling.pid()],
         durability: "none (constant)".into(),
         peer: None,
-    }];
+    };
+    let mut targets = vec![constant(Kind::Ceiling), constant(Kind::CeilingStart)];
     for kind in [
         Kind::Fresh,
         Kind::Batch,
@@ -912,11 +964,15 @@ async fn run(options: Options) -> anyhow::Result<()> {
             peer: None,
         });
     }
-    // `TARGETS=fresh,tl/st` (short names) narrows a run to those targets and the ceiling, for
-    // profiling one path.
+    // `TARGETS=fresh,tl/st` (short names) narrows a run to those targets and the ceiling (and
+    // the `/tl/st`-shaped ceiling with `tl/st`), for profiling one path.
     if let Ok(only) = std::env::var("TARGETS") {
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
-        targets.retain(|t| t.kind == Kind::Ceiling || wanted.contains(&t.kind.short().as_str()));
+        targets.retain(|t| {
+            t.kind == Kind::Ceiling
+                || wanted.contains(&t.kind.short().as_str())
+                || (t.kind == Kind::CeilingStart && wanted.contains(&"tl/st"))
+        });
     }
     let mut skipped = Vec::new();
     if options.peers {
@@ -967,6 +1023,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
 
     let summaries = summarise(&targets, &windows, options.rounds);
     print_table(&summaries, &options);
+    let shaped = shaped_start_ratio(&windows, options.rounds);
+    if let Some((median, min, max)) = shaped {
+        println!(
+            "\n/tl/st against the ceiling shaped as /tl/st (median of per-round ratios): **{median:.3}** ({min:.2}–{max:.2})"
+        );
+    }
 
     let mut report = serde_json::json!({
         "machine": machine(),
@@ -976,6 +1038,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
         "windows": windows,
         "summary": summaries,
         "skipped": skipped,
+        "tl_st_to_shaped_ceiling": shaped.map(|(median, min, max)| {
+            serde_json::json!({"median": median, "min": min, "max": max})
+        }),
     });
 
     if options.extras {
@@ -1008,6 +1073,25 @@ async fn run(options: Options) -> anyhow::Result<()> {
     drop(timelock);
     drop(ceiling);
     Ok(())
+}
+
+/// `/tl/st` requests/s over the `/tl/st`-shaped ceiling's, per round: the median, lowest and
+/// highest. What is left of `/tl/st`'s gap once HTTP bytes cost both sides alike.
+fn shaped_start_ratio(windows: &[Window], rounds: usize) -> Option<(f64, f64, f64)> {
+    let rate = |target: &str, round: usize| {
+        windows
+            .iter()
+            .find(|w| w.round == round && w.target == target)
+            .map(|w| w.req_per_sec)
+    };
+    let mut ratios: Vec<f64> = (0..rounds)
+        .filter_map(|r| Some(rate("tl/st", r)? / rate("ceiling-st", r)?))
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let median = median(&mut ratios);
+    Some((median, ratios[0], ratios[ratios.len() - 1]))
 }
 
 fn summarise(targets: &[Target], windows: &[Window], rounds: usize) -> Vec<Summary> {
@@ -1072,7 +1156,7 @@ fn print_table(summaries: &[Summary], options: &Options) {
             "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | **{:.3}** ({:.2}–{:.2}) |",
             s.label,
             s.req_per_sec,
-            if s.target == "ceiling" || s.target == "lock+unlock" {
+            if s.target.starts_with("ceiling") || s.target == "lock+unlock" {
                 "–".to_string()
             } else {
                 format!("{:.0}", s.ts_per_sec)
