@@ -491,7 +491,7 @@ impl Kind {
         match self {
             Kind::Ceiling => "ceiling (constant axum handler)".into(),
             Kind::CeilingStart => format!(
-                "ceiling shaped as /tl/st (same requests, constant {}-byte answer)",
+                "ceiling shaped as /tl/st ({}-byte answer)",
                 SHAPED_START_ANSWER.len()
             ),
             Kind::Fresh => "timelock fresh-timestamp".into(),
