@@ -8,8 +8,9 @@
 //!   `POST /{ns}/timestamp/fresh-timestamp`. The most any HTTP/JSON server can do here.
 //! * `ceiling-st` — the same process answering the `/tl/st` load (the same requests, bodies
 //!   and batched `/tl/ul2` releases) with a constant answer of a real one's size, parsed by the
-//!   generator as the real one is: what `/tl/st` costs in HTTP bytes alone. The run also prints
-//!   `/tl/st`'s per-round ratio to it.
+//!   generator as the real one is (the `/tl/ul2` releases, one per 64 starts, get `[]` rather
+//!   than the echoed tokens, about 40 bytes less per start): what `/tl/st` costs in HTTP bytes
+//!   alone. The run also prints `/tl/st`'s per-round ratio to it.
 //! * this server (`target/release/timelock serve`, default settings, RocksDB on a real disk,
 //!   synced bound writes): `fresh-timestamp`, `fresh-timestamps?number=10000`, `/tl/ts`,
 //!   `/tl/st` (immutable-timestamp locks released 64 at a time, as committing clients do), and
@@ -38,9 +39,9 @@
 //! `TARGETS=fresh,tl/st` (short names: fresh, batch10k, tl/ts, tl/st, lock+unlock) narrows a run
 //! to those targets and the ceiling (and `ceiling-st` with `tl/st`), for profiling one path.
 //!
-//! `--smoke` (and any run without `--bench`, such as `cargo test --bench compare`): the ceiling
-//! and the server's five targets for a few hundred milliseconds each, no peers; fails only on
-//! wrong answers, never on speed.
+//! `--smoke` (and any run without `--bench`, such as `cargo test --bench compare`): the two
+//! ceilings and the server's five targets for a few hundred milliseconds each, no peers; fails
+//! only on wrong answers, never on speed.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -161,7 +162,8 @@ fn serve_ceiling() -> ExitCode {
         }
         // The same, shaped like `/tl/st`: an answer of a real start-transactions answer's size
         // (the body of the request is left to hyper, which reads and discards it), and the
-        // batched `/tl/ul2` the load generator sends every 64 starts.
+        // batched `/tl/ul2` the load generator sends every 64 starts (answered `[]`, where the
+        // server echoes the released tokens).
         async fn constant_start() -> axum::response::Response {
             let mut response =
                 axum::response::Response::new(axum::body::Body::from(SHAPED_START_ANSWER));
