@@ -21,6 +21,7 @@
 //! new leadership id.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,6 +153,11 @@ pub struct LockService {
     leadership_id: Uuid,
     limits: LockLimits,
     state: Mutex<State>,
+    /// Set (for good) when the first lock watch is registered. Until then the lock-watch log is
+    /// empty (version -1, no events: locks and unlocks log nothing without watches), so
+    /// [`Self::watch_update`] answers without taking the state mutex: that is every
+    /// start-transactions and commit-timestamps call of a namespace nobody watches.
+    watching: AtomicBool,
     metrics: Metrics,
     /// `lock_acquisitions{result="acquired"}`, resolved once (no label hashing per lock).
     acquired: prometheus::IntCounter,
@@ -175,6 +181,7 @@ impl LockService {
                 timestamp_leases: HashMap::new(),
                 watches: LockWatchLog::new(leadership_id),
             }),
+            watching: AtomicBool::new(false),
             acquired: metrics.lock_acquisitions.with_label_values(&["acquired"]),
             metrics,
         })
@@ -601,11 +608,19 @@ impl LockService {
             .filter(|(_, e)| e.holder.is_some())
             .map(|(d, _)| d);
         watches.start_watching(references, locked);
+        if watches.has_watches() {
+            // Inside the critical section that logged the `created` event: a reader that still
+            // sees `false` is ordered before this registration, which has not returned yet.
+            self.watching.store(true, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     /// The lock-watch update for a client that last saw `last_known`.
     pub fn watch_update(&self, last_known: Option<&IdentifiedVersion>) -> LockWatchStateUpdate {
+        if !self.watching.load(Ordering::SeqCst) {
+            return self.unwatched_update(last_known);
+        }
         let st = self.state.lock();
         let locked = st
             .locks
@@ -613,6 +628,28 @@ impl LockService {
             .filter(|(_, e)| e.holder.is_some())
             .map(|(d, _)| d);
         st.watches.update(last_known, locked)
+    }
+
+    /// [`Self::watch_update`] while nothing was ever watched in this term: what
+    /// [`LockWatchLog::update`] answers for an empty log (version -1, no watches, nothing locked
+    /// that is watched), built without the state mutex. A client at this log's version -1 is up
+    /// to date; any other version (another log, or ahead of -1) gets the snapshot.
+    fn unwatched_update(&self, last_known: Option<&IdentifiedVersion>) -> LockWatchStateUpdate {
+        match last_known {
+            Some(v) if v.id == self.leadership_id && v.version == -1 => {
+                LockWatchStateUpdate::Success {
+                    log_id: self.leadership_id,
+                    last_known_version: -1,
+                    events: Vec::new(),
+                }
+            }
+            _ => LockWatchStateUpdate::Snapshot {
+                log_id: self.leadership_id,
+                last_known_version: -1,
+                locked: Vec::new(),
+                lock_watches: Vec::new(),
+            },
+        }
     }
 
     /// Number of requests queued on locks (for tests, benches and diagnostics).

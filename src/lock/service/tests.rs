@@ -297,3 +297,43 @@ async fn huge_timeouts_do_not_overflow() {
     s.unlock(&[holder]).unwrap();
     assert!(acquired(&waiter.await.unwrap().unwrap()));
 }
+
+#[tokio::test]
+async fn watch_update_without_watches_answers_as_the_log_does() {
+    use crate::lock::watch::{IdentifiedVersion, LockWatchReference};
+    let s = service(20_000);
+    let id = s.leadership_id();
+    // Locks held and released without watches log nothing.
+    s.lock(Uuid::new_v4(), vec![d("t.a")], LONG).await.unwrap();
+    let token = Uuid::new_v4();
+    s.lock(token, vec![d("t.b")], LONG).await.unwrap();
+    s.unlock(&[token]).unwrap();
+    let versions = [
+        None,
+        Some(IdentifiedVersion { id, version: -1 }),
+        Some(IdentifiedVersion { id, version: 0 }),
+        Some(IdentifiedVersion { id, version: -2 }),
+        Some(IdentifiedVersion {
+            id: Uuid::new_v4(),
+            version: -1,
+        }),
+    ];
+    for v in &versions {
+        let slow = {
+            let st = s.state.lock();
+            st.watches.update(v.as_ref(), st.locks.keys())
+        };
+        assert_eq!(s.watch_update(v.as_ref()), slow, "for {v:?}");
+    }
+    // The first watch turns the fast path off for good: the `created` event is seen.
+    s.start_watching(vec![LockWatchReference::FullTable {
+        qualified_table_ref: "t.a".into(),
+    }])
+    .unwrap();
+    let update = s.watch_update(Some(&IdentifiedVersion { id, version: -1 }));
+    assert_eq!(update.last_known_version(), 0);
+    assert!(matches!(
+        update,
+        crate::lock::watch::LockWatchStateUpdate::Success { ref events, .. } if events.len() == 1
+    ));
+}
