@@ -630,26 +630,11 @@ impl LockService {
         st.watches.update(last_known, locked)
     }
 
-    /// [`Self::watch_update`] while nothing was ever watched in this term: what
-    /// [`LockWatchLog::update`] answers for an empty log (version -1, no watches, nothing locked
-    /// that is watched), built without the state mutex. A client at this log's version -1 is up
-    /// to date; any other version (another log, or ahead of -1) gets the snapshot.
+    /// [`Self::watch_update`] while nothing was ever watched in this term: the log then holds no
+    /// watch and no event, so it answers as a new empty log of the same id does, which is built
+    /// here without the state mutex (and without allocating: its collections are empty).
     fn unwatched_update(&self, last_known: Option<&IdentifiedVersion>) -> LockWatchStateUpdate {
-        match last_known {
-            Some(v) if v.id == self.leadership_id && v.version == -1 => {
-                LockWatchStateUpdate::Success {
-                    log_id: self.leadership_id,
-                    last_known_version: -1,
-                    events: Vec::new(),
-                }
-            }
-            _ => LockWatchStateUpdate::Snapshot {
-                log_id: self.leadership_id,
-                last_known_version: -1,
-                locked: Vec::new(),
-                lock_watches: Vec::new(),
-            },
-        }
+        LockWatchLog::new(self.leadership_id).update(last_known, std::iter::empty())
     }
 
     /// Number of requests queued on locks (for tests, benches and diagnostics).
