@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use crate::cluster::election::{EtcdBoundsElsewhere, TermFactory};
 use crate::cluster::Leadership;
 use crate::config::{ClusterMode, ClusterSettings, Settings};
-use crate::http::{app, AppState, Shared};
+use crate::http::direct::Dispatch;
+use crate::http::{service, AppState, Shared};
 use crate::lock::LockLimits;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
@@ -30,7 +31,7 @@ use crate::timestamp::AllocatorLimits;
 pub struct Server {
     listener: TcpListener,
     state: AppState,
-    router: axum::Router,
+    service: Dispatch,
     data_dir: PathBuf,
     store_description: String,
     reaper_interval: std::time::Duration,
@@ -103,14 +104,14 @@ impl Server {
         let namespaces = InMemoryApp::registry(settings, store.clone(), &metrics).await?;
         let leadership = Arc::new(Leadership::single(namespaces, metrics.clone()));
         let state = app_state(settings, leadership, store.clone(), metrics)?;
-        let router = app(state.clone(), settings);
+        let service = service(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &state.metrics);
         let (tls, plain_listener) = tls_setup(settings, &state.metrics).await?;
         let listener = listen(settings).await?;
         Ok(Self {
             listener,
             state,
-            router,
+            service,
             data_dir,
             store_description: store.describe(),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
@@ -156,7 +157,7 @@ impl Server {
             endpoints: cluster.etcd_endpoints.clone(),
         });
         let state = app_state(settings, leadership, store, metrics.clone())?;
-        let router = app(state.clone(), settings);
+        let service = service(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &metrics);
         let (tls, plain_listener) = tls_setup(settings, &metrics).await?;
         let factory = TermFactory {
@@ -168,7 +169,7 @@ impl Server {
         Ok(Self {
             listener,
             state,
-            router,
+            service,
             data_dir: settings.storage.data_dir.clone(),
             store_description: format!(
                 "etcd at {} under {:?} (cluster mode, node {})",
@@ -270,14 +271,21 @@ impl Server {
         };
         let main = accept_loop(
             self.listener,
-            self.router.clone(),
+            self.service.clone(),
             self.connections.clone(),
             self.tls,
             stop_signal(),
         );
         let plain = async {
             if let Some(listener) = self.plain_listener {
-                accept_loop(listener, self.router, self.connections, None, stop_signal()).await;
+                accept_loop(
+                    listener,
+                    self.service,
+                    self.connections,
+                    None,
+                    stop_signal(),
+                )
+                .await;
             }
         };
         let signal = async move {
@@ -290,10 +298,11 @@ impl Server {
 }
 
 /// The complete application over an in-memory store, with no listener and no background tasks
-/// (lease reaper, backups): the router and state [`Server::bind_with_store`] would serve. For the
-/// fuzz targets in `fuzz/`, which drive the router in-process.
+/// (lease reaper, backups): the service (hot endpoints dispatched directly, the rest through the
+/// router) and state [`Server::bind_with_store`] would serve. For the fuzz targets in `fuzz/`,
+/// which drive it in-process.
 pub struct InMemoryApp {
-    pub router: axum::Router,
+    pub service: Dispatch,
     pub state: AppState,
     settings: Settings,
 }
@@ -307,13 +316,13 @@ impl InMemoryApp {
         let leadership = Arc::new(Leadership::single(namespaces, metrics.clone()));
         let state = app_state(settings, leadership, store, metrics)?;
         Ok(Self {
-            router: app(state.clone(), settings),
+            service: service(state.clone(), settings),
             state,
             settings: settings.clone(),
         })
     }
 
-    /// Starts over behind the same router (building one costs far more than a request): a new,
+    /// Starts over behind the same service (building one costs far more than a request): a new,
     /// empty in-memory store and registry, so no namespace, timestamp, lock or lock watch of
     /// earlier requests remains. Metrics keep counting.
     pub async fn reset(&self) -> anyhow::Result<()> {
@@ -435,7 +444,7 @@ impl ConnectionPolicy {
 /// descriptors, say) are logged and retried after a pause instead of ending the server.
 async fn accept_loop(
     listener: TcpListener,
-    router: axum::Router,
+    router: Dispatch,
     policy: ConnectionPolicy,
     tls: Option<Arc<crate::tls::TlsSource>>,
     shutdown: impl Future<Output = ()> + Send + 'static,

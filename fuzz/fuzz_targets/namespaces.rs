@@ -57,7 +57,7 @@ fn percent_encode(s: &[u8]) -> String {
 
 struct Env {
     runtime: tokio::runtime::Runtime,
-    router: axum::Router,
+    router: timelock::http::direct::Dispatch,
 }
 
 fn env() -> &'static Env {
@@ -73,7 +73,7 @@ fn env() -> &'static Env {
             .unwrap();
         Env {
             runtime,
-            router: app.router,
+            router: app.service,
         }
     })
 }

@@ -1,4 +1,5 @@
-//! End to end: the real router (`timelock::http::app`, both the root and `/timelock/api`
+//! End to end: the application as served (`timelock::http::service`: the hot endpoints
+//! dispatched directly, everything else through the router, both the root and `/timelock/api`
 //! copies, admin routes included) over the in-memory bound store, driven in-process with
 //! `tower::ServiceExt::oneshot`.
 //!
@@ -270,7 +271,7 @@ fuzz_target!(|data: &[u8]| {
     }
     env.runtime.block_on(async {
         env.app.reset().await.expect("fresh registry");
-        let router = &env.app.router;
+        let router = &env.app.service;
         for p in requests {
             let Parsed {
                 request,

@@ -146,7 +146,7 @@ async fn do_lock(
     }
 }
 
-async fn conjure_lock(
+pub(super) async fn conjure_lock(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(request): JsonBody<ConjureLockRequest>,
@@ -240,7 +240,7 @@ async fn conjure_refresh(
     }))
 }
 
-async fn conjure_refresh_v2(
+pub(super) async fn conjure_refresh_v2(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(request): JsonBody<Vec<Uuid>>,
@@ -261,7 +261,7 @@ async fn conjure_unlock(
     Ok(json(&serde_json::json!({"tokens": tokens(unlocked)})))
 }
 
-async fn conjure_unlock_v2(
+pub(super) async fn conjure_unlock_v2(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(request): JsonBody<Vec<Uuid>>,

@@ -26,6 +26,7 @@ use crate::namespaces::Namespaces;
 
 pub mod admin;
 pub mod auth;
+pub mod direct;
 pub mod error;
 pub mod extract;
 pub mod lock;
@@ -85,8 +86,28 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The complete application: client routes at the root and under `settings.server.path_prefix`.
+/// The complete application as served: the hot client endpoints dispatched directly (see
+/// [`direct`]) when `server.direct_dispatch` is on and neither access control nor cluster mode
+/// wraps the router, everything else through [`app`]'s router.
+pub fn service(state: AppState, settings: &Settings) -> direct::Dispatch {
+    let (router, layers) = build(state.clone(), settings);
+    let direct_applies = settings.server.direct_dispatch
+        && !state.access.is_enforcing()
+        && settings.cluster.mode != ClusterMode::Etcd;
+    if direct_applies {
+        direct::Dispatch::new(router, state, &settings.server.path_prefix, layers)
+    } else {
+        direct::Dispatch::router_only(router)
+    }
+}
+
+/// The complete application as one router: client routes at the root and under
+/// `settings.server.path_prefix`.
 pub fn app(state: AppState, settings: &Settings) -> Router {
+    build(state, settings).0
+}
+
+fn build(state: AppState, settings: &Settings) -> (Router, direct::DirectLayers) {
     // Requests are cut off after `request_timeout_ms` (a Conjure 408), except lock requests,
     // whose wait is bounded by each request's own `acquireTimeoutMs`, as in TimeLock.
     let timeout = Some(Duration::from_millis(settings.server.request_timeout_ms));
@@ -99,6 +120,10 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
     );
     let timed_client = timed.clone().with_limit(limit.clone());
     let untimed_client = ops::TrackingLayer::new(state.metrics.clone(), None).with_limit(limit);
+    let direct_layers = direct::DirectLayers {
+        timed: timed_client.clone(),
+        untimed: untimed_client.clone(),
+    };
     let routes = || {
         Router::new()
             .merge(
@@ -139,7 +164,7 @@ pub fn app(state: AppState, settings: &Settings) -> Router {
             routing::leader_only,
         ));
     }
-    router.with_state(state)
+    (router.with_state(state), direct_layers)
 }
 
 async fn not_found() -> Response {

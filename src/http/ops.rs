@@ -133,6 +133,16 @@ impl TrackingLayer {
     }
 }
 
+impl TrackingLayer {
+    /// The layer over `inner` for a route served without the router (see [`super::direct`]):
+    /// its template is given rather than read from the request's `MatchedPath`.
+    pub fn layer_for_route<S>(&self, inner: S, route: &str) -> Tracking<S> {
+        let tracking = tower::Layer::layer(self, inner);
+        let _ = tracking.shared.route.set(route.into());
+        tracking
+    }
+}
+
 struct RouteMetrics {
     metrics: Metrics,
     timeout: Option<Duration>,
@@ -162,6 +172,13 @@ impl<S> tower::Layer<S> for TrackingLayer {
 pub struct Tracking<S> {
     inner: S,
     shared: Arc<RouteMetrics>,
+}
+
+impl<S> Tracking<S> {
+    /// The route template this service counts requests under, once known.
+    pub fn route_label(&self) -> Option<&str> {
+        self.shared.route.get().map(|r| &**r)
+    }
 }
 
 impl<S> tower::Service<Request> for Tracking<S>

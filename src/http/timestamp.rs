@@ -41,7 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tl/ts1/{ns}", post(fresh_timestamp))
 }
 
-async fn fresh_timestamp(
+pub(super) async fn fresh_timestamp(
     State(state): State<AppState>,
     NsName(ns): NsName,
 ) -> Result<Response, TimelockError> {
@@ -49,7 +49,7 @@ async fn fresh_timestamp(
     Ok(json_number(namespace.timestamps.fresh_timestamp().await?))
 }
 
-async fn fresh_timestamps(
+pub(super) async fn fresh_timestamps(
     State(state): State<AppState>,
     NsName(ns): NsName,
     RawQuery(query): RawQuery,
@@ -73,7 +73,7 @@ pub(crate) struct GetFreshTimestampsRequest {
     num_timestamps: i64,
 }
 
-async fn conjure_fresh_timestamps(
+pub(super) async fn conjure_fresh_timestamps(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(request): JsonBody<GetFreshTimestampsRequest>,

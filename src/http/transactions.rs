@@ -93,7 +93,7 @@ async fn do_start(
     .await
 }
 
-async fn start_transactions(
+pub(super) async fn start_transactions(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(request): JsonBody<StartTransactionsRequest>,
@@ -143,7 +143,7 @@ async fn do_commit_timestamps(
         .await
 }
 
-async fn commit_timestamps(
+pub(super) async fn commit_timestamps(
     State(state): State<AppState>,
     NsName(ns): NsName,
     JsonBody(request): JsonBody<CommitTimestampsRequest>,

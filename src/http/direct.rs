@@ -1,0 +1,450 @@
+//! Direct dispatch of the hot client endpoints, in front of the axum router.
+//!
+//! Why: every AtlasDB transaction calls a handful of endpoints (start, commit timestamps, lock,
+//! unlock, refresh) and operators `curl` fresh timestamps; for those, axum's generic routing
+//! is a measurable share of the request. Per request it looks the path up, allocates the path
+//! parameters and inserts them and the matched template into the request's extensions, and
+//! clones and boxes a service and a future for each layer between the router and the handler
+//! (callgrind, one keep-alive connection: about a dozen allocations and several thousand
+//! instructions per request before the handler runs).
+//!
+//! What: a [`Dispatch`] service matches `POST` to the hot paths by hand — at the root and
+//! under the configured prefix — and calls the same handler functions with the same extractor
+//! values the router would build, wrapped in the same request tracking (metrics under the same
+//! route template, the same in-flight limit and request timeout). Everything else goes to the
+//! router, which stays the definition of behaviour: other methods, any path that is not plain
+//! (a namespace with percent-escapes or characters outside `[A-Za-z0-9_.-]`, a trailing slash,
+//! a legacy namespace equal to a fixed first segment such as `tl`), and every request when
+//! access control or cluster mode is on (their layers wrap the router only).
+//! `server.direct_dispatch = false` sends every request through the router; the test
+//! `tests/direct_dispatch.rs` runs the same requests both ways and compares the answers.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{FromRequest, RawQuery, Request, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use super::extract::{JsonBody, NsName};
+use super::ops::{Tracking, TrackingFuture, TrackingLayer};
+use super::AppState;
+
+/// The endpoints served without the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hot {
+    /// `/{ns}/timestamp/fresh-timestamp`
+    FreshTimestamp,
+    /// `/{ns}/timestamp/fresh-timestamps?number=N`
+    FreshTimestamps,
+    /// `/tl/ts/{ns}`
+    ConjureTimestamps,
+    /// `/tl/st/{ns}`
+    StartTransactions,
+    /// `/tl/gct/{ns}`
+    CommitTimestamps,
+    /// `/tl/l/{ns}`
+    Lock,
+    /// `/tl/ul2/{ns}`
+    UnlockV2,
+    /// `/tl/rl2/{ns}`
+    RefreshV2,
+}
+
+impl Hot {
+    const ALL: [Hot; 8] = [
+        Hot::FreshTimestamp,
+        Hot::FreshTimestamps,
+        Hot::ConjureTimestamps,
+        Hot::StartTransactions,
+        Hot::CommitTimestamps,
+        Hot::Lock,
+        Hot::UnlockV2,
+        Hot::RefreshV2,
+    ];
+
+    /// The router's template for this endpoint (at the root), the `route` label of its
+    /// metrics.
+    fn template(self) -> &'static str {
+        match self {
+            Hot::FreshTimestamp => "/{ns}/timestamp/fresh-timestamp",
+            Hot::FreshTimestamps => "/{ns}/timestamp/fresh-timestamps",
+            Hot::ConjureTimestamps => "/tl/ts/{ns}",
+            Hot::StartTransactions => "/tl/st/{ns}",
+            Hot::CommitTimestamps => "/tl/gct/{ns}",
+            Hot::Lock => "/tl/l/{ns}",
+            Hot::UnlockV2 => "/tl/ul2/{ns}",
+            Hot::RefreshV2 => "/tl/rl2/{ns}",
+        }
+    }
+
+    /// Lock requests are bounded by their own `acquireTimeoutMs`, not the request timeout
+    /// (as the router's lock routes are).
+    fn timed(self) -> bool {
+        !matches!(self, Hot::Lock | Hot::UnlockV2 | Hot::RefreshV2)
+    }
+}
+
+/// First path segments of fixed routes: a legacy `/{ns}/...` path whose namespace is one of
+/// these is left to the router, whose precedence between fixed and parameter segments decides.
+const FIXED_FIRST_SEGMENTS: [&str; 5] = ["tl", "lw", "admin", "metrics", "health"];
+
+/// A namespace segment the router would pass through unchanged: not empty, not starting with
+/// a dot, and only `[A-Za-z0-9_.-]` (so no percent-decoding and no second segment).
+fn plain(segment: &str) -> bool {
+    !segment.is_empty()
+        && !segment.starts_with('.')
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Which hot endpoint `path` (without the prefix) is, and its namespace.
+fn classify<'a>(path: &'a str, prefix_first_segment: &str) -> Option<(Hot, &'a str)> {
+    let rest = path.strip_prefix('/')?;
+    let (first, tail) = rest.split_once('/')?;
+    let (hot, ns) = if first == "tl" {
+        let (op, ns) = tail.split_once('/').unwrap_or((tail, ""));
+        let hot = match op {
+            "ts" => Hot::ConjureTimestamps,
+            "st" => Hot::StartTransactions,
+            "gct" => Hot::CommitTimestamps,
+            "l" => Hot::Lock,
+            "ul2" => Hot::UnlockV2,
+            "rl2" => Hot::RefreshV2,
+            _ => return None,
+        };
+        (hot, ns)
+    } else {
+        let hot = match tail {
+            "timestamp/fresh-timestamp" => Hot::FreshTimestamp,
+            "timestamp/fresh-timestamps" => Hot::FreshTimestamps,
+            _ => return None,
+        };
+        if FIXED_FIRST_SEGMENTS.contains(&first) || first == prefix_first_segment {
+            return None;
+        }
+        (hot, first)
+    };
+    plain(ns).then_some((hot, ns))
+}
+
+/// Calls the endpoint's handler as the router would, with the extractor values it would build.
+async fn serve(hot: Hot, state: AppState, ns: String, request: Request) -> Response {
+    use super::{lock, timestamp, transactions};
+    let ns = NsName(ns);
+    macro_rules! with_body {
+        ($handler:path) => {
+            match JsonBody::from_request(request, &state).await {
+                Ok(body) => $handler(State(state), ns, body).await.into_response(),
+                Err(rejection) => rejection.into_response(),
+            }
+        };
+    }
+    match hot {
+        Hot::FreshTimestamp => timestamp::fresh_timestamp(State(state), ns)
+            .await
+            .into_response(),
+        Hot::FreshTimestamps => {
+            let query = RawQuery(request.uri().query().map(str::to_owned));
+            timestamp::fresh_timestamps(State(state), ns, query)
+                .await
+                .into_response()
+        }
+        Hot::ConjureTimestamps => with_body!(timestamp::conjure_fresh_timestamps),
+        Hot::StartTransactions => with_body!(transactions::start_transactions),
+        Hot::CommitTimestamps => with_body!(transactions::commit_timestamps),
+        Hot::Lock => with_body!(lock::conjure_lock),
+        Hot::UnlockV2 => with_body!(lock::conjure_unlock_v2),
+        Hot::RefreshV2 => with_body!(lock::conjure_refresh_v2),
+    }
+}
+
+type Handled = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// One hot endpoint as a service (at the root or under the prefix: `skip` bytes of the path
+/// are the prefix).
+#[derive(Clone)]
+pub struct HotService {
+    hot: Hot,
+    skip: usize,
+    state: AppState,
+    prefix_first_segment: Arc<str>,
+}
+
+impl tower::Service<Request> for HotService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Handled;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Handled {
+        let ns = classify(
+            &request.uri().path()[self.skip..],
+            &self.prefix_first_segment,
+        )
+        .map(|(_, ns)| ns.to_owned())
+        .expect("dispatched here because the path matched");
+        let (hot, state) = (self.hot, self.state.clone());
+        Box::pin(async move { Ok(serve(hot, state, ns, request).await) })
+    }
+}
+
+/// The hot endpoints, each tracked as its router route is: `[root, prefixed]` per [`Hot`].
+struct Direct {
+    prefix: Box<str>,
+    prefix_first_segment: Arc<str>,
+    services: Vec<[Tracking<HotService>; 2]>,
+}
+
+impl Direct {
+    /// The tracked service for `path`, if it is a hot endpoint.
+    fn route(&self, path: &str) -> Option<&Tracking<HotService>> {
+        if !self.prefix.is_empty() {
+            if let Some(rest) = path.strip_prefix(&*self.prefix) {
+                if rest.starts_with('/') {
+                    let (hot, _) = classify(rest, &self.prefix_first_segment)?;
+                    return Some(&self.services[hot as usize][1]);
+                }
+            }
+        }
+        let (hot, _) = classify(path, &self.prefix_first_segment)?;
+        Some(&self.services[hot as usize][0])
+    }
+}
+
+/// The application's service: hot endpoints directly, everything else through the router.
+#[derive(Clone)]
+pub struct Dispatch {
+    router: Router,
+    direct: Option<Arc<Direct>>,
+}
+
+/// How [`Dispatch`] is built: the router and, when direct dispatch applies, the layers its
+/// hot routes carry there.
+pub(super) struct DirectLayers {
+    pub timed: TrackingLayer,
+    pub untimed: TrackingLayer,
+}
+
+impl Dispatch {
+    /// Every request through `router`.
+    pub fn router_only(router: Router) -> Self {
+        Self {
+            router,
+            direct: None,
+        }
+    }
+
+    pub(super) fn new(router: Router, state: AppState, prefix: &str, layers: DirectLayers) -> Self {
+        let prefix_first_segment: Arc<str> = Arc::from(
+            prefix
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or(""),
+        );
+        let services = Hot::ALL
+            .iter()
+            .map(|&hot| {
+                let layer = if hot.timed() {
+                    &layers.timed
+                } else {
+                    &layers.untimed
+                };
+                let make = |skip: usize, route: String| {
+                    layer.layer_for_route(
+                        HotService {
+                            hot,
+                            skip,
+                            state: state.clone(),
+                            prefix_first_segment: prefix_first_segment.clone(),
+                        },
+                        &route,
+                    )
+                };
+                [
+                    make(0, hot.template().to_string()),
+                    make(prefix.len(), format!("{prefix}{}", hot.template())),
+                ]
+            })
+            .collect();
+        Self {
+            router,
+            direct: Some(Arc::new(Direct {
+                prefix: prefix.into(),
+                prefix_first_segment,
+                services,
+            })),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response from the router or from a hot endpoint.
+    #[project = DispatchProj]
+    pub enum DispatchFuture<R> {
+        Router { #[pin] future: R },
+        Direct { future: TrackingFuture<Handled> },
+    }
+}
+
+impl<R> Future for DispatchFuture<R>
+where
+    R: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DispatchProj::Router { future } => future.poll(cx),
+            DispatchProj::Direct { future } => Pin::new(future).poll(cx),
+        }
+    }
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for Dispatch
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = DispatchFuture<<Router as tower::Service<axum::http::Request<B>>>::Future>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if let Some(direct) = &self.direct {
+            if request.method() == Method::POST {
+                if let Some(service) = direct.route(request.uri().path()) {
+                    return DispatchFuture::Direct {
+                        future: service.clone().call(request.map(Body::new)),
+                    };
+                }
+            }
+        }
+        DispatchFuture::Router {
+            future: self.router.call(request),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::server::InMemoryApp;
+
+    #[tokio::test]
+    async fn direct_dispatch_only_where_no_layer_wraps_the_router() {
+        let direct = |settings: Settings| async move {
+            InMemoryApp::new(&settings)
+                .await
+                .unwrap()
+                .service
+                .direct
+                .is_some()
+        };
+        assert!(direct(Settings::default()).await);
+        let mut off = Settings::default();
+        off.server.direct_dispatch = false;
+        assert!(!direct(off).await);
+        let mut auth = Settings::default();
+        let token = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token.path(), "a-long-random-admin-secret\n").unwrap();
+        auth.auth.admin_token = format!("file:{}", token.path().display());
+        assert!(!direct(auth).await, "access control wraps the router only");
+
+        let app = InMemoryApp::new(&Settings::default()).await.unwrap();
+        let routes = app.service.direct.as_ref().unwrap();
+        let route = |path: &str| {
+            routes
+                .route(path)
+                .map(|t| t.route_label().unwrap_or_default().to_string())
+        };
+        assert_eq!(route("/tl/st/ns").as_deref(), Some("/tl/st/{ns}"));
+        assert_eq!(
+            route("/timelock/api/tl/st/ns").as_deref(),
+            Some("/timelock/api/tl/st/{ns}")
+        );
+        assert_eq!(
+            route("/timelock/api/ns/timestamp/fresh-timestamp").as_deref(),
+            Some("/timelock/api/{ns}/timestamp/fresh-timestamp")
+        );
+        assert_eq!(route("/timelock/apix/tl/st/ns"), None);
+        assert_eq!(route("/timelock/api"), None);
+        assert_eq!(route("/timelock/api/"), None);
+        assert_eq!(route("/timelock/timestamp/fresh-timestamp"), None);
+    }
+
+    fn hot(path: &str) -> Option<(Hot, &str)> {
+        classify(path, "timelock")
+    }
+
+    #[test]
+    fn hot_paths_are_recognised() {
+        assert_eq!(
+            hot("/ns/timestamp/fresh-timestamp"),
+            Some((Hot::FreshTimestamp, "ns"))
+        );
+        assert_eq!(
+            hot("/a.b-c_D9/timestamp/fresh-timestamps"),
+            Some((Hot::FreshTimestamps, "a.b-c_D9"))
+        );
+        assert_eq!(hot("/tl/ts/x"), Some((Hot::ConjureTimestamps, "x")));
+        assert_eq!(hot("/tl/st/x"), Some((Hot::StartTransactions, "x")));
+        assert_eq!(hot("/tl/gct/x"), Some((Hot::CommitTimestamps, "x")));
+        assert_eq!(hot("/tl/l/x"), Some((Hot::Lock, "x")));
+        assert_eq!(hot("/tl/ul2/x"), Some((Hot::UnlockV2, "x")));
+        assert_eq!(hot("/tl/rl2/x"), Some((Hot::RefreshV2, "x")));
+        for (i, h) in Hot::ALL.iter().enumerate() {
+            assert_eq!(*h as usize, i, "ALL is in declaration order");
+        }
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_the_router() {
+        for path in [
+            "",
+            "/",
+            "/tl/st",
+            "/tl/st/",
+            "/tl/st/x/",
+            "/tl/st/x/y",
+            "/tl/st/a%20b",
+            "/tl/st/a b",
+            "/tl/st/é",
+            "/tl/st/.",
+            "/tl/st/..",
+            "/tl/ul/x",
+            "/tl/g1ct/x",
+            "/tl/xx/x",
+            "//timestamp/fresh-timestamp",
+            "/ns/timestamp/fresh-timestamp/",
+            "/ns/timestamp//fresh-timestamp",
+            "/ns/timelock/fresh-timestamp",
+            "/ns%41/timestamp/fresh-timestamp",
+            "/tl/timestamp/fresh-timestamp",
+            "/lw/timestamp/fresh-timestamp",
+            "/admin/timestamp/fresh-timestamp",
+            "/metrics/timestamp/fresh-timestamp",
+            "/health/timestamp/fresh-timestamp",
+            "/timelock/timestamp/fresh-timestamp",
+            "/../timestamp/fresh-timestamp",
+            "/ns/timestamp/fresh-timestamps/x",
+        ] {
+            assert_eq!(hot(path), None, "{path}");
+        }
+    }
+}
