@@ -31,9 +31,10 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::extract::{JsonBody, NsName};
+use super::extract::NsName;
 use super::ops::{Tracking, TrackingFuture, TrackingLayer};
 use super::AppState;
+use crate::error::TimelockError;
 
 /// The endpoints served without the router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,13 +135,21 @@ fn classify<'a>(path: &'a str, prefix_first_segment: &str) -> Option<(Hot, &'a s
     plain(ns).then_some((hot, ns))
 }
 
+/// The body extractor a handler takes (`JsonBody` or `FastJsonBody`), as the router runs it.
+async fn extract<T>(request: Request, state: &AppState) -> Result<T, TimelockError>
+where
+    T: FromRequest<AppState, Rejection = TimelockError>,
+{
+    T::from_request(request, state).await
+}
+
 /// Calls the endpoint's handler as the router would, with the extractor values it would build.
 async fn serve(hot: Hot, state: AppState, ns: String, request: Request) -> Response {
     use super::{lock, timestamp, transactions};
     let ns = NsName(ns);
     macro_rules! with_body {
         ($handler:path) => {
-            match JsonBody::from_request(request, &state).await {
+            match extract(request, &state).await {
                 Ok(body) => $handler(State(state), ns, body).await.into_response(),
                 Err(rejection) => rejection.into_response(),
             }

@@ -52,32 +52,57 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = TimelockError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.max_body_bytes;
-        let too_large = || {
-            TimelockError::RequestTooLarge(format!(
-                "request body larger than {limit} bytes (server.max_body_bytes)"
-            ))
-        };
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let bytes = read_limited(req.into_body(), limit)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge => too_large(),
-                BodyError::Unreadable => {
-                    TimelockError::InvalidArgument("cannot read the request body".to_string())
-                }
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| TimelockError::InvalidArgument(format!("invalid JSON request body: {e}")))
+        let bytes = body_bytes(req, state).await?;
+        from_json(&bytes).map(JsonBody)
     }
+}
+
+/// Like [`JsonBody`], for request types with a strict hand-written decoder
+/// ([`super::decode::FastDecode`]); bodies outside its subset are decoded by serde as
+/// [`JsonBody`] does, with the same errors.
+pub struct FastJsonBody<T>(pub T);
+
+impl<T: super::decode::FastDecode> FromRequest<AppState> for FastJsonBody<T> {
+    type Rejection = TimelockError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        match T::decode_fast(&bytes) {
+            Some(value) => Ok(FastJsonBody(value)),
+            None => from_json(&bytes).map(FastJsonBody),
+        }
+    }
+}
+
+fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TimelockError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| TimelockError::InvalidArgument(format!("invalid JSON request body: {e}")))
+}
+
+/// The request's body, at most `server.max_body_bytes` long (413 beyond).
+async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, TimelockError> {
+    let limit = state.max_body_bytes;
+    let too_large = || {
+        TimelockError::RequestTooLarge(format!(
+            "request body larger than {limit} bytes (server.max_body_bytes)"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    read_limited(req.into_body(), limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => too_large(),
+            BodyError::Unreadable => {
+                TimelockError::InvalidArgument("cannot read the request body".to_string())
+            }
+        })
 }
 
 enum BodyError {

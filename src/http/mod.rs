@@ -26,6 +26,7 @@ use crate::namespaces::Namespaces;
 
 pub mod admin;
 pub mod auth;
+pub mod decode;
 pub mod direct;
 pub mod error;
 pub mod extract;

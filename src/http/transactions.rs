@@ -15,7 +15,8 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::extract::{JsonBody, NsName};
+use super::decode::{once, FastDecode, Scanner};
+use super::extract::{FastJsonBody, JsonBody, NsName};
 use super::{json, json_number, AppState};
 use crate::error::TimelockError;
 use crate::lock::watch::IdentifiedVersion;
@@ -66,7 +67,7 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct StartTransactionsRequest {
     request_id: Uuid,
@@ -74,6 +75,49 @@ pub(crate) struct StartTransactionsRequest {
     num_transactions: i64,
     #[serde(default)]
     last_known_version: Option<IdentifiedVersion>,
+}
+
+impl FastDecode for StartTransactionsRequest {
+    fn decode_fast(body: &[u8]) -> Option<Self> {
+        let mut s = Scanner::new(body);
+        let (mut request_id, mut requestor_id, mut count) = (None, None, None);
+        let mut last_known: Option<Option<IdentifiedVersion>> = None;
+        s.object(|s, key| match key {
+            b"requestId" => once(&mut request_id, s.uuid()),
+            b"requestorId" => once(&mut requestor_id, s.uuid()),
+            b"numTransactions" => once(&mut count, s.i64()),
+            b"lastKnownVersion" => {
+                let version = if s.null().is_some() {
+                    Some(None)
+                } else {
+                    decode_version(s).map(Some)
+                };
+                once(&mut last_known, version)
+            }
+            _ => None,
+        })?;
+        s.end()?;
+        Some(Self {
+            request_id: request_id?,
+            requestor_id: requestor_id?,
+            num_transactions: count?,
+            last_known_version: last_known.flatten(),
+        })
+    }
+}
+
+/// `{"id":"<uuid>","version":<int>}`, both fields once, nothing else.
+fn decode_version(s: &mut Scanner<'_>) -> Option<IdentifiedVersion> {
+    let (mut id, mut version) = (None, None);
+    s.object(|s, key| match key {
+        b"id" => once(&mut id, s.uuid()),
+        b"version" => once(&mut version, s.i64()),
+        _ => None,
+    })?;
+    Some(IdentifiedVersion {
+        id: id?,
+        version: version?,
+    })
 }
 
 async fn do_start(
@@ -96,7 +140,7 @@ async fn do_start(
 pub(super) async fn start_transactions(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    JsonBody(request): JsonBody<StartTransactionsRequest>,
+    FastJsonBody(request): FastJsonBody<StartTransactionsRequest>,
 ) -> Result<Response, TimelockError> {
     let r = do_start(&state, &ns, &request).await?;
     Ok(start_response(&r).into_response())

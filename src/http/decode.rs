@@ -1,0 +1,348 @@
+//! Hand-written decoding of the fixed request shape of the hottest JSON endpoint
+//! (`/tl/st`, every transaction's start), with serde as the definition and the fallback.
+//!
+//! Why: serde_json decodes a start-transactions body generically — each key and string is
+//! scanned for escapes and validated as UTF-8, field names are matched through a visitor — which
+//! callgrind puts at about a tenth of the request's work. These bodies are small and always
+//! shaped alike (Jackson writes them compactly, fields in declaration order).
+//!
+//! How it stays right: [`FastDecode::decode_fast`] accepts only a strict subset of JSON — ASCII
+//! only, no escapes, integers without fraction or exponent, each known field at most once and
+//! no unknown ones — and answers `None` for anything else, which then goes to serde unchanged
+//! (so every error message, and every unusual but valid body, is serde's). On the subset both
+//! must agree; the tests below compare them on generated bodies.
+
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// A request type with a strict fast decoder (see the module docs).
+pub trait FastDecode: DeserializeOwned {
+    /// The value, if `body` is in the strict subset; `None` means "ask serde".
+    fn decode_fast(body: &[u8]) -> Option<Self>;
+}
+
+/// A cursor over a body in the strict subset.
+pub struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    /// Skips JSON whitespace.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next non-whitespace byte, consumed.
+    pub fn next(&mut self) -> Option<u8> {
+        self.ws();
+        let b = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(b)
+    }
+
+    /// Consumes `byte` (after whitespace) or fails.
+    pub fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
+    }
+
+    /// The raw bytes of a string without escapes, its quotes consumed. Not validated further:
+    /// callers compare them with known ASCII keys or parse them as a UUID, which anything
+    /// unusual fails.
+    pub fn plain_string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let rest = self.bytes.get(self.at..)?;
+        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        self.at += end + 1;
+        Some(&rest[..end])
+    }
+
+    /// A UUID string, as `Uuid`'s own deserializer would accept it.
+    pub fn uuid(&mut self) -> Option<Uuid> {
+        Uuid::try_parse_ascii(self.plain_string()?).ok()
+    }
+
+    /// An integer in JSON's grammar (no fraction, no exponent) that fits an `i64`.
+    pub fn i64(&mut self) -> Option<i64> {
+        self.ws();
+        let negative = self.bytes.get(self.at) == Some(&b'-');
+        if negative {
+            self.at += 1;
+        }
+        let digits = self.at;
+        let mut magnitude: i64 = 0;
+        while let Some(&b) = self.bytes.get(self.at).filter(|b| b.is_ascii_digit()) {
+            // Accumulated negatively, so that i64::MIN fits.
+            magnitude = magnitude
+                .checked_mul(10)?
+                .checked_sub(i64::from(b - b'0'))?;
+            self.at += 1;
+        }
+        let count = self.at - digits;
+        // No leading zeros; and no `-0`, which serde_json reads as a float.
+        if count == 0 || (self.bytes[digits] == b'0' && (count > 1 || negative)) {
+            return None;
+        }
+        if matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        if negative {
+            Some(magnitude)
+        } else {
+            magnitude.checked_neg()
+        }
+    }
+
+    /// `null`, consumed.
+    pub fn null(&mut self) -> Option<()> {
+        self.ws();
+        let rest = self.bytes.get(self.at..)?;
+        if rest.starts_with(b"null") {
+            self.at += 4;
+            // `nullx` is not a literal; whatever follows must be a separator.
+            return match self.bytes.get(self.at) {
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') => Some(()),
+                _ => None,
+            };
+        }
+        None
+    }
+
+    /// Whether the next non-whitespace byte is `byte` (not consumed).
+    pub fn peek_is(&mut self, byte: u8) -> bool {
+        self.ws();
+        self.bytes.get(self.at) == Some(&byte)
+    }
+
+    /// The members of an object: calls `member` with each key (the scanner then at its value)
+    /// until the closing brace. `member` answers `None` to give up.
+    pub fn object(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        if self.peek_is(b'}') {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.plain_string()?;
+            self.expect(b':')?;
+            member(self, key)?;
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Only whitespace is left.
+    pub fn end(&mut self) -> Option<()> {
+        self.ws();
+        (self.at == self.bytes.len()).then_some(())
+    }
+}
+
+/// Sets `slot` once; a second value for the same field gives up (serde calls it an error).
+pub fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value?);
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::transactions::StartTransactionsRequest;
+    use proptest::prelude::*;
+
+    fn serde_decode<T: DeserializeOwned>(body: &str) -> Option<T> {
+        serde_json::from_str(body).ok()
+    }
+
+    #[test]
+    fn clients_bodies_take_the_fast_path() {
+        let id = "6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b";
+        for body in [
+            format!(r#"{{"requestId":"{id}","requestorId":"{id}","numTransactions":1}}"#),
+            format!(
+                r#"{{"requestId":"{id}","requestorId":"{id}","numTransactions":5,"lastKnownVersion":null}}"#
+            ),
+            format!(
+                r#"{{"requestId":"{id}","requestorId":"{id}","numTransactions":5,"lastKnownVersion":{{"id":"{id}","version":-1}}}}"#
+            ),
+            format!(
+                "{{ \"numTransactions\" : 2 ,\n \"requestorId\":\"{id}\", \"requestId\":\"{id}\" }} \n"
+            ),
+        ] {
+            let fast = StartTransactionsRequest::decode_fast(body.as_bytes());
+            assert!(fast.is_some(), "{body}");
+            assert_eq!(fast, serde_decode(&body), "{body}");
+        }
+    }
+
+    /// Mostly valid UUID texts, in every format `Uuid` parses, and some that are not.
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            24 => Just("6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b".to_string()),
+            1 => Just("6F1C2A4E5B7D4E0F8A9B0C1D2E3F4A5B".to_string()),
+            1 => Just("{6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b}".to_string()),
+            1 => Just("urn:uuid:6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b".to_string()),
+            1 => Just("6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5".to_string()),
+            1 => Just("nope".to_string()),
+            1 => Just(String::new()),
+            1 => Just("6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5\\u0062".to_string()),
+            1 => Just("é".to_string()),
+        ]
+    }
+
+    /// Mostly integers, and what is not one in JSON or not an `i64`.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            30 => (-3i64..20).prop_map(|n| n.to_string()),
+            1 => Just("-0".to_string()),
+            1 => Just("01".to_string()),
+            1 => Just("1.0".to_string()),
+            1 => Just("1e2".to_string()),
+            1 => Just("-".to_string()),
+            1 => Just("9223372036854775807".to_string()),
+            1 => Just("-9223372036854775808".to_string()),
+            1 => Just("9223372036854775808".to_string()),
+            1 => Just("\"3\"".to_string()),
+            1 => Just("null".to_string()),
+            1 => Just("true".to_string()),
+        ]
+    }
+
+    fn ws() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            8 => Just(""),
+            1 => Just(" "),
+            1 => Just("\n\t"),
+            1 => Just("\r "),
+            1 => Just("\u{a0}"),
+        ]
+    }
+
+    fn version() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => Just("null".to_string()),
+            1 => Just("nul".to_string()),
+            1 => Just("nullx".to_string()),
+            1 => Just("{}".to_string()),
+            6 => (token(), number(), any::<bool>(), ws()).prop_map(|(t, n, swap, w)| {
+                if swap {
+                    format!("{{{w}\"version\"{w}:{w}{n},\"id\":\"{t}\"}}")
+                } else {
+                    format!("{{\"id\":{w}\"{t}\",\"version\":{n}{w}}}")
+                }
+            }),
+            1 => (token(), number()).prop_map(|(t, n)| {
+                format!("{{\"id\":\"{t}\",\"version\":{n},\"id\":\"{t}\"}}")
+            }),
+            1 => (token(), number()).prop_map(|(t, n)| {
+                format!("{{\"id\":\"{t}\",\"version\":{n},\"other\":1}}")
+            }),
+        ]
+    }
+
+    /// Start-transactions bodies: the three required fields (and often `lastKnownVersion`) in
+    /// any order, sometimes one dropped, one repeated, or an unknown or escaped key added.
+    fn body() -> impl Strategy<Value = String> {
+        let members = (
+            token(),
+            token(),
+            number(),
+            prop::option::of(version()),
+            prop_oneof![
+                6 => Just(None),
+                1 => Just(Some(r#""extra":[1,{"a":null}]"#.to_string())),
+                1 => Just(Some(r#""request\u0049d":"6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b""#.to_string())),
+                1 => Just(Some(r#""numTransactions":1"#.to_string())),
+            ],
+            0usize..12,
+        )
+            .prop_map(|(a, b, n, v, extra, drop)| {
+                let mut m = vec![
+                    format!("\"requestId\":\"{a}\""),
+                    format!("\"requestorId\":\"{b}\""),
+                    format!("\"numTransactions\":{n}"),
+                ];
+                if let Some(v) = v {
+                    m.push(format!("\"lastKnownVersion\":{v}"));
+                }
+                if let Some(e) = extra {
+                    m.push(e);
+                }
+                if drop < m.len() && drop % 3 == 0 {
+                    m.remove(drop);
+                }
+                m
+            })
+            .prop_shuffle();
+        (
+            members,
+            ws(),
+            prop_oneof![4 => Just(""), 1 => Just(" \n"), 1 => Just("x"), 1 => Just("}")],
+        )
+            .prop_map(|(members, w, tail)| {
+                let members: Vec<String> = members
+                    .iter()
+                    .map(|m| {
+                        let (k, v) = m.split_once(':').unwrap();
+                        format!("{w}{k}{w}:{w}{v}{w}")
+                    })
+                    .collect();
+                format!("{w}{{{}}}{w}{tail}", members.join(","))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// Whatever the fast decoder accepts, serde decodes to the same value.
+        #[test]
+        fn fast_decoding_agrees_with_serde(body in body()) {
+            if let Some(fast) = StartTransactionsRequest::decode_fast(body.as_bytes()) {
+                prop_assert_eq!(Some(fast), serde_decode::<StartTransactionsRequest>(&body), "{}", body);
+            }
+        }
+    }
+
+    #[test]
+    fn scanner_pieces() {
+        assert_eq!(Scanner::new(b" -12 ").i64(), Some(-12));
+        assert_eq!(Scanner::new(b"0").i64(), Some(0));
+        for bad in [
+            &b"01"[..],
+            b"-0",
+            b"-01",
+            b"1.0",
+            b"1e3",
+            b"-",
+            b"",
+            b"+1",
+            b"9223372036854775808",
+        ] {
+            assert_eq!(Scanner::new(bad).i64(), None, "{bad:?}");
+        }
+        assert_eq!(Scanner::new(b"-9223372036854775808").i64(), Some(i64::MIN));
+        assert_eq!(
+            Scanner::new(br#""ab c""#).plain_string(),
+            Some(&b"ab c"[..])
+        );
+        for bad in [&br#""a\"b""#[..], br#""a"#, br#""a\\""#] {
+            assert_eq!(Scanner::new(bad).plain_string(), None, "{bad:?}");
+        }
+        assert!(Scanner::new(b" null,").null().is_some());
+        assert!(Scanner::new(b"nullx").null().is_none());
+    }
+}
