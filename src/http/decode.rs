@@ -40,7 +40,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next non-whitespace byte, consumed.
-    pub fn next(&mut self) -> Option<u8> {
+    pub fn next_byte(&mut self) -> Option<u8> {
         self.ws();
         let b = *self.bytes.get(self.at)?;
         self.at += 1;
@@ -49,7 +49,7 @@ impl<'a> Scanner<'a> {
 
     /// Consumes `byte` (after whitespace) or fails.
     pub fn expect(&mut self, byte: u8) -> Option<()> {
-        (self.next()? == byte).then_some(())
+        (self.next_byte()? == byte).then_some(())
     }
 
     /// The raw bytes of a string without escapes, its quotes consumed. Not validated further:
@@ -135,7 +135,7 @@ impl<'a> Scanner<'a> {
             let key = self.plain_string()?;
             self.expect(b':')?;
             member(self, key)?;
-            match self.next()? {
+            match self.next_byte()? {
                 b',' => continue,
                 b'}' => return Some(()),
                 _ => return None,
