@@ -5,7 +5,6 @@
 //! creation takes the creation mutex and writes to the store. A name is validated once, when it
 //! is created; an existing entry is valid by construction.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,7 +94,7 @@ impl Namespace {
 
 /// All namespaces of this server.
 pub struct Namespaces {
-    map: RwLock<HashMap<Arc<str>, Arc<Namespace>>>,
+    map: RwLock<crate::FastHashMap<Arc<str>, Arc<Namespace>>>,
     create: Mutex<()>,
     store: Arc<dyn BoundStore>,
     limits: AllocatorLimits,
@@ -139,7 +138,7 @@ impl Namespaces {
         gate: Arc<TermGate>,
     ) -> std::result::Result<Self, StoreError> {
         let registry = Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(Default::default()),
             create: Mutex::new(()),
             store: store.clone(),
             limits,

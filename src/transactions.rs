@@ -7,7 +7,6 @@
 //! `16 × n` fresh timestamps and returns those congruent to the residue, so one client's start
 //! timestamps fall in one partition of AtlasDB's transactions table.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -26,7 +25,7 @@ pub const PARTITION_MEMORY: Duration = Duration::from_secs(5 * 60);
 /// Residues mod 16 per requestor, least-used first.
 #[derive(Default)]
 pub struct PartitionAllocator {
-    by_client: HashMap<Uuid, (i64, Instant)>,
+    by_client: crate::FastHashMap<Uuid, (i64, Instant)>,
     usage: [u32; NUM_PARTITIONS as usize],
 }
 

@@ -108,23 +108,25 @@ fn plain(segment: &str) -> bool {
 /// Which hot endpoint `path` (without the prefix) is, and its namespace.
 fn classify<'a>(path: &'a str, prefix_first_segment: &str) -> Option<(Hot, &'a str)> {
     let rest = path.strip_prefix('/')?;
-    let (first, tail) = rest.split_once('/')?;
+    let slash = rest.bytes().position(|b| b == b'/')?;
+    let (first, tail) = (&rest[..slash], &rest[slash + 1..]);
     let (hot, ns) = if first == "tl" {
-        let (op, ns) = tail.split_once('/').unwrap_or((tail, ""));
-        let hot = match op {
-            "ts" => Hot::ConjureTimestamps,
-            "st" => Hot::StartTransactions,
-            "gct" => Hot::CommitTimestamps,
-            "l" => Hot::Lock,
-            "ul2" => Hot::UnlockV2,
-            "rl2" => Hot::RefreshV2,
+        let slash = tail.bytes().position(|b| b == b'/')?;
+        let (op, ns) = (&tail[..slash], &tail[slash + 1..]);
+        let hot = match op.as_bytes() {
+            b"ts" => Hot::ConjureTimestamps,
+            b"st" => Hot::StartTransactions,
+            b"gct" => Hot::CommitTimestamps,
+            b"l" => Hot::Lock,
+            b"ul2" => Hot::UnlockV2,
+            b"rl2" => Hot::RefreshV2,
             _ => return None,
         };
         (hot, ns)
     } else {
-        let hot = match tail {
-            "timestamp/fresh-timestamp" => Hot::FreshTimestamp,
-            "timestamp/fresh-timestamps" => Hot::FreshTimestamps,
+        let hot = match tail.as_bytes() {
+            b"timestamp/fresh-timestamp" => Hot::FreshTimestamp,
+            b"timestamp/fresh-timestamps" => Hot::FreshTimestamps,
             _ => return None,
         };
         if FIXED_FIRST_SEGMENTS.contains(&first) || first == prefix_first_segment {
@@ -133,6 +135,18 @@ fn classify<'a>(path: &'a str, prefix_first_segment: &str) -> Option<(Hot, &'a s
         (hot, first)
     };
     plain(ns).then_some((hot, ns))
+}
+
+/// The namespace of a path (without the prefix) that [`classify`] matched as `hot`: the last
+/// segment of a Conjure path, the first of a legacy one.
+fn namespace_of(hot: Hot, path: &str) -> &str {
+    match hot {
+        Hot::FreshTimestamp | Hot::FreshTimestamps => {
+            let rest = &path[1..];
+            &rest[..rest.bytes().position(|b| b == b'/').unwrap_or(rest.len())]
+        }
+        _ => &path[path.bytes().rposition(|b| b == b'/').map_or(0, |i| i + 1)..],
+    }
 }
 
 /// The body extractor a handler takes (`JsonBody` or `FastJsonBody`), as the router runs it.
@@ -183,7 +197,6 @@ pub struct HotService {
     hot: Hot,
     skip: usize,
     state: AppState,
-    prefix_first_segment: Arc<str>,
 }
 
 impl tower::Service<Request> for HotService {
@@ -196,12 +209,8 @@ impl tower::Service<Request> for HotService {
     }
 
     fn call(&mut self, request: Request) -> Handled {
-        let ns = classify(
-            &request.uri().path()[self.skip..],
-            &self.prefix_first_segment,
-        )
-        .map(|(_, ns)| ns.to_owned())
-        .expect("dispatched here because the path matched");
+        // Dispatched here because `classify` matched the path.
+        let ns = namespace_of(self.hot, &request.uri().path()[self.skip..]).to_owned();
         let (hot, state) = (self.hot, self.state.clone());
         Box::pin(async move { Ok(serve(hot, state, ns, request).await) })
     }
@@ -275,7 +284,6 @@ impl Dispatch {
                             hot,
                             skip,
                             state: state.clone(),
-                            prefix_first_segment: prefix_first_segment.clone(),
                         },
                         &route,
                     )
@@ -412,6 +420,17 @@ mod tests {
             Some((Hot::FreshTimestamps, "a.b-c_D9"))
         );
         assert_eq!(hot("/tl/ts/x"), Some((Hot::ConjureTimestamps, "x")));
+        for path in [
+            "/ns-1/timestamp/fresh-timestamp",
+            "/ns-1/timestamp/fresh-timestamps",
+            "/tl/ts/ns-1",
+            "/tl/st/ns-1",
+            "/tl/ul2/ns-1",
+        ] {
+            let (h, ns) = hot(path).unwrap();
+            assert_eq!(ns, "ns-1");
+            assert_eq!(namespace_of(h, path), "ns-1", "{path}");
+        }
         assert_eq!(hot("/tl/st/x"), Some((Hot::StartTransactions, "x")));
         assert_eq!(hot("/tl/gct/x"), Some((Hot::CommitTimestamps, "x")));
         assert_eq!(hot("/tl/l/x"), Some((Hot::Lock, "x")));
