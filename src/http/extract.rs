@@ -135,6 +135,11 @@ async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Bytes,
             }
             joined.extend_from_slice(&data);
         }
+        // A body of known length is complete once that many bytes have arrived: no further
+        // poll for its end.
+        if axum::body::HttpBody::is_end_stream(&body) {
+            break;
+        }
     }
     Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
