@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod head_timeout;
 pub mod http;
 pub mod lock;
 pub mod metrics;

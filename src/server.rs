@@ -449,13 +449,21 @@ async fn accept_loop(
     tls: Option<Arc<crate::tls::TlsSource>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use crate::head_timeout::{watched, HeadTimer};
+    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(policy.header_read_timeout)
+    http.header_read_timeout(policy.header_read_timeout)
         .keep_alive(true);
+    // The header-read timeout's timer, per connection (see `head_timeout`).
+    let timed = move |http: &hyper::server::conn::http1::Builder| {
+        let timer = HeadTimer::new();
+        let mut http = http.clone();
+        http.timer(timer.clone());
+        (http, timer)
+    };
+    let period = policy.header_read_timeout;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = policy.slots.clone();
     let shed_connections = policy.guard.shed.with_label_values(&["connections"]);
@@ -487,7 +495,12 @@ async fn accept_loop(
         open.inc();
         let Some(tls) = &tls else {
             let service = TowerToHyperService::new(router.clone());
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+            let (http, timer) = timed(&http);
+            let connection = watched(
+                graceful.watch(http.serve_connection(TokioIo::new(tcp), service)),
+                &timer,
+                period,
+            );
             tokio::spawn(async move {
                 let _ = connection.await;
                 open.dec();
@@ -522,9 +535,10 @@ async fn accept_loop(
                         },
                     )
                     .service(router);
+                let (http, timer) = timed(&http);
                 let connection =
                     http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-                let _ = watcher.watch(connection).await;
+                let _ = watched(watcher.watch(connection), &timer, handshake_deadline).await;
             }
             open.dec();
             drop(slot);
