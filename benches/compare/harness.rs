@@ -3,9 +3,14 @@
 //!
 //! Targets, all started by the harness:
 //! * `ceiling` — a constant-response axum handler (this binary re-executed with
-//!   `COMPARE_ROLE=ceiling`): same axum, hyper and tokio runtime settings as the server (a
-//!   multi-thread runtime with one worker per core, TCP_NODELAY), answering `1` to
-//!   `POST /{ns}/timestamp/fresh-timestamp`. The most any HTTP/JSON server can do here.
+//!   `COMPARE_ROLE=ceiling`): the same axum, hyper and tokio runtime settings as the server (a
+//!   multi-thread runtime with one worker per core, TCP_NODELAY; no header-read timeout),
+//!   answering `1` to `POST /{ns}/timestamp/fresh-timestamp` through axum's router. The
+//!   reference of every ratio (as the performance issue defines it).
+//! * `ceiling-hyper` — the same process answering the same request on a second port with a
+//!   bare hyper HTTP/1.1 connection and a `service_fn`, no router: what HTTP/1.1 itself costs.
+//!   The server's hot endpoints skip axum's router (`src/http/direct.rs`), so they can match or
+//!   pass the axum ceiling; this row is the stricter bound, reported beside it.
 //! * `ceiling-st` — the same process answering the `/tl/st` load (the same requests, bodies
 //!   and batched `/tl/ul2` releases) with a constant answer of a real one's size, parsed by the
 //!   generator as the real one is (the `/tl/ul2` releases, one per 64 starts, get `[]` rather
@@ -145,6 +150,40 @@ const SHAPED_START_ANSWER: &str = concat!(
     r#""lockWatchUpdate":{"type":"snapshot","logId":"d68c1f25-0249-465e-957e-970aaf51998b","lastKnownVersion":-1,"locked":[],"lockWatches":[]}}"#
 );
 
+/// Where the ceiling process writes its bare hyper port.
+fn hyper_port_file(port_file: &Path) -> PathBuf {
+    port_file.with_extension("hyper")
+}
+
+/// The bare hyper ceiling: HTTP/1.1 keep-alive connections answered by a `service_fn` with a
+/// constant `1` (`application/json`), whatever the request.
+async fn serve_bare_hyper(listener: tokio::net::TcpListener) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let http = http.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_request| async {
+                let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"1")));
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            let _ = http
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
 fn serve_ceiling() -> ExitCode {
     use axum::routing::post;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -187,7 +226,15 @@ fn serve_ceiling() -> ExitCode {
             .route("/tl/ul2/{ns}", post(constant_unlock));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let port_file = std::env::var("COMPARE_PORT_FILE").expect("COMPARE_PORT_FILE");
+        let port_file =
+            PathBuf::from(std::env::var("COMPARE_PORT_FILE").expect("COMPARE_PORT_FILE"));
+        let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        std::fs::write(
+            hyper_port_file(&port_file),
+            format!("{}\n", bare.local_addr().unwrap().port()),
+        )
+        .unwrap();
+        tokio::spawn(serve_bare_hyper(bare));
         std::fs::write(&port_file, format!("{port}\n")).unwrap();
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
@@ -244,7 +291,8 @@ fn wait_for_port(child: &mut Child, port_file: &Path) -> anyhow::Result<u16> {
     }
 }
 
-fn start_ceiling() -> anyhow::Result<Server> {
+/// The ceiling process, and the address of its bare hyper listener.
+fn start_ceiling() -> anyhow::Result<(Server, SocketAddr)> {
     let dir = tempfile::tempdir_in(bench_dir())?;
     let port_file = dir.path().join("port");
     let mut child = Command::new(std::env::current_exe()?)
@@ -252,12 +300,19 @@ fn start_ceiling() -> anyhow::Result<Server> {
         .env("COMPARE_PORT_FILE", &port_file)
         .stdin(Stdio::null())
         .spawn()?;
+    // The bare hyper port is written first, so it is there once the axum one is.
     let port = wait_for_port(&mut child, &port_file)?;
-    Ok(Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        _dir: Some(dir),
-    })
+    let hyper_port: u16 = std::fs::read_to_string(hyper_port_file(&port_file))?
+        .trim()
+        .parse()?;
+    Ok((
+        Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: Some(dir),
+        },
+        SocketAddr::from(([127, 0, 0, 1], hyper_port)),
+    ))
 }
 
 /// The real server with default settings (plus `env`), data in a fresh dir on a real disk.
@@ -477,6 +532,8 @@ fn parse_number(body: &[u8]) -> anyhow::Result<i64> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Ceiling,
+    /// The ceiling process's bare hyper listener (no router).
+    CeilingHyper,
     /// The ceiling process answering `/tl/st`-shaped requests with a constant answer of the
     /// same size: how much of `/tl/st`'s gap is HTTP bytes rather than work.
     CeilingStart,
@@ -492,6 +549,7 @@ impl Kind {
     fn label(self) -> String {
         match self {
             Kind::Ceiling => "ceiling (constant axum handler)".into(),
+            Kind::CeilingHyper => "ceiling, bare hyper (constant, no router)".into(),
             Kind::CeilingStart => format!(
                 "ceiling shaped as /tl/st ({}-byte answer)",
                 SHAPED_START_ANSWER.len()
@@ -508,6 +566,7 @@ impl Kind {
     fn short(self) -> String {
         match self {
             Kind::Ceiling => "ceiling".into(),
+            Kind::CeilingHyper => "ceiling-hyper".into(),
             Kind::CeilingStart => "ceiling-st".into(),
             Kind::Fresh => "fresh".into(),
             Kind::Batch => "batch10k".into(),
@@ -570,7 +629,9 @@ impl Conn {
             });
         }
         let fixed = match target.kind {
-            Kind::Ceiling | Kind::Fresh => post(&format!("/{NS}/timestamp/fresh-timestamp"), ""),
+            Kind::Ceiling | Kind::CeilingHyper | Kind::Fresh => {
+                post(&format!("/{NS}/timestamp/fresh-timestamp"), "")
+            }
             Kind::Batch => post(
                 &format!("/{NS}/timestamp/fresh-timestamps?number=10000"),
                 "",
@@ -614,7 +675,7 @@ impl Conn {
                 out,
             } => {
                 let (lo, hi, n) = match kind {
-                    Kind::Ceiling => {
+                    Kind::Ceiling | Kind::CeilingHyper => {
                         let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200 && body == b"1", "ceiling answered {status}");
                         return Ok(Yield {
@@ -937,16 +998,24 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&options.out)?;
     raise_fd_limit();
-    let ceiling = start_ceiling()?;
+    let (ceiling, hyper_addr) = start_ceiling()?;
     let (timelock, _) = start_timelock(&[])?;
     let constant = |kind| Target {
         kind,
-        addr: Some(ceiling.addr),
+        addr: Some(if kind == Kind::CeilingHyper {
+            hyper_addr
+        } else {
+            ceiling.addr
+        }),
         pids: vec![ceiling.pid()],
         durability: "none (constant)".into(),
         peer: None,
     };
-    let mut targets = vec![constant(Kind::Ceiling), constant(Kind::CeilingStart)];
+    let mut targets = vec![
+        constant(Kind::Ceiling),
+        constant(Kind::CeilingHyper),
+        constant(Kind::CeilingStart),
+    ];
     for kind in [
         Kind::Fresh,
         Kind::Batch,
