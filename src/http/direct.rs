@@ -25,16 +25,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::body::Body;
-use axum::extract::{FromRequest, RawQuery, Request, State};
+use axum::body::HttpBody;
+use axum::extract::{RawQuery, State};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::extract::NsName;
+use super::extract::{read_body, NsName};
 use super::ops::{Tracking, TrackingFuture, TrackingLayer};
 use super::AppState;
-use crate::error::TimelockError;
 
 /// The endpoints served without the router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,25 +148,28 @@ fn namespace_of(hot: Hot, path: &str) -> &str {
     }
 }
 
-/// The body extractor a handler takes (`JsonBody` or `FastJsonBody`), as the router runs it.
-async fn extract<T>(request: Request, state: &AppState) -> Result<T, TimelockError>
+/// Calls the endpoint's handler as the router would, with the extractor values it would build
+/// (the body decoded as its `JsonBody`/`FastJsonBody` extractor decodes it, read from hyper's
+/// body directly).
+async fn serve<B>(
+    hot: Hot,
+    state: AppState,
+    ns: String,
+    request: axum::http::Request<B>,
+) -> Response
 where
-    T: FromRequest<AppState, Rejection = TimelockError>,
+    B: HttpBody<Data = bytes::Bytes> + Unpin,
 {
-    T::from_request(request, state).await
-}
-
-/// Calls the endpoint's handler as the router would, with the extractor values it would build.
-async fn serve(hot: Hot, state: AppState, ns: String, request: Request) -> Response {
     use super::{lock, timestamp, transactions};
     let ns = NsName(ns);
     macro_rules! with_body {
-        ($handler:path) => {
-            match extract(request, &state).await {
+        ($handler:path) => {{
+            let (parts, body) = request.into_parts();
+            match read_body(&parts.headers, body, &state).await {
                 Ok(body) => $handler(State(state), ns, body).await.into_response(),
                 Err(rejection) => rejection.into_response(),
             }
-        };
+        }};
     }
     match hot {
         Hot::FreshTimestamp => timestamp::fresh_timestamp(State(state), ns)
@@ -199,7 +201,10 @@ pub struct HotService {
     state: AppState,
 }
 
-impl tower::Service<Request> for HotService {
+impl<B> tower::Service<axum::http::Request<B>> for HotService
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
+{
     type Response = Response;
     type Error = Infallible;
     type Future = Handled;
@@ -208,7 +213,7 @@ impl tower::Service<Request> for HotService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Handled {
+    fn call(&mut self, request: axum::http::Request<B>) -> Handled {
         // Dispatched here because `classify` matched the path.
         let ns = namespace_of(self.hot, &request.uri().path()[self.skip..]).to_owned();
         let (hot, state) = (self.hot, self.state.clone());
@@ -330,7 +335,7 @@ where
 
 impl<B> tower::Service<axum::http::Request<B>> for Dispatch
 where
-    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     type Response = Response;
@@ -346,7 +351,7 @@ where
             if request.method() == Method::POST {
                 if let Some(service) = direct.route(request.uri().path()) {
                     return DispatchFuture::Direct {
-                        future: service.clone().call(request.map(Body::new)),
+                        future: service.clone().call(request),
                     };
                 }
             }

@@ -52,8 +52,43 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = TimelockError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = body_bytes(req, state).await?;
-        from_json(&bytes).map(JsonBody)
+        let (parts, body) = req.into_parts();
+        read_body(&parts.headers, body, state).await
+    }
+}
+
+/// A JSON body extractor, decoded from the body's bytes.
+pub trait FromBody: Sized {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, TimelockError>;
+}
+
+/// Reads a request body of any type (at most `server.max_body_bytes`, 413 beyond) and decodes
+/// it as extractor `E` — what `E`'s `FromRequest` does, without needing axum's boxed body (so
+/// that [`super::direct`] reads hyper's own).
+pub async fn read_body<E: FromBody, B>(
+    headers: &axum::http::HeaderMap,
+    body: B,
+    state: &AppState,
+) -> Result<E, TimelockError>
+where
+    B: axum::body::HttpBody<Data = Bytes> + Unpin,
+{
+    let bytes = body_bytes(headers, body, state.max_body_bytes).await?;
+    E::from_bytes(&bytes)
+}
+
+impl<T: DeserializeOwned> FromBody for JsonBody<T> {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, TimelockError> {
+        from_json(bytes).map(JsonBody)
+    }
+}
+
+impl<T: super::decode::FastDecode> FromBody for FastJsonBody<T> {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, TimelockError> {
+        match T::decode_fast(bytes) {
+            Some(value) => Ok(FastJsonBody(value)),
+            None => from_json(bytes).map(FastJsonBody),
+        }
     }
 }
 
@@ -66,11 +101,8 @@ impl<T: super::decode::FastDecode> FromRequest<AppState> for FastJsonBody<T> {
     type Rejection = TimelockError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = body_bytes(req, state).await?;
-        match T::decode_fast(&bytes) {
-            Some(value) => Ok(FastJsonBody(value)),
-            None => from_json(&bytes).map(FastJsonBody),
-        }
+        let (parts, body) = req.into_parts();
+        read_body(&parts.headers, body, state).await
     }
 }
 
@@ -79,30 +111,33 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TimelockError> {
         .map_err(|e| TimelockError::InvalidArgument(format!("invalid JSON request body: {e}")))
 }
 
-/// The request's body, at most `server.max_body_bytes` long (413 beyond).
-async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, TimelockError> {
-    let limit = state.max_body_bytes;
+/// The request's body, at most `limit` bytes long (413 beyond).
+async fn body_bytes<B>(
+    headers: &axum::http::HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<Bytes, TimelockError>
+where
+    B: axum::body::HttpBody<Data = Bytes> + Unpin,
+{
     let too_large = || {
         TimelockError::RequestTooLarge(format!(
             "request body larger than {limit} bytes (server.max_body_bytes)"
         ))
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    read_limited(req.into_body(), limit)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge => too_large(),
-            BodyError::Unreadable => {
-                TimelockError::InvalidArgument("cannot read the request body".to_string())
-            }
-        })
+    read_limited(body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => too_large(),
+        BodyError::Unreadable => {
+            TimelockError::InvalidArgument("cannot read the request body".to_string())
+        }
+    })
 }
 
 enum BodyError {
@@ -113,7 +148,10 @@ enum BodyError {
 /// The whole body, refused once it grows past `limit` bytes. A body that arrives as one frame
 /// (every small JSON request) is returned as that frame, without the buffer list and copy of a
 /// general collector.
-async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Bytes, BodyError> {
+async fn read_limited<B>(mut body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: axum::body::HttpBody<Data = Bytes> + Unpin,
+{
     use http_body_util::BodyExt;
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
@@ -137,7 +175,7 @@ async fn read_limited(mut body: axum::body::Body, limit: usize) -> Result<Bytes,
         }
         // A body of known length is complete once that many bytes have arrived: no further
         // poll for its end.
-        if axum::body::HttpBody::is_end_stream(&body) {
+        if body.is_end_stream() {
             break;
         }
     }

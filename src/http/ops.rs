@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use prometheus::{Histogram, IntCounter};
 
@@ -181,9 +181,9 @@ impl<S> Tracking<S> {
     }
 }
 
-impl<S> tower::Service<Request> for Tracking<S>
+impl<S, B> tower::Service<axum::http::Request<B>> for Tracking<S>
 where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S: tower::Service<axum::http::Request<B>, Response = Response, Error = Infallible>,
     S::Future: Unpin,
 {
     type Response = Response;
@@ -194,7 +194,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         let admitted = match &self.shared.limit {
             Some(limit) => match limit.admit() {
                 Some(slot) => Some(slot),
