@@ -29,6 +29,7 @@ pub mod lock;
 pub mod metrics;
 pub mod migrate;
 pub mod namespaces;
+pub mod self_wake;
 pub mod server;
 pub mod storage;
 pub mod timestamp;

@@ -450,6 +450,7 @@ async fn accept_loop(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use crate::head_timeout::{watched, HeadTimer};
+    use crate::self_wake::repolled;
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
@@ -496,11 +497,11 @@ async fn accept_loop(
         let Some(tls) = &tls else {
             let service = TowerToHyperService::new(router.clone());
             let (http, timer) = timed(&http);
-            let connection = watched(
+            let connection = repolled(watched(
                 graceful.watch(http.serve_connection(TokioIo::new(tcp), service)),
                 &timer,
                 period,
-            );
+            ));
             tokio::spawn(async move {
                 let _ = connection.await;
                 open.dec();
@@ -538,7 +539,12 @@ async fn accept_loop(
                 let (http, timer) = timed(&http);
                 let connection =
                     http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-                let _ = watched(watcher.watch(connection), &timer, handshake_deadline).await;
+                let _ = repolled(watched(
+                    watcher.watch(connection),
+                    &timer,
+                    handshake_deadline,
+                ))
+                .await;
             }
             open.dec();
             drop(slot);
