@@ -97,7 +97,7 @@ pub fn draw(summaries: &[Summary], path: &Path) -> anyhow::Result<()> {
             ))?;
         }
         // Right: timestamps/s, log scale from 10^3 to 10^9.
-        if s.target != "ceiling" && s.target != "lock+unlock" && s.ts_per_sec > 0.0 {
+        if !s.target.starts_with("ceiling") && s.target != "lock+unlock" && s.ts_per_sec > 0.0 {
             let frac = ((s.ts_per_sec.log10() - 3.0) / 6.0).clamp(0.0, 1.0);
             let len = (frac * (panel_w - 90) as f64) as i32;
             root.draw(&Rectangle::new(

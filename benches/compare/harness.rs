@@ -124,6 +124,9 @@ pub fn main() -> ExitCode {
         return serve_ceiling();
     }
     let options = Options::from_env_and_args();
+    if std::env::args().any(|a| a == "--redraw") {
+        return redraw(&options.out);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -973,10 +976,28 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// `--redraw --out DIR`: draws `DIR/compare.png` again from `DIR/compare.json` (after a change
+/// to the chart alone; nothing is measured).
+fn redraw(out: &Path) -> ExitCode {
+    let drawn = (|| -> anyhow::Result<()> {
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("compare.json"))?)?;
+        let summaries: Vec<Summary> = serde_json::from_value(report["summary"].clone())?;
+        super::chart::draw(&summaries, &out.join("compare.png"))
+    })();
+    match drawn {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compare: redraw failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub target: String,
     pub label: String,
