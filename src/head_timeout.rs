@@ -48,6 +48,12 @@ impl HeadTimer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The head now awaited is due at `deadline`.
+    fn arm(&self, deadline: Instant) {
+        self.0.expired.store(false, Ordering::Relaxed);
+        self.0.deadline.store(to_nanos(deadline), Ordering::Relaxed);
+    }
 }
 
 /// Now on tokio's clock, which the watchdog sleeps on (the same as the system's monotonic
@@ -66,14 +72,16 @@ impl hyper::rt::Timer for HeadTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.0.expired.store(false, Ordering::Relaxed);
-        self.0.deadline.store(to_nanos(deadline), Ordering::Relaxed);
-        Box::pin(HeadSleep(self.0.clone()))
+        let sleep = Box::pin(HeadSleep(self.0.clone()));
+        self.arm(deadline);
+        sleep
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        // hyper resets only sleeps it got from this timer.
-        *sleep = self.sleep_until(new_deadline);
+        // hyper resets only sleeps it got from this timer. The old one goes first: dropping it
+        // clears the deadline.
+        *sleep = Box::pin(HeadSleep(self.0.clone()));
+        self.arm(new_deadline);
     }
 }
 
@@ -187,6 +195,26 @@ mod tests {
         .expect("the head timed out");
         let waited = fired - started;
         assert!(waited >= 700 * MS && waited < 1_500 * MS, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reset_sleep_keeps_its_new_deadline() {
+        let timer = HeadTimer::new();
+        let t = timer.clone();
+        let started = Instant::now();
+        let connection = async move {
+            let mut sleep = t.sleep_until(t.now() + 5_000 * MS);
+            t.reset(&mut sleep, t.now() + 200 * MS);
+            sleep.await;
+            Instant::now()
+        };
+        let fired = tokio::time::timeout(
+            Duration::from_secs(3),
+            watched(connection, &timer, 100 * MS),
+        )
+        .await
+        .expect("the reset deadline was kept");
+        assert!(fired - started >= 200 * MS, "{:?}", fired - started);
     }
 
     #[tokio::test]
