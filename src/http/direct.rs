@@ -224,7 +224,7 @@ where
 /// The hot endpoints, each tracked as its router route is: `[root, prefixed]` per [`Hot`].
 struct Direct {
     prefix: Box<str>,
-    prefix_first_segment: Arc<str>,
+    prefix_first_segment: Box<str>,
     services: Vec<[Tracking<HotService>; 2]>,
 }
 
@@ -268,7 +268,7 @@ impl Dispatch {
     }
 
     pub(super) fn new(router: Router, state: AppState, prefix: &str, layers: DirectLayers) -> Self {
-        let prefix_first_segment: Arc<str> = Arc::from(
+        let prefix_first_segment: Box<str> = Box::from(
             prefix
                 .trim_start_matches('/')
                 .split('/')

@@ -131,9 +131,7 @@ impl TrackingLayer {
         self.limit = Some(limit);
         self
     }
-}
 
-impl TrackingLayer {
     /// The layer over `inner` for a route served without the router (see [`super::direct`]):
     /// its template is given rather than read from the request's `MatchedPath`.
     pub fn layer_for_route<S>(&self, inner: S, route: &str) -> Tracking<S> {
@@ -174,9 +172,10 @@ pub struct Tracking<S> {
     shared: Arc<RouteMetrics>,
 }
 
+#[cfg(test)]
 impl<S> Tracking<S> {
     /// The route template this service counts requests under, once known.
-    pub fn route_label(&self) -> Option<&str> {
+    pub(crate) fn route_label(&self) -> Option<&str> {
         self.shared.route.get().map(|r| &**r)
     }
 }

@@ -147,8 +147,8 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 };
 
 /// `"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"` with its quotes, as `Uuid`'s lowercase hyphenated
-/// form, a byte pair per table lookup (a third of `encode_lower`'s instructions; UUIDs are
-/// most of a start-transactions or unlock answer).
+/// form, a byte pair per table lookup and no intermediate `str` (UUIDs are most of a
+/// start-transactions or unlock answer).
 fn quoted_hyphenated(id: &Uuid) -> [u8; 38] {
     let mut out = [b'-'; 38];
     out[0] = b'"';
@@ -169,6 +169,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::lock::clock::IsoDuration;
 
     #[test]
     fn uuids_are_written_as_uuid_writes_them() {
@@ -180,7 +181,6 @@ mod tests {
             assert_eq!(&quoted_hyphenated(&id)[..], expected.as_bytes());
         }
     }
-    use crate::lock::clock::IsoDuration;
 
     #[test]
     fn matches_serde() {
