@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
-use super::extract::{JsonBody, NsName};
+use super::extract::{FastJsonBody, JsonBody, NsName};
 use super::write::JsonWriter;
 use super::{json, json_number, no_content, AppState};
 use crate::error::TimelockError;
@@ -243,7 +243,7 @@ async fn conjure_refresh(
 pub(super) async fn conjure_refresh_v2(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    JsonBody(request): JsonBody<Vec<Uuid>>,
+    FastJsonBody(request): FastJsonBody<Vec<Uuid>>,
 ) -> Result<Response, TimelockError> {
     let (refreshed, lease) = do_refresh(&state, &ns, &request).await?;
     Ok(json(&RefreshResponse {
@@ -264,7 +264,7 @@ async fn conjure_unlock(
 pub(super) async fn conjure_unlock_v2(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    JsonBody(request): JsonBody<Vec<Uuid>>,
+    FastJsonBody(request): FastJsonBody<Vec<Uuid>>,
 ) -> Result<Response, TimelockError> {
     let unlocked = do_unlock(&state, &ns, &request).await?;
     let mut w = JsonWriter::with_capacity(unlocked.len() * 39 + 2);

@@ -5,6 +5,7 @@
 //! clients detect that through the leadership id.
 
 pub mod clock;
+mod min_tracker;
 pub mod service;
 pub mod v1;
 pub mod watch;

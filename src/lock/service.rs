@@ -20,12 +20,14 @@
 //! `invalidateResources`) fails every waiter and drops every lock; clients notice through the
 //! new leadership id.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use super::min_tracker::MinTracker;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -110,29 +112,6 @@ struct Token {
     last_refresh: Instant,
     acquired_at: i64,
     kind: TokenKind,
-}
-
-/// A multiset of timestamps with a cheap minimum.
-#[derive(Default)]
-struct MinTracker(BTreeMap<i64, u32>);
-
-impl MinTracker {
-    fn add(&mut self, ts: i64) {
-        *self.0.entry(ts).or_insert(0) += 1;
-    }
-
-    fn remove(&mut self, ts: i64) {
-        if let Some(count) = self.0.get_mut(&ts) {
-            *count -= 1;
-            if *count == 0 {
-                self.0.remove(&ts);
-            }
-        }
-    }
-
-    fn min(&self) -> Option<i64> {
-        self.0.keys().next().copied()
-    }
 }
 
 struct State {
