@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::error::{Result, TimelockError};
 use crate::lock::watch::{IdentifiedVersion, LockWatchStateUpdate};
-use crate::lock::Lease;
+use crate::lock::{Lease, LockService};
 use crate::namespaces::Namespace;
 
 pub const NUM_PARTITIONS: i64 = 16;
@@ -97,7 +97,16 @@ pub async fn lock_immutable_timestamp(
     ns: &Namespace,
     request_id: Uuid,
 ) -> Result<(LockImmutableTimestampResponse, Lease)> {
-    let locks = ns.locks();
+    lock_immutable_timestamp_in(ns, &ns.locks(), request_id).await
+}
+
+/// [`lock_immutable_timestamp`] in the lock service `locks` (the namespace's current one, looked
+/// up once by a caller that needs it again).
+async fn lock_immutable_timestamp_in(
+    ns: &Namespace,
+    locks: &LockService,
+    request_id: Uuid,
+) -> Result<(LockImmutableTimestampResponse, Lease)> {
     let fresh = ns.timestamps.fresh_timestamp().await?;
     let (immutable, lease) = locks.lock_immutable_timestamp(request_id, fresh)?;
     Ok((
@@ -153,9 +162,12 @@ pub async fn start_transactions(
             "numTransactions must be positive, got {num_transactions}"
         )));
     }
-    let (immutable_timestamp, lease) = lock_immutable_timestamp(ns, request_id).await?;
+    // The current term's lock service, looked up once (each lookup is a read lock and a
+    // reference count on lines both workers write).
+    let locks = ns.locks();
+    let (immutable_timestamp, lease) = lock_immutable_timestamp_in(ns, &locks, request_id).await?;
     let timestamps = partitioned_timestamps(ns, requestor_id, num_transactions).await?;
-    let lock_watch_update = ns.locks().watch_update(last_known);
+    let lock_watch_update = locks.watch_update(last_known);
     Ok(StartTransactionsResponse {
         immutable_timestamp,
         timestamps,

@@ -195,11 +195,13 @@ where
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         let admitted = match &self.shared.limit {
-            Some(limit) => match limit.admit() {
-                Some(slot) => Some(slot),
-                None => return TrackingFuture::shed(self.shared.clone()),
-            },
-            None => None,
+            Some(limit) => {
+                if !limit.admit() {
+                    return TrackingFuture::shed(self.shared.clone());
+                }
+                true
+            }
+            None => false,
         };
         let started = Instant::now();
         if self.shared.route.get().is_none() {
@@ -216,7 +218,7 @@ where
             started,
             method,
             deadline: None,
-            _admitted: admitted,
+            admitted,
         }
     }
 }
@@ -228,8 +230,19 @@ pub struct TrackingFuture<F> {
     started: Instant,
     method: Method,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The in-flight slot, held until the response is produced (or the request is dropped).
-    _admitted: Option<super::overload::Admitted>,
+    /// Whether this request holds an in-flight slot of `shared.limit`, given back when the
+    /// future is dropped (after the response is produced, or with the request).
+    admitted: bool,
+}
+
+impl<F> Drop for TrackingFuture<F> {
+    fn drop(&mut self) {
+        if self.admitted {
+            if let Some(limit) = &self.shared.limit {
+                limit.release();
+            }
+        }
+    }
 }
 
 impl<F> TrackingFuture<F> {
@@ -240,7 +253,7 @@ impl<F> TrackingFuture<F> {
             started: Instant::now(),
             method: Method::GET,
             deadline: None,
-            _admitted: None,
+            admitted: false,
         }
     }
 }

@@ -53,24 +53,22 @@ impl InFlightLimit {
         }
     }
 
-    /// A slot for one request (released when dropped), or `None` when the limit is reached;
-    /// the refusal is counted.
-    pub fn admit(&self) -> Option<Admitted> {
+    /// Takes a slot for one request, or answers `false` when the limit is reached (the refusal
+    /// is counted). A taken slot must be given back with [`Self::release`].
+    pub fn admit(&self) -> bool {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.shed.inc();
-            return None;
+            return false;
         }
-        Some(Admitted(self.in_flight.clone()))
+        true
     }
-}
 
-/// One admitted request's slot.
-pub struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+    /// Gives back a slot taken by [`Self::admit`]. (The request tracking layer holds the limit
+    /// for as long as the request, so a slot is a flag there rather than a second reference
+    /// count on the counter's allocation, shared by every request on both workers.)
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
