@@ -1,5 +1,6 @@
-//! Hand-written decoding of the fixed request shape of the hottest JSON endpoint
-//! (`/tl/st`, every transaction's start), with serde as the definition and the fallback.
+//! Hand-written decoding of the fixed request shapes of the hottest JSON endpoints (`/tl/st`,
+//! every transaction's start, and the token lists of `/tl/ul2` and `/tl/rl2`, which release and
+//! refresh its locks), with serde as the definition and the fallback.
 //!
 //! Why: serde_json decodes a start-transactions body generically — each key and string is
 //! scanned for escapes and validated as UTF-8, field names are matched through a visitor — which
@@ -188,8 +189,8 @@ const HEX: [u8; 256] = {
 };
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hex of either case, else `None` (which
-/// [`Scanner::uuid`] then hands to `Uuid`'s own parser: about half the instructions of it, for
-/// the form every client sends).
+/// [`Scanner::uuid`] then hands to `Uuid`'s own parser; for the form every client sends this
+/// takes about 230 instructions to its 290, callgrind).
 fn hyphenated(text: &[u8]) -> Option<Uuid> {
     /// Where each byte's two hex digits are in the text.
     const DIGITS: [(usize, usize); 16] = [
