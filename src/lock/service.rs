@@ -26,13 +26,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-
-use super::min_tracker::MinTracker;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::clock::{now_nanos, IsoDuration, LeaderTime, Lease};
+use super::min_tracker::MinTracker;
 use super::watch::{IdentifiedVersion, LockWatchLog, LockWatchReference, LockWatchStateUpdate};
 use crate::error::{Result, TimelockError};
 use crate::metrics::Metrics;
