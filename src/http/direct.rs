@@ -31,7 +31,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::extract::{read_body, FromBody, NsName};
+use super::extract::{content_length, read_body_declared, FromBody, NsName};
 use super::ops::{Tracking, TrackingFuture, TrackingLayer};
 use super::AppState;
 
@@ -169,13 +169,15 @@ where
     F: Future<Output = R> + Send,
     R: IntoResponse,
 {
+    // Only the body and its declared length go into the future: the request head (about
+    // 250 bytes, mostly the URI and the header map) is dropped here rather than copied into
+    // the box and kept beside the handler's state.
+    let (declared, body) = {
+        let (parts, body) = request.into_parts();
+        (content_length(&parts.headers), body)
+    };
     Box::pin(async move {
-        // The request head is dropped once the body is read, so the handler's state does not
-        // sit beside it.
-        let body = {
-            let (parts, body) = request.into_parts();
-            read_body::<E, B>(&parts.headers, body, &state).await
-        };
+        let body = read_body_declared::<E, B>(declared, body, state.max_body_bytes).await;
         Ok(match body {
             Ok(body) => handler(State(state), ns, body).await.into_response(),
             Err(rejection) => rejection.into_response(),
@@ -224,20 +226,12 @@ pub struct HotService {
     state: AppState,
 }
 
-impl<B> tower::Service<axum::http::Request<B>> for HotService
-where
-    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Handled;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: axum::http::Request<B>) -> Handled {
-        // Dispatched here because `classify` matched the path.
+impl HotService {
+    /// The endpoint's response future (`classify` matched the request's path).
+    fn handle<B>(&self, request: axum::http::Request<B>) -> Handled
+    where
+        B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
+    {
         let ns = namespace_of(self.hot, &request.uri().path()[self.skip..]).to_owned();
         serve(self.hot, self.state.clone(), ns, request)
     }
@@ -372,8 +366,10 @@ where
         if let Some(direct) = &self.direct {
             if request.method() == Method::POST {
                 if let Some(service) = direct.route(request.uri().path()) {
+                    // Called through the shared reference: cloning the service would add and
+                    // drop two reference counts that every request on both workers writes.
                     return DispatchFuture::Direct {
-                        future: service.clone().call(request),
+                        future: service.call_ref(request, HotService::handle),
                     };
                 }
             }

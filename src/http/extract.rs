@@ -73,8 +73,29 @@ pub async fn read_body<E: FromBody, B>(
 where
     B: axum::body::HttpBody<Data = Bytes> + Unpin,
 {
-    let bytes = body_bytes(headers, body, state.max_body_bytes).await?;
+    read_body_declared(content_length(headers), body, state.max_body_bytes).await
+}
+
+/// [`read_body`] with the request's `Content-Length` already read from its head (which the
+/// caller need not keep while the body arrives), at most `limit` bytes.
+pub async fn read_body_declared<E: FromBody, B>(
+    declared: Option<u64>,
+    body: B,
+    limit: usize,
+) -> Result<E, TimelockError>
+where
+    B: axum::body::HttpBody<Data = Bytes> + Unpin,
+{
+    let bytes = body_bytes(declared, body, limit).await?;
     E::from_bytes(&bytes)
+}
+
+/// The `Content-Length` a request declares, if it declares a valid one.
+pub fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 impl<T: DeserializeOwned> FromBody for JsonBody<T> {
@@ -111,12 +132,9 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TimelockError> {
         .map_err(|e| TimelockError::InvalidArgument(format!("invalid JSON request body: {e}")))
 }
 
-/// The request's body, at most `limit` bytes long (413 beyond).
-async fn body_bytes<B>(
-    headers: &axum::http::HeaderMap,
-    body: B,
-    limit: usize,
-) -> Result<Bytes, TimelockError>
+/// The request's body (of `declared` length, if the head says), at most `limit` bytes long
+/// (413 beyond).
+async fn body_bytes<B>(declared: Option<u64>, body: B, limit: usize) -> Result<Bytes, TimelockError>
 where
     B: axum::body::HttpBody<Data = Bytes> + Unpin,
 {
@@ -125,10 +143,6 @@ where
             "request body larger than {limit} bytes (server.max_body_bytes)"
         ))
     };
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }

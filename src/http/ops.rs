@@ -194,16 +194,6 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let admitted = match &self.shared.limit {
-            Some(limit) => {
-                if !limit.admit() {
-                    return TrackingFuture::shed(self.shared.clone());
-                }
-                true
-            }
-            None => false,
-        };
-        let started = Instant::now();
         if self.shared.route.get().is_none() {
             let route = request
                 .extensions()
@@ -211,15 +201,49 @@ where
                 .map_or("unmatched", MatchedPath::as_str);
             let _ = self.shared.route.set(route.into());
         }
+        let inner = &mut self.inner;
+        Self::track(&self.shared, request, |request| inner.call(request))
+    }
+}
+
+impl<S> Tracking<S> {
+    /// Calls `inner` on `request` inside the tracking: the in-flight slot, the start time and
+    /// the method recorded for the metrics. Borrows the service, so a caller holding it behind
+    /// a shared reference (the direct dispatcher) need not clone it per request.
+    fn track<B, F>(
+        shared: &Arc<RouteMetrics>,
+        request: axum::http::Request<B>,
+        inner: impl FnOnce(axum::http::Request<B>) -> F,
+    ) -> TrackingFuture<F> {
+        let admitted = match &shared.limit {
+            Some(limit) => {
+                if !limit.admit() {
+                    return TrackingFuture::shed(shared.clone());
+                }
+                true
+            }
+            None => false,
+        };
+        let started = Instant::now();
         let method = request.method().clone();
         TrackingFuture {
-            inner: Some(self.inner.call(request)),
-            shared: self.shared.clone(),
+            inner: Some(inner(request)),
+            shared: shared.clone(),
             started,
             method,
             deadline: None,
             admitted,
         }
+    }
+
+    /// [`tower::Service::call`] for a service whose route was given at construction
+    /// ([`TrackingLayer::layer_for_route`]), through a shared reference.
+    pub fn call_ref<B, F>(
+        &self,
+        request: axum::http::Request<B>,
+        inner: impl FnOnce(&S, axum::http::Request<B>) -> F,
+    ) -> TrackingFuture<F> {
+        Self::track(&self.shared, request, |request| inner(&self.inner, request))
     }
 }
 

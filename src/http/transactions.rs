@@ -77,8 +77,35 @@ pub(crate) struct StartTransactionsRequest {
     last_known_version: Option<IdentifiedVersion>,
 }
 
+impl StartTransactionsRequest {
+    /// The body as AtlasDB's client writes it without a known lock-watch version: these three
+    /// fields in this order, compact. Compared as literals instead of scanned key by key
+    /// (callgrind: about 780 of the 1,400 instructions of the general decoder went on the
+    /// keys). `None` for anything else, which [`FastDecode::decode_fast`] then scans.
+    pub(crate) fn decode_usual(body: &[u8]) -> Option<Self> {
+        let mut s = Scanner::new(body);
+        s.literal(br#"{"requestId":"#)?;
+        let request_id = s.uuid()?;
+        s.literal(br#","requestorId":"#)?;
+        let requestor_id = s.uuid()?;
+        s.literal(br#","numTransactions":"#)?;
+        let num_transactions = s.i64()?;
+        s.literal(b"}")?;
+        s.end()?;
+        Some(Self {
+            request_id,
+            requestor_id,
+            num_transactions,
+            last_known_version: None,
+        })
+    }
+}
+
 impl FastDecode for StartTransactionsRequest {
     fn decode_fast(body: &[u8]) -> Option<Self> {
+        if let Some(usual) = Self::decode_usual(body) {
+            return Some(usual);
+        }
         let mut s = Scanner::new(body);
         let (mut request_id, mut requestor_id, mut count) = (None, None, None);
         let mut last_known: Option<Option<IdentifiedVersion>> = None;

@@ -15,7 +15,12 @@ fn origin() -> Instant {
 
 /// Nanoseconds on the process's monotonic clock (arbitrary origin).
 pub fn now_nanos() -> i64 {
-    i64::try_from(origin().elapsed().as_nanos()).unwrap_or(i64::MAX)
+    nanos_at(Instant::now())
+}
+
+/// [`now_nanos`] at `instant` (a caller that also keeps the `Instant` reads the clock once).
+pub fn nanos_at(instant: Instant) -> i64 {
+    i64::try_from(instant.saturating_duration_since(origin()).as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// `{"id":"<leadership uuid>","currentTime":<nanos>}`.

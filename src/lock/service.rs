@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use super::clock::{now_nanos, IsoDuration, LeaderTime, Lease};
+use super::clock::{nanos_at, now_nanos, IsoDuration, LeaderTime, Lease};
 use super::min_tracker::MinTracker;
 use super::watch::{IdentifiedVersion, LockWatchLog, LockWatchReference, LockWatchStateUpdate};
 use crate::error::{Result, TimelockError};
@@ -504,16 +504,28 @@ impl LockService {
     /// Locks timestamp `ts` in the immutable-timestamp tracker under `request_id` and returns the
     /// immutable timestamp (the minimum held, which is at most `ts`).
     pub fn lock_immutable_timestamp(&self, request_id: Uuid, ts: i64) -> Result<(i64, Lease)> {
+        self.lock_immutable_timestamp_at(request_id, ts, Instant::now())
+    }
+
+    /// [`Self::lock_immutable_timestamp`] as of `at` (read by the caller, which uses the same
+    /// reading for other things: one clock read instead of several). `at` must be recent: it
+    /// starts the token's lease.
+    pub fn lock_immutable_timestamp_at(
+        &self,
+        request_id: Uuid,
+        ts: i64,
+        at: Instant,
+    ) -> Result<(i64, Lease)> {
+        let now = nanos_at(at);
         let mut st = self.state.lock();
         st.check_open()?;
-        let now = now_nanos();
         if !st.tokens.contains_key(&request_id) {
             st.immutable.add(ts);
             st.tokens.insert(
                 request_id,
                 Token {
                     descriptors: Vec::new(),
-                    last_refresh: Instant::now(),
+                    last_refresh: at,
                     acquired_at: now,
                     kind: TokenKind::ImmutableTimestamp(ts),
                 },
