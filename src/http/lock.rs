@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+use super::decode::{once, FastDecode, Scanner};
 use super::extract::{FastJsonBody, JsonBody, NsName};
 use super::write::JsonWriter;
 use super::{json, json_number, no_content, AppState};
@@ -77,6 +78,39 @@ pub struct ConjureLockRequest {
     pub(crate) request_id: Uuid,
     pub(crate) lock_descriptors: Vec<B64>,
     pub(crate) acquire_timeout_ms: i64,
+}
+
+/// The strict decoder (see [`super::decode`]): the three fields, each once, descriptors as
+/// base64 strings without escapes. Anything else, an unknown field or a descriptor that is not
+/// valid base64 among them, goes to serde, which decides (and words every error).
+impl FastDecode for ConjureLockRequest {
+    fn decode_fast(body: &[u8]) -> Option<Self> {
+        let mut s = Scanner::new(body);
+        let (mut request_id, mut descriptors, mut timeout) = (None, None, None);
+        s.object(|s, key| match key {
+            b"requestId" => once(&mut request_id, s.uuid()),
+            b"lockDescriptors" => {
+                let mut list = Vec::new();
+                let parsed = s.array(|s| {
+                    let text = s.plain_string()?;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(text)
+                        .ok()?;
+                    list.push(B64(Bytes::from(bytes)));
+                    Some(())
+                });
+                once(&mut descriptors, parsed.map(|()| list))
+            }
+            b"acquireTimeoutMs" => once(&mut timeout, s.i64()),
+            _ => None,
+        })?;
+        s.end()?;
+        Some(Self {
+            request_id: request_id?,
+            lock_descriptors: descriptors?,
+            acquire_timeout_ms: timeout?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -149,7 +183,7 @@ async fn do_lock(
 pub(super) async fn conjure_lock(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    JsonBody(request): JsonBody<ConjureLockRequest>,
+    FastJsonBody(request): FastJsonBody<ConjureLockRequest>,
 ) -> Result<Response, TimelockError> {
     let request_id = request.request_id;
     let outcome = do_lock(&state, &ns, request.into(), false).await?;
@@ -178,7 +212,7 @@ fn conjure_lock_response(request_id: Uuid, outcome: &LockOutcome) -> Response {
 async fn conjure_wait_for_locks(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    JsonBody(request): JsonBody<ConjureLockRequest>,
+    FastJsonBody(request): FastJsonBody<ConjureLockRequest>,
 ) -> Result<Response, TimelockError> {
     let outcome = do_lock(&state, &ns, request.into(), true).await?;
     Ok(json(
@@ -405,4 +439,102 @@ async fn current_time_millis(NsName(ns): NsName) -> Result<Response, TimelockErr
 async fn lock_diagnostic_config(NsName(ns): NsName) -> Result<Response, TimelockError> {
     validate_name(&ns)?;
     Ok(no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    type Fields = (Uuid, Vec<Bytes>, i64);
+
+    fn fields(r: ConjureLockRequest) -> Fields {
+        let descriptors = r.lock_descriptors.into_iter().map(|d| d.0).collect();
+        (r.request_id, descriptors, r.acquire_timeout_ms)
+    }
+
+    /// Lock descriptors: valid base64 mostly, and what serde and base64 refuse or see differently.
+    fn descriptor() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::collection::vec(any::<u8>(), 0..12)
+                .prop_map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            1 => Just("cm93".to_string()),
+            1 => Just("cm93=".to_string()),
+            1 => Just("c m93".to_string()),
+            1 => Just("cm\\u0039".to_string()),
+            1 => Just("cm93\\/".to_string()),
+            1 => Just("é".to_string()),
+            1 => Just("ab-_".to_string()),
+            1 => Just("ab+/".to_string()),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = String> {
+        let id = prop_oneof![
+            6 => Just("6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b"),
+            1 => Just("6F1C2A4E5B7D4E0F8A9B0C1D2E3F4A5B"),
+            1 => Just("nope"),
+        ];
+        let timeout = prop_oneof![
+            6 => (-2i64..5000).prop_map(|n| n.to_string()),
+            1 => Just("1.5".to_string()),
+            1 => Just("null".to_string()),
+            1 => Just("\"10\"".to_string()),
+        ];
+        let descriptors = prop_oneof![
+            8 => prop::collection::vec(descriptor(), 0..4).prop_map(|d| {
+                let quoted: Vec<String> = d.iter().map(|d| format!("\"{d}\"")).collect();
+                format!("[{}]", quoted.join(","))
+            }),
+            1 => Just("null".to_string()),
+            1 => Just("[1]".to_string()),
+        ];
+        (id, descriptors, timeout, 0usize..8)
+            .prop_map(|(id, d, t, variant)| {
+                let mut members = vec![
+                    format!("\"requestId\":\"{id}\""),
+                    format!("\"lockDescriptors\":{d}"),
+                    format!("\"acquireTimeoutMs\":{t}"),
+                ];
+                match variant {
+                    0 => members.push("\"clientDescription\":\"x\"".to_string()),
+                    1 => {
+                        members.remove(2);
+                    }
+                    2 => members.push(format!("\"acquireTimeoutMs\":{t}")),
+                    _ => {}
+                }
+                members
+            })
+            .prop_shuffle()
+            .prop_map(|m| format!("{{{}}}", m.join(",")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// Whatever the fast decoder accepts, serde decodes to the same request.
+        #[test]
+        fn lock_requests_decode_as_serde_does(body in body()) {
+            if let Some(fast) = ConjureLockRequest::decode_fast(body.as_bytes()) {
+                let serde = serde_json::from_str::<ConjureLockRequest>(&body).map(fields).ok();
+                prop_assert_eq!(Some(fields(fast)), serde, "{}", body);
+            }
+        }
+    }
+
+    #[test]
+    fn clients_lock_requests_take_the_fast_path() {
+        let body = r#"{"requestId":"6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b","lockDescriptors":["cm93LTE=","cm93LTI="],"acquireTimeoutMs":1000}"#;
+        let fast = ConjureLockRequest::decode_fast(body.as_bytes()).expect("fast path");
+        let (id, descriptors, timeout) = fields(fast);
+        assert_eq!(id.to_string(), "6f1c2a4e-5b7d-4e0f-8a9b-0c1d2e3f4a5b");
+        assert_eq!(descriptors, [Bytes::from("row-1"), Bytes::from("row-2")]);
+        assert_eq!(timeout, 1000);
+        let unknown = body.replace(
+            "\"acquireTimeoutMs\"",
+            "\"clientDescription\":\"c\",\"acquireTimeoutMs\"",
+        );
+        assert!(ConjureLockRequest::decode_fast(unknown.as_bytes()).is_none());
+    }
 }
