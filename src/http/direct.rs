@@ -31,7 +31,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::extract::{content_length, read_body_declared, FromBody, NsName};
+use super::extract::{read_body_declared, FromBody, NsName};
 use super::ops::{Tracking, TrackingFuture, TrackingLayer};
 use super::AppState;
 
@@ -172,10 +172,10 @@ where
     // Only the body and its declared length go into the future: the request head (about
     // 250 bytes, mostly the URI and the header map) is dropped here rather than copied into
     // the box and kept beside the handler's state.
-    let (declared, body) = {
-        let (parts, body) = request.into_parts();
-        (content_length(&parts.headers), body)
-    };
+    // The declared length as hyper parsed it from `Content-Length` (the header is not looked
+    // up again; a chunked body declares none).
+    let body = request.into_body();
+    let declared = body.size_hint().exact();
     Box::pin(async move {
         let body = read_body_declared::<E, B>(declared, body, state.max_body_bytes).await;
         Ok(match body {

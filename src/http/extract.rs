@@ -91,7 +91,7 @@ where
 }
 
 /// The `Content-Length` a request declares, if it declares a valid one.
-pub fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
     headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -4,6 +4,8 @@
 //! them byte for byte). Anything of variable shape (lock-watch updates other than the usual empty
 //! snapshot) still goes through `serde_json`, into the same buffer.
 
+use std::cell::Cell;
+
 use axum::response::Response;
 use uuid::Uuid;
 
@@ -44,10 +46,33 @@ impl JsonWriter {
         self
     }
 
+    /// A UUID that recurs from answer to answer (a leadership id: the lease and the lock-watch
+    /// log of a namespace carry the same one for its whole term), from a one-entry cache per
+    /// thread of its text.
+    #[inline]
+    pub fn recurring_uuid(&mut self, id: &Uuid) -> &mut Self {
+        thread_local! {
+            static LAST: Cell<(Uuid, [u8; 38])> =
+                const { Cell::new((Uuid::nil(), *b"\"00000000-0000-0000-0000-000000000000\"")) };
+        }
+        let text = LAST.with(|last| {
+            let (cached, text) = last.get();
+            if cached == *id {
+                text
+            } else {
+                let text = quoted_hyphenated(id);
+                last.set((*id, text));
+                text
+            }
+        });
+        self.0.extend_from_slice(&text);
+        self
+    }
+
     /// `{"id":"..","currentTime":..}`.
     pub fn leader_time(&mut self, time: &LeaderTime) -> &mut Self {
         self.raw(r#"{"id":"#)
-            .uuid(&time.id)
+            .recurring_uuid(&time.id)
             .raw(r#","currentTime":"#)
             .i64(time.current_time)
             .raw("}")
@@ -94,7 +119,7 @@ impl JsonWriter {
                 lock_watches,
             } if locked.is_empty() && lock_watches.is_empty() => self
                 .raw(r#"{"type":"snapshot","logId":"#)
-                .uuid(log_id)
+                .recurring_uuid(log_id)
                 .raw(r#","lastKnownVersion":"#)
                 .i64(*last_known_version)
                 .raw(r#","locked":[],"lockWatches":[]}"#),
@@ -170,6 +195,21 @@ mod tests {
 
     use super::*;
     use crate::lock::clock::IsoDuration;
+
+    #[test]
+    fn recurring_uuids_are_written_as_uuid_writes_them() {
+        let ids = [Uuid::nil(), Uuid::new_v4(), Uuid::new_v4(), Uuid::max()];
+        // Repeats, alternations and the cache's initial value.
+        for id in ids
+            .iter()
+            .chain(&ids)
+            .chain(&[ids[1], ids[1], ids[0], ids[2]])
+        {
+            let mut w = JsonWriter::with_capacity(0);
+            w.recurring_uuid(id);
+            assert_eq!(w.as_str(), format!("\"{}\"", id.hyphenated()));
+        }
+    }
 
     #[test]
     fn uuids_are_written_as_uuid_writes_them() {
