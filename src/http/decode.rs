@@ -1,6 +1,7 @@
 //! Hand-written decoding of the fixed request shapes of the hottest JSON endpoints (`/tl/st`,
-//! every transaction's start, and the token lists of `/tl/ul2` and `/tl/rl2`, which release and
-//! refresh its locks), with serde as the definition and the fallback.
+//! every transaction's start; the lock requests of `/tl/l` and `/tl/wl`, whose decoder lives
+//! with them in `lock.rs`; and the token lists of `/tl/ul2` and `/tl/rl2`, which release and
+//! refresh locks), with serde as the definition and the fallback.
 //!
 //! Why: serde_json decodes a start-transactions body generically — each key and string is
 //! scanned for escapes and validated as UTF-8, field names are matched through a visitor — which
