@@ -171,9 +171,8 @@ where
 {
     // Only the body and its declared length go into the future: the request head (about
     // 250 bytes, mostly the URI and the header map) is dropped here rather than copied into
-    // the box and kept beside the handler's state.
-    // The declared length as hyper parsed it from `Content-Length` (the header is not looked
-    // up again; a chunked body declares none).
+    // the box and kept beside the handler's state. The length is hyper's reading of
+    // `Content-Length` (not looked up again; a chunked body declares none).
     let body = request.into_body();
     let declared = body.size_hint().exact();
     Box::pin(async move {
