@@ -31,7 +31,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::extract::{read_body_declared, FromBody, NsName};
+use super::extract::{read_body, FromBody, NsName};
 use super::ops::{Tracking, TrackingFuture, TrackingLayer};
 use super::AppState;
 
@@ -169,14 +169,12 @@ where
     F: Future<Output = R> + Send,
     R: IntoResponse,
 {
-    // Only the body and its declared length go into the future: the request head (about
-    // 250 bytes, mostly the URI and the header map) is dropped here rather than copied into
-    // the box and kept beside the handler's state. The length is hyper's reading of
-    // `Content-Length` (not looked up again; a chunked body declares none).
+    // Only the body goes into the future: the request head (about 250 bytes, mostly the URI
+    // and the header map) is dropped here rather than copied into the box and kept beside the
+    // handler's state.
     let body = request.into_body();
-    let declared = body.size_hint().exact();
     Box::pin(async move {
-        let body = read_body_declared::<E, B>(declared, body, state.max_body_bytes).await;
+        let body = read_body::<E, B>(body, state.max_body_bytes).await;
         Ok(match body {
             Ok(body) => handler(State(state), ns, body).await.into_response(),
             Err(rejection) => rejection.into_response(),

@@ -52,8 +52,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = TimelockError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
-        read_body(&parts.headers, body, state).await
+        read_body(req.into_body(), state.max_body_bytes).await
     }
 }
 
@@ -62,40 +61,15 @@ pub trait FromBody: Sized {
     fn from_bytes(bytes: &[u8]) -> Result<Self, TimelockError>;
 }
 
-/// Reads a request body of any type (at most `server.max_body_bytes`, 413 beyond) and decodes
-/// it as extractor `E` — what `E`'s `FromRequest` does, without needing axum's boxed body (so
-/// that [`super::direct`] reads hyper's own).
-pub async fn read_body<E: FromBody, B>(
-    headers: &axum::http::HeaderMap,
-    body: B,
-    state: &AppState,
-) -> Result<E, TimelockError>
+/// Reads a request body of any type (at most `limit` bytes, 413 beyond) and decodes it as
+/// extractor `E` — what `E`'s `FromRequest` does, without needing axum's boxed body (so that
+/// [`super::direct`] reads hyper's own, and need not keep the request head while it arrives).
+pub async fn read_body<E: FromBody, B>(body: B, limit: usize) -> Result<E, TimelockError>
 where
     B: axum::body::HttpBody<Data = Bytes> + Unpin,
 {
-    read_body_declared(content_length(headers), body, state.max_body_bytes).await
-}
-
-/// [`read_body`] with the request's `Content-Length` already read from its head (which the
-/// caller need not keep while the body arrives), at most `limit` bytes.
-pub async fn read_body_declared<E: FromBody, B>(
-    declared: Option<u64>,
-    body: B,
-    limit: usize,
-) -> Result<E, TimelockError>
-where
-    B: axum::body::HttpBody<Data = Bytes> + Unpin,
-{
-    let bytes = body_bytes(declared, body, limit).await?;
+    let bytes = body_bytes(body, limit).await?;
     E::from_bytes(&bytes)
-}
-
-/// The `Content-Length` a request declares, if it declares a valid one.
-fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
-    headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }
 
 impl<T: DeserializeOwned> FromBody for JsonBody<T> {
@@ -122,8 +96,7 @@ impl<T: super::decode::FastDecode> FromRequest<AppState> for FastJsonBody<T> {
     type Rejection = TimelockError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
-        read_body(&parts.headers, body, state).await
+        read_body(req.into_body(), state.max_body_bytes).await
     }
 }
 
@@ -132,9 +105,9 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TimelockError> {
         .map_err(|e| TimelockError::InvalidArgument(format!("invalid JSON request body: {e}")))
 }
 
-/// The request's body (of `declared` length, if the head says), at most `limit` bytes long
-/// (413 beyond).
-async fn body_bytes<B>(declared: Option<u64>, body: B, limit: usize) -> Result<Bytes, TimelockError>
+/// The request's body, at most `limit` bytes long (413 beyond; at once when its declared
+/// length says so, which hyper parsed from `Content-Length`: a chunked body declares none).
+async fn body_bytes<B>(body: B, limit: usize) -> Result<Bytes, TimelockError>
 where
     B: axum::body::HttpBody<Data = Bytes> + Unpin,
 {
@@ -143,7 +116,7 @@ where
             "request body larger than {limit} bytes (server.max_body_bytes)"
         ))
     };
-    if declared.is_some_and(|n| n > limit as u64) {
+    if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     read_limited(body, limit).await.map_err(|e| match e {
