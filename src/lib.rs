@@ -20,6 +20,7 @@ pub mod backup;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod drain;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -465,7 +465,7 @@ async fn accept_loop(
         (http, timer)
     };
     let period = policy.header_read_timeout;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let graceful = crate::drain::Drain::new();
     let slots = policy.slots.clone();
     let shed_connections = policy.guard.shed.with_label_values(&["connections"]);
     tokio::pin!(shutdown);
@@ -512,7 +512,7 @@ async fn accept_loop(
         // TLS: the handshake runs in the connection's own task (a slow client cannot stall
         // the accept loop) and must finish within the header-read timeout.
         let acceptor = tls.acceptor();
-        let (watcher, http, router) = (graceful.watcher(), http.clone(), router.clone());
+        let (watcher, http, router) = (graceful.clone(), http.clone(), router.clone());
         let handshake_deadline = policy.header_read_timeout;
         tokio::spawn(async move {
             if let Ok(Ok(stream)) =

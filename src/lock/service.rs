@@ -100,17 +100,20 @@ struct LockEntry {
     queue: VecDeque<Waiter>,
 }
 
+/// What a token holds. The descriptors live in the `Locks` variant rather than beside it: every
+/// `/tl/st` adds an immutable-timestamp token and a `/tl/ul2` removes them 64 at a time, so the
+/// token table of a busy namespace holds thousands of those, and 24 bytes less per entry (72
+/// instead of 96 with its key) is a quarter fewer cache lines touched per insert and removal.
 enum TokenKind {
-    Locks,
+    Locks(Vec<Bytes>),
     ImmutableTimestamp(i64),
     TimestampLeases(Vec<(String, i64)>),
 }
 
 struct Token {
-    descriptors: Vec<Bytes>,
+    kind: TokenKind,
     last_refresh: Instant,
     acquired_at: i64,
-    kind: TokenKind,
 }
 
 struct State {
@@ -423,10 +426,9 @@ impl LockService {
         st.tokens.insert(
             request_id,
             Token {
-                descriptors,
+                kind: TokenKind::Locks(descriptors),
                 last_refresh: Instant::now(),
                 acquired_at: now,
-                kind: TokenKind::Locks,
             },
         );
         LockOutcome::Acquired(self.lease_at(now))
@@ -524,10 +526,9 @@ impl LockService {
             st.tokens.insert(
                 request_id,
                 Token {
-                    descriptors: Vec::new(),
+                    kind: TokenKind::ImmutableTimestamp(ts),
                     last_refresh: at,
                     acquired_at: now,
-                    kind: TokenKind::ImmutableTimestamp(ts),
                 },
             );
         }
@@ -558,12 +559,11 @@ impl LockService {
             st.tokens.insert(
                 request_id,
                 Token {
-                    descriptors: Vec::new(),
-                    last_refresh: Instant::now(),
-                    acquired_at: now,
                     kind: TokenKind::TimestampLeases(
                         names.iter().map(|n| (n.clone(), ts)).collect(),
                     ),
+                    last_refresh: Instant::now(),
+                    acquired_at: now,
                 },
             );
         }
@@ -741,14 +741,15 @@ impl State {
         let Some(token) = self.tokens.remove(id) else {
             return false;
         };
-        for d in &token.descriptors {
-            self.release(d, *id, metrics);
-        }
-        if self.watches.has_watches() && !token.descriptors.is_empty() {
-            self.watches.log_unlock(&token.descriptors);
-        }
         match token.kind {
-            TokenKind::Locks => {}
+            TokenKind::Locks(descriptors) => {
+                for d in &descriptors {
+                    self.release(d, *id, metrics);
+                }
+                if self.watches.has_watches() && !descriptors.is_empty() {
+                    self.watches.log_unlock(&descriptors);
+                }
+            }
             TokenKind::ImmutableTimestamp(ts) => self.immutable.remove(ts),
             TokenKind::TimestampLeases(leases) => {
                 for (name, ts) in leases {
@@ -767,3 +768,6 @@ impl State {
 
 #[cfg(test)]
 mod tests;
+
+// The entry size the `TokenKind` docs promise (key and token; hashbrown adds a control byte).
+const _: () = assert!(std::mem::size_of::<(Uuid, Token)>() == 72);
