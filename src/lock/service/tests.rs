@@ -337,3 +337,39 @@ async fn watch_update_without_watches_answers_as_the_log_does() {
         crate::lock::watch::LockWatchStateUpdate::Success { ref events, .. } if events.len() == 1
     ));
 }
+
+#[tokio::test]
+async fn a_large_unlock_releases_exactly_the_held_tokens_in_order() {
+    let s = service(20_000);
+    // 70 immutable-timestamp tokens (more than one hold of the mutex's worth), a lock token,
+    // and ids nobody holds, interleaved; one of the held ids twice.
+    let held: Vec<Uuid> = (0..70).map(|_| Uuid::new_v4()).collect();
+    for (i, id) in held.iter().enumerate() {
+        s.lock_immutable_timestamp(*id, 100 + i as i64).unwrap();
+    }
+    let lock = Uuid::new_v4();
+    assert!(acquired(&s.lock(lock, vec![d("x")], LONG).await.unwrap()));
+    let mut asked = Vec::new();
+    let mut expected = Vec::new();
+    for (i, id) in held.iter().enumerate() {
+        asked.push(*id);
+        expected.push(*id);
+        if i % 9 == 0 {
+            asked.push(Uuid::new_v4());
+        }
+    }
+    asked.insert(33, lock);
+    expected.insert(expected.iter().position(|t| *t == asked[34]).unwrap(), lock);
+    asked.push(held[5]);
+    assert_eq!(s.unlock(&asked).unwrap(), expected);
+    assert_eq!(
+        s.immutable_timestamp(),
+        None,
+        "every immutable lock released"
+    );
+    let other = Uuid::new_v4();
+    assert!(
+        acquired(&s.lock(other, vec![d("x")], Duration::ZERO).await.unwrap()),
+        "the lock was released"
+    );
+}
