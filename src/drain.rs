@@ -63,6 +63,14 @@ impl Drain {
         }
     }
 
+    /// Counts a connection that is not yet served (a TLS handshake in progress) as open until
+    /// the returned hold is dropped: shutdown waits for it as for a watched connection, which it
+    /// then becomes (watch it before dropping the hold).
+    pub fn hold(&self) -> Hold {
+        self.0.open.fetch_add(1, Ordering::AcqRel);
+        Hold(self.0.clone())
+    }
+
     /// Asks every watched connection to finish its request in flight and close, and waits
     /// until all of them (including any watched from now on) have ended.
     pub async fn shutdown(&self) {
@@ -94,6 +102,24 @@ impl Drain {
     }
 }
 
+/// An open connection not yet watched (see [`Drain::hold`]).
+pub struct Hold(Arc<Shared>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.closed_one();
+    }
+}
+
+impl Shared {
+    /// One open connection (watched or held) has ended.
+    fn closed_one(&self) {
+        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 && self.closing.load(Ordering::SeqCst) {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A connection future that starts hyper's graceful shutdown when its [`Drain`] closes.
     pub struct Draining<C> {
@@ -112,11 +138,7 @@ pin_project_lite::pin_project! {
             if let Some((id, _)) = this.registered.take() {
                 this.shared.wakers.lock().by_id.remove(&id);
             }
-            if this.shared.open.fetch_sub(1, Ordering::AcqRel) == 1
-                && this.shared.closing.load(Ordering::SeqCst)
-            {
-                this.shared.drained.notify_waiters();
-            }
+            this.shared.closed_one();
         }
     }
 }
@@ -266,6 +288,26 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(2), shutdown)
             .await
             .expect("shutdown returned")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_a_held_connection() {
+        let drain = Drain::new();
+        let hold = drain.hold();
+        let shutdown = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.shutdown().await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !shutdown.is_finished(),
+            "a held connection keeps shutdown waiting"
+        );
+        drop(hold);
+        tokio::time::timeout(Duration::from_secs(1), shutdown)
+            .await
+            .expect("shutdown returns once the hold is dropped")
             .unwrap();
     }
 

@@ -514,6 +514,8 @@ async fn accept_loop(
         let acceptor = tls.acceptor();
         let (watcher, http, router) = (graceful.clone(), http.clone(), router.clone());
         let handshake_deadline = policy.header_read_timeout;
+        // Counted as open from now: shutdown waits for the handshake as for a request.
+        let hold = watcher.hold();
         tokio::spawn(async move {
             if let Ok(Ok(stream)) =
                 tokio::time::timeout(handshake_deadline, acceptor.accept(tcp)).await
@@ -537,14 +539,11 @@ async fn accept_loop(
                     )
                     .service(router);
                 let (http, timer) = timed(&http);
-                let connection =
-                    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-                let _ = repolled(watched(
-                    watcher.watch(connection),
-                    &timer,
-                    handshake_deadline,
-                ))
-                .await;
+                let connection = watcher.watch(
+                    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
+                );
+                drop(hold); // watched from now on
+                let _ = repolled(watched(connection, &timer, handshake_deadline)).await;
             }
             open.dec();
             drop(slot);
