@@ -54,18 +54,12 @@ impl Drain {
 
     /// `connection`, shut down gracefully when [`Self::shutdown`] is called.
     pub fn watch<C: GracefulConnection>(&self, connection: C) -> Draining<C> {
-        self.0.open.fetch_add(1, Ordering::AcqRel);
-        Draining {
-            connection,
-            shared: self.0.clone(),
-            registered: None,
-            signalled: false,
-        }
+        self.hold().watch(connection)
     }
 
-    /// Counts a connection that is not yet served (a TLS handshake in progress) as open until
-    /// the returned hold is dropped: shutdown waits for it as for a watched connection, which it
-    /// then becomes (watch it before dropping the hold).
+    /// Counts a connection that is not yet served (a TLS handshake in progress) as open from
+    /// now: shutdown waits for it until the hold is dropped or, through [`Hold::watch`], for the
+    /// connection it becomes.
     pub fn hold(&self) -> Hold {
         self.0.open.fetch_add(1, Ordering::AcqRel);
         Hold(self.0.clone())
@@ -102,8 +96,20 @@ impl Drain {
     }
 }
 
-/// An open connection not yet watched (see [`Drain::hold`]).
+/// An open connection, counted until dropped (see [`Drain::hold`]).
 pub struct Hold(Arc<Shared>);
+
+impl Hold {
+    /// The connection this hold counted, now watched (and still counted, until it ends).
+    pub fn watch<C: GracefulConnection>(self, connection: C) -> Draining<C> {
+        Draining {
+            connection,
+            hold: self,
+            registered: None,
+            signalled: false,
+        }
+    }
+}
 
 impl Drop for Hold {
     fn drop(&mut self) {
@@ -125,7 +131,8 @@ pin_project_lite::pin_project! {
     pub struct Draining<C> {
         #[pin]
         connection: C,
-        shared: Arc<Shared>,
+        // Counts the connection as open until it is dropped.
+        hold: Hold,
         // This connection's registration: its number and the waker it holds.
         registered: Option<(u64, Waker)>,
         // Whether graceful shutdown has been started.
@@ -136,9 +143,8 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some((id, _)) = this.registered.take() {
-                this.shared.wakers.lock().by_id.remove(&id);
+                this.hold.0.wakers.lock().by_id.remove(&id);
             }
-            this.shared.closed_one();
         }
     }
 }
@@ -152,7 +158,7 @@ impl<C: GracefulConnection> Future for Draining<C> {
             let current =
                 matches!(this.registered, Some((_, waker)) if waker.will_wake(cx.waker()));
             if !current {
-                let mut registrations = this.shared.wakers.lock();
+                let mut registrations = this.hold.0.wakers.lock();
                 let id = match this.registered {
                     Some((id, _)) => *id,
                     None => {
@@ -163,10 +169,10 @@ impl<C: GracefulConnection> Future for Draining<C> {
                 registrations.by_id.insert(id, cx.waker().clone());
                 *this.registered = Some((id, cx.waker().clone()));
             }
-            if this.shared.closing.load(Ordering::SeqCst) {
+            if this.hold.0.closing.load(Ordering::SeqCst) {
                 *this.signalled = true;
                 if let Some((id, _)) = this.registered.take() {
-                    this.shared.wakers.lock().by_id.remove(&id);
+                    this.hold.0.wakers.lock().by_id.remove(&id);
                 }
                 this.connection.as_mut().graceful_shutdown();
             }
@@ -206,6 +212,12 @@ mod tests {
         addr
     }
 
+    /// `drain.shutdown()` in a task of its own.
+    fn spawn_shutdown(drain: &Drain) -> tokio::task::JoinHandle<()> {
+        let drain = drain.clone();
+        tokio::spawn(async move { drain.shutdown().await })
+    }
+
     /// Everything the peer sends until it closes, or `None` if it is still open after `wait`.
     async fn read_to_close(tcp: &mut TcpStream, wait: Duration) -> Option<String> {
         let mut got = Vec::new();
@@ -239,10 +251,7 @@ mod tests {
             "a keep-alive connection stays open until shutdown"
         );
 
-        let shutdown = tokio::spawn({
-            let drain = drain.clone();
-            async move { drain.shutdown().await }
-        });
+        let shutdown = spawn_shutdown(&drain);
         let answer = read_to_close(&mut busy, Duration::from_secs(2))
             .await
             .expect("the busy connection closes after its answer");
@@ -270,10 +279,7 @@ mod tests {
         let mut first = TcpStream::connect(addr).await.unwrap();
         first.write_all(REQUEST).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let shutdown = tokio::spawn({
-            let drain = drain.clone();
-            async move { drain.shutdown().await }
-        });
+        let shutdown = spawn_shutdown(&drain);
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Accepted after the flag was set: closed right after its first answer.
         let mut late = TcpStream::connect(addr).await.unwrap();
@@ -295,10 +301,7 @@ mod tests {
     async fn shutdown_waits_for_a_held_connection() {
         let drain = Drain::new();
         let hold = drain.hold();
-        let shutdown = tokio::spawn({
-            let drain = drain.clone();
-            async move { drain.shutdown().await }
-        });
+        let shutdown = spawn_shutdown(&drain);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             !shutdown.is_finished(),

@@ -512,10 +512,10 @@ async fn accept_loop(
         // TLS: the handshake runs in the connection's own task (a slow client cannot stall
         // the accept loop) and must finish within the header-read timeout.
         let acceptor = tls.acceptor();
-        let (watcher, http, router) = (graceful.clone(), http.clone(), router.clone());
+        let (http, router) = (http.clone(), router.clone());
         let handshake_deadline = policy.header_read_timeout;
         // Counted as open from now: shutdown waits for the handshake as for a request.
-        let hold = watcher.hold();
+        let hold = graceful.hold();
         tokio::spawn(async move {
             if let Ok(Ok(stream)) =
                 tokio::time::timeout(handshake_deadline, acceptor.accept(tcp)).await
@@ -539,10 +539,9 @@ async fn accept_loop(
                     )
                     .service(router);
                 let (http, timer) = timed(&http);
-                let connection = watcher.watch(
+                let connection = hold.watch(
                     http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
                 );
-                drop(hold); // watched from now on
                 let _ = repolled(watched(connection, &timer, handshake_deadline)).await;
             }
             open.dec();

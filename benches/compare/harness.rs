@@ -533,20 +533,28 @@ impl Template {
 
 /// Searchers for the keys the generator checks in answers, built once (a `memmem::find` per
 /// call builds its searcher every time).
-static START_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""start":"#));
-static COUNT_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""count":"#));
-static SUCCESSFUL_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""successful""#));
-static LOWER_BOUND_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""lowerBound":"#));
-static UPPER_BOUND_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""upperBound":"#));
-static INCLUSIVE_LOWER_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""inclusiveLower":"#));
-static INCLUSIVE_UPPER_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""inclusiveUpper":"#));
+struct Keys {
+    start: memchr::memmem::Finder<'static>,
+    count: memchr::memmem::Finder<'static>,
+    successful: memchr::memmem::Finder<'static>,
+    lower_bound: memchr::memmem::Finder<'static>,
+    upper_bound: memchr::memmem::Finder<'static>,
+    inclusive_lower: memchr::memmem::Finder<'static>,
+    inclusive_upper: memchr::memmem::Finder<'static>,
+}
+
+static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| {
+    let key = |needle: &'static [u8]| memchr::memmem::Finder::new(needle);
+    Keys {
+        start: key(br#""start":"#),
+        count: key(br#""count":"#),
+        successful: key(br#""successful""#),
+        lower_bound: key(br#""lowerBound":"#),
+        upper_bound: key(br#""upperBound":"#),
+        inclusive_lower: key(br#""inclusiveLower":"#),
+        inclusive_upper: key(br#""inclusiveUpper":"#),
+    }
+});
 
 /// The integer after `key` (a quoted name and its colon, as found by `key`) in a small JSON
 /// body.
@@ -796,16 +804,16 @@ impl Conn {
                     Kind::Batch => {
                         let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200, "fresh-timestamps answered {status}");
-                        let lo = json_int_after(body, &LOWER_BOUND_KEY)?;
-                        let hi = json_int_after(body, &UPPER_BOUND_KEY)?;
+                        let lo = json_int_after(body, &KEYS.lower_bound)?;
+                        let hi = json_int_after(body, &KEYS.upper_bound)?;
                         ensure!(hi - lo + 1 == 10_000, "batch of {} not 10000", hi - lo + 1);
                         (lo, hi, 10_000)
                     }
                     Kind::TlTs => {
                         let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200, "/tl/ts answered {status}");
-                        let lo = json_int_after(body, &INCLUSIVE_LOWER_KEY)?;
-                        let hi = json_int_after(body, &INCLUSIVE_UPPER_KEY)?;
+                        let lo = json_int_after(body, &KEYS.inclusive_lower)?;
+                        let hi = json_int_after(body, &KEYS.inclusive_upper)?;
                         (lo, hi, (hi - lo + 1) as u64)
                     }
                     Kind::StartTransaction | Kind::CeilingStart => {
@@ -815,8 +823,11 @@ impl Conn {
                         let id = ids.next();
                         let (status, reply) = http.exchange(request.with(id)).await?;
                         ensure!(status == 200, "/tl/st answered {status}");
-                        let start = json_int_after(reply, &START_KEY)?;
-                        ensure!(json_int_after(reply, &COUNT_KEY)? == 1, "/tl/st count != 1");
+                        let start = json_int_after(reply, &KEYS.start)?;
+                        ensure!(
+                            json_int_after(reply, &KEYS.count)? == 1,
+                            "/tl/st count != 1"
+                        );
                         pending.push(id);
                         if *kind == Kind::CeilingStart {
                             // A constant answer: parsed like the real one, nothing to order.
@@ -841,7 +852,7 @@ impl Conn {
                         } else {
                             let (status, reply) = http.exchange(request.with(ids.next())).await?;
                             ensure!(
-                                status == 200 && SUCCESSFUL_KEY.find(reply).is_some(),
+                                status == 200 && KEYS.successful.find(reply).is_some(),
                                 "/tl/l answered {status}: {}",
                                 String::from_utf8_lossy(reply)
                             );
