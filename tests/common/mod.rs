@@ -12,7 +12,15 @@ use serde_json::Value;
 
 pub mod etcd;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_timelock");
+/// The server binary: cargo's own for this package's tests; the bench crate (bench/, a workspace
+/// member that includes this module) is told by its build script where the binary of its profile is.
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_timelock") {
+    Some(path) => path,
+    None => match option_env!("TIMELOCK_BENCH_BIN") {
+        Some(path) => path,
+        None => "timelock",
+    },
+};
 
 pub struct TestServer {
     child: Option<Child>,

@@ -16,7 +16,7 @@
 //!
 //! Prints a table; medians and worst cases, and the cluster/single ratio per round.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
@@ -39,6 +39,13 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("cluster bench: run with `cargo bench --bench cluster`");
         return;
+    }
+    if !std::path::Path::new(common::BIN).exists() {
+        eprintln!(
+            "cluster bench: no server binary at {}; build it first: cargo build --release --bin timelock",
+            common::BIN
+        );
+        std::process::exit(1);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

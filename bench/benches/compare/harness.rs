@@ -61,7 +61,8 @@ use tokio::net::TcpStream;
 
 use super::peers::{self, PeerConn, PeerKind, PeerProcess};
 
-const TIMELOCK: &str = env!("CARGO_BIN_EXE_timelock");
+/// The server binary of this build profile (bench/build.rs); `./dev bench` builds it first.
+const TIMELOCK: &str = env!("TIMELOCK_BENCH_BIN");
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -95,6 +96,9 @@ impl Options {
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("target/compare"));
+        // cargo runs a bench in its package's directory (bench/); a relative --out means the
+        // workspace root, where the docs and the target dir are.
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(out);
         Options {
             smoke,
             rounds: if smoke { 1 } else { env_parse("ROUNDS", 7) },
@@ -126,6 +130,13 @@ pub fn main() -> ExitCode {
     let options = Options::from_env_and_args();
     if std::env::args().any(|a| a == "--redraw") {
         return redraw(&options.out);
+    }
+    if !Path::new(TIMELOCK).exists() {
+        eprintln!(
+            "compare: no server binary at {TIMELOCK}; build it first (./dev bench does), e.g. \
+             cargo build --release --bin timelock"
+        );
+        return ExitCode::FAILURE;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
