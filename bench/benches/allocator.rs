@@ -17,7 +17,7 @@
 //! the runtime's enter/exit cost is paid once per sample, not per call. A call that does have
 //! to wait (an exhausted reservation waiting for its synced write) suspends normally.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench allocator`
+//! Run: `cargo bench -p timelock-bench --bench allocator`
 //! (append `-- <filter>` to run a subset, e.g. `-- store=memory`).
 
 use std::hint::black_box;

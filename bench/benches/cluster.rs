@@ -1,6 +1,6 @@
 //! Cluster mode, measured: failover time and throughput against a single node, in one run.
 //!
-//!     cargo bench --bench cluster
+//!     cargo bench -p timelock-bench --bench cluster
 //!
 //! Starts a real etcd (Debian's `etcd-server`) and three release-built `timelock` nodes on
 //! loopback with the shipped cluster defaults (lease TTL 3 s, renewal every 500 ms, safety
@@ -37,7 +37,7 @@ fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("cluster bench: run with `cargo bench --bench cluster`");
+        println!("cluster bench: run with `cargo bench -p timelock-bench --bench cluster`");
         return;
     }
     if !std::path::Path::new(common::BIN).exists() {

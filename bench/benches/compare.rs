@@ -2,8 +2,8 @@
 //! handler) and against what users would run instead (etcd, Redis, PostgreSQL, tsoracle).
 //! See `harness.rs` for what is measured and how; `peers.rs` starts and drives the peers.
 //!
-//!     cargo bench --bench compare              # the full run (about N minutes)
-//!     cargo bench --bench compare -- --smoke   # a few seconds; fails only on wrong answers
+//!     ./dev bench                 # release build, then the full run (about 10 minutes)
+//!     ./dev bench --smoke         # a few seconds; fails only on wrong answers
 
 #[path = "compare/chart.rs"]
 mod chart;

@@ -4,7 +4,7 @@
 //! * `hand_off/waiters=1`: a contended hand-off — a holder unlocks while a waiter is queued, and
 //!   the waiter is woken with the lock (slow path: queue, oneshot, task wake-up).
 //!
-//! Run: `cargo bench --bench lock_table`.
+//! Run: `cargo bench -p timelock-bench --bench lock_table`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

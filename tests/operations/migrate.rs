@@ -2,7 +2,7 @@
 //! a crash of the tool between steps and a resume; invalidated sides refuse; a client following
 //! the migration never sees a timestamp go backwards; from-file and to-file; rename.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

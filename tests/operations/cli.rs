@@ -1,7 +1,7 @@
 //! The operator CLI against a real server: the backup/restore seed's `timestamp fetch --file` and
 //! `timestamp fast-forward --file`, invalidate/revalidate, and clear failures with non-zero exit.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -4,7 +4,7 @@
 //! methods — and must give the same status, content type and body (request-specific ids and
 //! clock readings masked), and count the same requests under the same route labels.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -3,7 +3,7 @@
 //! clients (dummy bearer token) keep working where nothing is configured, refusals are Conjure
 //! 401/403 bodies with no side effects, and secrets never reach the log.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -1,7 +1,7 @@
 //! Every timestamp and management endpoint, with its exact status, content type and JSON shape,
 //! at the root and under `/timelock/api`.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -8,7 +8,7 @@
 //! The monotonic clock itself is left alone (`DONT_FAKE_MONOTONIC=1`): that is what an NTP step
 //! or `date -s` changes on a real machine.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

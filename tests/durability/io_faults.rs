@@ -4,9 +4,9 @@
 //! the durable bound, 503 (or, since Debian's RocksDB is built with assertions, the process
 //! aborting — equally a stop), readiness red; it must not retry into success once the fault
 //! clears; a restart after the fault clears resumes above everything acknowledged.
-//! (`ENOSPC` from a full tmpfs is in `tests/fail_stop.rs`.)
+//! (`ENOSPC` from a full tmpfs is in `tests/durability/fail_stop.rs`.)
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Bad input of every kind gets a Conjure 4xx, never a panic or a 500, and has no side effects:
 //! no namespace is created and no timestamp moves.
 
-mod common;
+use crate::common;
 
 use common::*;
 

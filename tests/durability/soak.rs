@@ -1,6 +1,6 @@
 //! Soak: timestamps and locks mixed for a long time, with `kill -9` every minute.
 //!
-//!     SOAK_SECS=1800 cargo test --release --test soak -- --ignored --nocapture
+//!     SOAK_SECS=1800 cargo test --release --test durability soak -- --ignored --nocapture
 //!
 //! 4 timestamp clients (per-client strictly increasing, above everything acknowledged before
 //! each kill) and 4 lock clients contending for 8 lock names (no two clients may hold one name
@@ -10,7 +10,7 @@
 //! descriptors, so growth within a run shows. Bounded: stops by itself after `SOAK_SECS`.
 //! Ignored by default (`cargo test` skips it); `SOAK_SECS=60` makes a quick one.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -40,7 +40,7 @@ fn status_value(pid: u32, field: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: run with SOAK_SECS=... cargo test --release --test soak -- --ignored"]
+#[ignore = "long: run with SOAK_SECS=... cargo test --release --test durability soak -- --ignored"]
 async fn soak_timestamps_and_locks_with_kill9_every_minute() {
     let total = env_secs("SOAK_SECS", 1800);
     let every = env_secs("SOAK_KILL_SECS", 60);

@@ -3,7 +3,7 @@
 //! while its election key is current, so a deposed leader cannot extend a bound and its
 //! allocator fail-stops.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

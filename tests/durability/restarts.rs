@@ -3,7 +3,7 @@
 //! every timestamp acknowledged before, in every namespace. The high-water mark is kept here, in
 //! the test, outside the server's data dir.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! Negative control: the same loop with `faults.skip_sync` (bound writes not fsynced) must see a
 //! violation, which proves the loop can see the bug it guards against.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! answer with a 4xx or close the connection, never panic, keep serving everyone else, and give
 //! back its sockets and memory afterwards.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

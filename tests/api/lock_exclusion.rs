@@ -7,7 +7,7 @@
 //! request completed until the invocation of its last successful refresh or unlock of that token.
 //! For each lock name these intervals of different tokens must never intersect. Bounded in time.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! before, with the high-water mark kept here, outside the server), the restore's refusals, and
 //! the pre-upgrade backup of a format upgrade.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -377,7 +377,8 @@ async fn format_upgrade_takes_a_pre_upgrade_backup_and_a_newer_format_refuses_to
     server.terminate();
     let out = ok(&cli(&["backup", "list", "--backup-dir", s(&backups)]));
     assert!(out.contains("pre-upgrade"), "{out}");
-    let pre = timelock::backup::latest_pre_upgrade(&backups).expect("pre-upgrade backup");
+    let pre =
+        timelock::operations::backup::latest_pre_upgrade(&backups).expect("pre-upgrade backup");
     assert_eq!(pre.namespaces[0].name, "ns");
     {
         let db = timelock::storage::rocks::open_existing(&data).unwrap();
@@ -420,10 +421,10 @@ async fn scheduled_backups_are_taken_and_pruned() {
     let r = send(client().post(server.url("/admin/backups?name=manual"))).await;
     assert_eq!(r.status, 200, "{r:?}");
     tokio::time::sleep(Duration::from_millis(4_300)).await;
-    let all = timelock::backup::list(&backups).unwrap();
+    let all = timelock::operations::backup::list(&backups).unwrap();
     let scheduled: Vec<_> = all
         .iter()
-        .filter(|b| b.backup_type == timelock::backup::BackupType::Scheduled)
+        .filter(|b| b.backup_type == timelock::operations::backup::BackupType::Scheduled)
         .collect();
     assert_eq!(
         scheduled.len(),

@@ -4,7 +4,7 @@
 //! hot kind (bare timestamps, batches, start transactions, lock and unlock, errors), written
 //! all at once, split at awkward places, and in a long burst.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

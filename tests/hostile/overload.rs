@@ -3,7 +3,7 @@
 //! keeps observability routes open, answers every accepted request correctly, and recovers as
 //! soon as the load goes away.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! expiry, leadership ids, start-transactions partitioning and the immutable timestamp, lock
 //! watches, and the multi-client endpoints.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! certificate kept), and mutual TLS whose certificate identities decide which namespaces and
 //! which admin routes a client may use.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ fn write_server_cert(dir: &Path, ca: &Ca) {
 }
 
 fn https_client(ca: &Ca, identity: Option<(String, String)>) -> reqwest::Client {
-    timelock::tls::install_crypto_provider();
+    timelock::transport::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
         .timeout(Duration::from_secs(10))

@@ -4,7 +4,7 @@
 //! the blocking cut-off (429 `Retry-After: 0`, 503 for legacy clients), the request pool, and a
 //! concurrent read/write exclusion checker.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

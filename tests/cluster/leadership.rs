@@ -8,7 +8,7 @@
 //! starts, and a checker over every client operation across repeated failovers finds no
 //! violation; a rolling restart keeps the service up.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! The reservation is tiny so bound writes (in line and in the background) happen constantly
 //! while clients race.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! above the durable bound is ever issued. A restart on healthy storage resumes above everything
 //! acknowledged. Two ways to break the disk: an injected store error, and a real tmpfs that fills.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
