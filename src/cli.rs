@@ -121,7 +121,7 @@ pub enum TimestampCommand {
 #[derive(Args, Debug, Clone)]
 pub struct StateDir {
     /// Directory holding migration state files.
-    #[arg(long, default_value = crate::migrate::DEFAULT_STATE_DIR)]
+    #[arg(long, default_value = crate::operations::migrate::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
 
@@ -172,7 +172,7 @@ pub enum MigrateCommand {
 
 /// Runs a migrate command; returns what to print.
 pub async fn run_migrate_command(command: MigrateCommand) -> anyhow::Result<Option<String>> {
-    use crate::migrate::{self, Side, StartRequest};
+    use crate::operations::migrate::{self, Side, StartRequest};
     let m = match command {
         MigrateCommand::Start {
             from,
@@ -283,7 +283,7 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// The metadata as `key: value` lines, as operators know it from ThingPark's `get-backup-metadatas`.
-pub fn describe_backup(m: &crate::backup::BackupMetadata) -> String {
+pub fn describe_backup(m: &crate::operations::backup::BackupMetadata) -> String {
     let mut out = format!(
         "id: {}\ntm: '{}'\ntype: {}\nserverVersion: {}\nformatVersion: {}\nsize: {}\nfiles: {}\nnamespaces:\n",
         m.name,
@@ -318,7 +318,7 @@ pub fn describe_backup(m: &crate::backup::BackupMetadata) -> String {
 
 /// Runs a backup command; returns what to print on success.
 pub async fn run_backup_command(command: BackupCommand) -> anyhow::Result<Option<String>> {
-    use crate::backup;
+    use crate::operations::backup;
     match command {
         BackupCommand::Create {
             server: Some(server),
@@ -620,7 +620,7 @@ impl Client {
     /// TLS), and the bearer token sent with every request, `TIMELOCK_TOKEN` or the file named by
     /// `TIMELOCK_TOKEN_FILE` (the admin credential, for servers with `[auth]` set).
     pub(crate) fn new() -> anyhow::Result<Self> {
-        crate::tls::install_crypto_provider();
+        crate::transport::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))

@@ -294,7 +294,7 @@ pub enum ClusterMode {
 }
 
 /// Cluster mode (`mode = "etcd"`): the nodes elect one leader through an etcd lease; only the
-/// leader serves, with its bounds in etcd. See README, "High availability".
+/// leader serves, with its bounds in etcd. See docs/cluster.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {

@@ -26,7 +26,7 @@ pub enum TimelockError {
     NamespaceFenced { namespace: Arc<str> },
 
     /// The namespace's bound could not be made durable; its timestamp service has stopped for
-    /// good (until a restart re-reads the bound). See "fail-stop" in the README.
+    /// good (until a restart re-reads the bound). See "Fail-stop" in docs/guarantees.md.
     #[error("timestamp service for namespace {namespace:?} has stopped because its bound could not be made durable ({reason}); restart the server once storage is healthy")]
     FailStopped {
         namespace: Arc<str>,

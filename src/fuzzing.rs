@@ -60,7 +60,7 @@ pub const REQUEST_BODIES: &[BodyType] = body_types![
     BTreeMap<String, Vec<String>>,
     transactions::IdentifiedRequest,
     // admin.rs
-    crate::migrate::Migration,
+    crate::operations::migrate::Migration,
     // parts
     B64,
     LegacyDescriptor,

@@ -1,47 +1,51 @@
-//! timelock: a standalone, TimeLock-compatible timestamp (and, later, lock) server.
+//! timelock: a standalone, TimeLock-compatible timestamp and lock server.
 //!
-//! The crate is layered so that each layer knows only the one below it:
+//! The layers, top down; each imports only from the layers below it:
 //!
-//! * [`http`] — axum routers for the AtlasDB wire contract (legacy `/{ns}/...` paths and the
-//!   Conjure `/tl/...` paths), parsing and validation, and the single place where
+//! * [`server`] — wiring: builds every layer from the settings, binds, runs the accept loop,
+//!   schedules backups, shuts down gracefully.
+//! * [`transport`] — connections before HTTP: TLS, the header-read deadline, the drain.
+//! * [`http`] — the AtlasDB wire contract (legacy `/{ns}/...` and Conjure `/tl/...` paths):
+//!   routes, decoding and validation, access control, load shedding, and the single place where
 //!   [`error::TimelockError`] becomes an HTTP response.
-//! * [`namespaces`] and [`timestamp`] — the core services. They know nothing of HTTP: a
-//!   namespace registry that creates namespaces on first use, and a per-namespace allocator whose
-//!   hot path is an atomic compare-and-swap inside a durably reserved range.
-//! * [`storage`] — the bound store behind one trait ([`storage::BoundStore`]). RocksDB is the
-//!   embedded single-node engine; a distributed engine can implement the same trait without the
-//!   layers above noticing.
+//! * [`cluster`] — who serves: a single node, or the leader elected through etcd.
+//! * [`operations`] — backups, restores and migrations of a server's data.
+//! * the core services, which know nothing of HTTP: [`namespaces`] (the registry, creation on
+//!   first use), [`transactions`] (start transactions, commit timestamps), [`timestamp`] (the
+//!   allocator: an atomic compare-and-swap inside a durably reserved range), [`lock`] (the v2
+//!   lock service, leases, lock watches; the legacy v1 lock table), and [`term_gate`] (the
+//!   fence every request of a leadership term passes), plus [`auth`] (the access policy).
+//! * [`storage`] — the bound store behind one trait ([`storage::BoundStore`]): RocksDB for a
+//!   single node, etcd for a cluster.
+//! * [`config`], [`error`] and [`metrics`] are shared by every layer.
 //!
-//! [`server`] wires these together and runs the HTTP server; [`cli`] is the operator's command
-//! line, which talks to a running server over HTTP.
+//! [`cli`] is the operator's command line, a client of a running server over HTTP; it is not
+//! part of the server.
 
 pub mod auth;
-pub mod backup;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod drain;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod head_timeout;
 pub mod http;
 pub mod lock;
 pub mod metrics;
-pub mod migrate;
 pub mod namespaces;
-pub mod self_wake;
+pub mod operations;
 pub mod server;
 pub mod storage;
+pub mod term_gate;
 pub mod timestamp;
-pub mod tls;
 pub mod transactions;
+pub mod transport;
 
 /// The server's version, as reported in logs and (later) backup metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The hash map of the request paths' tables (namespaces by name, tokens and requestors by
 /// UUID, held locks by descriptor): foldhash, seeded at random per map, instead of SipHash,
-/// which callgrind put at about 150 instructions per lookup, several lookups per `/tl/st`.
+/// whose per-lookup cost showed in profiles of `/tl/st` (several lookups per request).
 /// foldhash's seeding keeps collisions unpredictable to clients choosing the keys.
 pub type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -12,8 +12,7 @@ use timelock::server::{shutdown_signal, Server};
 
 /// mimalloc rather than glibc's malloc: the request paths allocate a handful of small blocks per
 /// request (hyper's header map and read buffer, the handler's boxed future, the answer), and
-/// glibc spent about 190 instructions per allocate-and-free pair on them (callgrind; README,
-/// "Performance").
+/// glibc's allocate-and-free pairs were a visible share of that path (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use tokio::sync::Mutex;
 
-use crate::cluster::gate::TermGate;
 use crate::error::{Result, TimelockError};
 use crate::lock::v1::LockServiceV1;
 use crate::lock::{LockLimits, LockService};
 use crate::metrics::Metrics;
 use crate::storage::{BoundStore, NamespaceRecord, StoreError};
+use crate::term_gate::TermGate;
 use crate::timestamp::{AllocatorLimits, TimestampService};
 use crate::transactions::PartitionAllocator;
 

@@ -38,7 +38,7 @@ pub struct Server {
     connections: ConnectionPolicy,
     /// `[tls]`: the certificate source for `listener`, and the optional loopback plain-HTTP
     /// listener beside it.
-    tls: Option<Arc<crate::tls::TlsSource>>,
+    tls: Option<Arc<crate::transport::tls::TlsSource>>,
     plain_listener: Option<TcpListener>,
     backup_schedule: Option<(std::time::Duration, usize)>,
     /// Cluster mode: the election loop to run while serving.
@@ -59,7 +59,7 @@ impl Server {
         let rocks = tokio::task::spawn_blocking(move || {
             let pre_upgrade = |db: &rocksdb::DB, from: u32| {
                 tracing::warn!(from, "older on-disk format: taking a pre-upgrade backup first");
-                crate::backup::create(&hook_dir, None, crate::backup::BackupType::PreUpgrade, |target| {
+                crate::operations::backup::create(&hook_dir, None, crate::operations::backup::BackupType::PreUpgrade, |target| {
                     crate::storage::rocks::checkpoint(db, target)
                 })
                 .map(|m| tracing::warn!(backup = %m.name, dir = %hook_dir.display(), "pre-upgrade backup taken"))
@@ -67,7 +67,7 @@ impl Server {
             };
             RocksStore::open(&open_dir, min_free, Some(&pre_upgrade)).map_err(|e| {
                 // Rolling back to an older binary: name the backup that restores the old format.
-                match crate::backup::latest_pre_upgrade(&hook_dir) {
+                match crate::operations::backup::latest_pre_upgrade(&hook_dir) {
                     Some(b) if e.0.contains("newer than this binary") => crate::storage::StoreError(format!(
                         "{}. The newest pre-upgrade backup is {:?} (taken {} by timelock {}, format {}): timelock backup restore {} --backup-dir {} --data-dir {}",
                         e.0, b.name, b.created_at, b.server_version, b.format_version, b.name, hook_dir.display(), open_dir.display()
@@ -386,11 +386,14 @@ fn app_state(
 async fn tls_setup(
     settings: &Settings,
     metrics: &Metrics,
-) -> anyhow::Result<(Option<Arc<crate::tls::TlsSource>>, Option<TcpListener>)> {
+) -> anyhow::Result<(
+    Option<Arc<crate::transport::tls::TlsSource>>,
+    Option<TcpListener>,
+)> {
     if !settings.tls.enabled() {
         return Ok((None, None));
     }
-    let tls = crate::tls::TlsSource::load(&settings.tls, metrics.guard.clone())
+    let tls = crate::transport::tls::TlsSource::load(&settings.tls, metrics.guard.clone())
         .context("loading the TLS certificate")?;
     let plain = if settings.tls.plain_listen.is_empty() {
         None
@@ -446,11 +449,11 @@ async fn accept_loop(
     listener: TcpListener,
     router: Dispatch,
     policy: ConnectionPolicy,
-    tls: Option<Arc<crate::tls::TlsSource>>,
+    tls: Option<Arc<crate::transport::tls::TlsSource>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    use crate::head_timeout::{watched, HeadTimer};
-    use crate::self_wake::repolled;
+    use crate::transport::head_timeout::{watched, HeadTimer};
+    use crate::transport::self_wake::repolled;
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
@@ -465,7 +468,7 @@ async fn accept_loop(
         (http, timer)
     };
     let period = policy.header_read_timeout;
-    let graceful = crate::drain::Drain::new();
+    let graceful = crate::transport::drain::Drain::new();
     let slots = policy.slots.clone();
     let shed_connections = policy.guard.shed.with_label_values(&["connections"]);
     tokio::pin!(shutdown);
@@ -526,7 +529,9 @@ async fn accept_loop(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .map(|cert| {
-                        crate::auth::CertificateIdentity(crate::tls::identities(cert).into())
+                        crate::auth::CertificateIdentity(
+                            crate::transport::tls::identities(cert).into(),
+                        )
                     });
                 let service = tower::ServiceBuilder::new()
                     .map_request(
@@ -581,12 +586,14 @@ async fn scheduled_backups(state: AppState, every: std::time::Duration, keep: us
         tick.tick().await;
         let (store, dir) = (state.store.clone(), state.backups_dir.clone());
         let result = tokio::task::spawn_blocking(move || {
-            let made =
-                crate::backup::create(&dir, None, crate::backup::BackupType::Scheduled, |t| {
-                    store.checkpoint(t)
-                })?;
-            let pruned = crate::backup::prune_scheduled(&dir, keep)?;
-            Ok::<_, crate::backup::BackupError>((made.name, pruned))
+            let made = crate::operations::backup::create(
+                &dir,
+                None,
+                crate::operations::backup::BackupType::Scheduled,
+                |t| store.checkpoint(t),
+            )?;
+            let pruned = crate::operations::backup::prune_scheduled(&dir, keep)?;
+            Ok::<_, crate::operations::backup::BackupError>((made.name, pruned))
         })
         .await;
         match result {

@@ -26,7 +26,6 @@ use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
 
-use super::gate::{LeaseClock, TermGate};
 use super::{Leadership, Role};
 use crate::config::ClusterSettings;
 use crate::lock::LockLimits;
@@ -34,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::storage::etcd::{EtcdStore, LeaderGuard};
 use crate::storage::{BoundStore, NamespaceRecord, StoreError};
+use crate::term_gate::{LeaseClock, TermGate};
 use crate::timestamp::AllocatorLimits;
 
 /// How to build a term's namespace registry.

@@ -5,7 +5,7 @@
 //! nodes campaign for one etcd election key held with a lease; the winner loads every bound from
 //! etcd into a *new* [`Namespaces`] registry (nothing of an earlier term is reused: allocators
 //! start at the stored bounds, lock services get new leadership ids), and installs it here. When
-//! the term ends, the registry's [`gate::TermGate`] closes, its lock services close, and it is
+//! the term ends, the registry's [`crate::term_gate::TermGate`] closes, its lock services close, and it is
 //! dropped; non-leaders answer clients with 308 or 503 (see `http::routing`).
 //!
 //! Why this is linearizable across failovers:
@@ -28,7 +28,6 @@ use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 
 pub mod election;
-pub mod gate;
 
 /// This node's part in serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,7 @@
 //! is a measurable share of the request. Per request it looks the path up, allocates the path
 //! parameters and inserts them and the matched template into the request's extensions, and
 //! clones and boxes a service and a future for each layer between the router and the handler
-//! (callgrind, one keep-alive connection: about a dozen allocations and several thousand
-//! instructions per request before the handler runs).
+//! (the profile is in docs/performance-history.md).
 //!
 //! What: a [`Dispatch`] service matches `POST` to the hot paths by hand — at the root and
 //! under the configured prefix — and calls the same handler functions with the same extractor
@@ -17,7 +16,7 @@
 //! a legacy namespace equal to a fixed first segment such as `tl`), and every request when
 //! access control or cluster mode is on (their layers wrap the router only).
 //! `server.direct_dispatch = false` sends every request through the router; the test
-//! `tests/direct_dispatch.rs` runs the same requests both ways and compares the answers.
+//! `tests/api/direct_dispatch.rs` runs the same requests both ways and compares the answers.
 
 use std::convert::Infallible;
 use std::future::Future;

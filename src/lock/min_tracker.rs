@@ -2,8 +2,8 @@
 //! immutable timestamp is their minimum) and each timestamp-lease collection.
 //!
 //! Why not a `BTreeMap<i64, count>`: every `/tl/st` adds one timestamp and every unlock removes
-//! one, under the lock table's mutex, and the B-tree spent about 290 instructions per insert
-//! (callgrind; its removals were not measured apart from the token map's). The
+//! one, under the lock table's mutex, and a B-tree insert was a visible share of that path
+//! (docs/performance-history.md). The
 //! timestamps arrive almost in increasing order (each is a fresh timestamp taken just before
 //! its lock; two workers may swap neighbours) and mostly leave in the same order, so a sorted
 //! ring buffer does both in a few instructions: an add appends at the back, a removal

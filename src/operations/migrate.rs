@@ -204,7 +204,7 @@ pub async fn start(dir: &Path, request: StartRequest) -> anyhow::Result<Migratio
     }
     let id = format!(
         "{}-{}",
-        crate::backup::utc_rfc3339(std::time::SystemTime::now())
+        crate::operations::backup::utc_rfc3339(std::time::SystemTime::now())
             .replace([':', '-'], "")
             .to_lowercase(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -25,7 +25,7 @@ const FORMAT_KEY: &[u8] = b"meta/format_version";
 const NAMESPACE_PREFIX: &[u8] = b"ns/";
 
 /// What to do before upgrading an older data dir: take a `pre-upgrade` backup (see
-/// `crate::backup`). Called with the open database and its format version.
+/// `crate::operations::backup`). Called with the open database and its format version.
 pub type UpgradeHook<'a> = &'a dyn Fn(&DB, u32) -> Result<(), StoreError>;
 
 pub struct RocksStore {

@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::cluster::gate::TermGate;
 use crate::config::TimestampSettings;
 use crate::error::{Result, TimelockError};
 use crate::metrics::Metrics;
 use crate::storage::{BoundStore, NamespaceRecord};
+use crate::term_gate::TermGate;
 
 const ACTIVE: u8 = 0;
 const INVALIDATED: u8 = 1;

@@ -2,8 +2,8 @@
 //!
 //! Why not `hyper_util`'s `GracefulShutdown`: its connection wrapper polls a
 //! `watch::Receiver::changed()` future on every poll of the connection, which takes the
-//! channel's waiter lock each time (callgrind: about 370 instructions per `/tl/st` request,
-//! polled twice per request; a constant axum handler pays nothing of the kind).
+//! channel's waiter lock each time, and a connection is polled about twice per request (a
+//! constant axum handler pays nothing of the kind; the cost measured is in docs/performance.md).
 //!
 //! Here a connection registers its waker once, under a mutex, and re-registers only if it is
 //! polled with a different waker (a spawned task's waker never changes); every other poll is
