@@ -11,7 +11,7 @@
 //! * [`cluster`] — who serves: a single node, or the leader elected through etcd.
 //! * [`operations`] — backups, restores and migrations of a server's data.
 //! * the core services, which know nothing of HTTP: [`namespaces`] (the registry, creation on
-//!   first use), [`transactions`] (start transactions, commit timestamps), [`timestamp`] (the
+//!   first use), [`transactions`] (start transactions, commit timestamps; [`partitions`]), [`timestamp`] (the
 //!   allocator: an atomic compare-and-swap inside a durably reserved range), [`lock`] (the v2
 //!   lock service, leases, lock watches; the legacy v1 lock table), and [`term_gate`] (the
 //!   fence every request of a leadership term passes), plus [`auth`] (the access policy).
@@ -34,6 +34,7 @@ pub mod lock;
 pub mod metrics;
 pub mod namespaces;
 pub mod operations;
+pub mod partitions;
 pub mod server;
 pub mod storage;
 pub mod term_gate;

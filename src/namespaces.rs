@@ -16,10 +16,10 @@ use crate::error::{Result, TimelockError};
 use crate::lock::v1::LockServiceV1;
 use crate::lock::{LockLimits, LockService};
 use crate::metrics::Metrics;
+use crate::partitions::PartitionAllocator;
 use crate::storage::{BoundStore, NamespaceRecord, StoreError};
 use crate::term_gate::TermGate;
 use crate::timestamp::{AllocatorLimits, TimestampService};
-use crate::transactions::PartitionAllocator;
 
 /// Names reserved by TimeLock itself.
 const RESERVED: [&str; 3] = ["tl", "lw", "leader"];
