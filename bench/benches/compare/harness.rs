@@ -20,6 +20,11 @@
 //!   synced bound writes): `fresh-timestamp`, `fresh-timestamps?number=10000`, `/tl/ts`,
 //!   `/tl/st` (immutable-timestamp locks released 64 at a time, as committing clients do), and
 //!   lock + unlock (`/tl/l` then `/tl/ul2`, counted per request).
+//! * the same `fresh-timestamp` load against three deployment variants, each its own server:
+//!   over TLS (`fresh-tls`, a self-signed certificate, rustls on both sides), with access control
+//!   on (`fresh-auth`, the namespace's token on every request, an admin credential set), and from
+//!   the leader of a one-node cluster on a one-member etcd (`fresh-leader`). Their per-round
+//!   ratios to `fresh` are printed with the goals of the structural issue (0.9, 0.95, 0.95).
 //! * peers (`peers.rs`): etcd, Redis `INCR` (two fsync settings), PostgreSQL `nextval`, tsoracle.
 //!
 //! Method: after a warm-up per target, `ROUNDS` rounds (default 7); in each, every target in a
@@ -44,8 +49,8 @@
 //! `TARGETS=fresh,tl/st` (short names: fresh, batch10k, tl/ts, tl/st, lock+unlock) narrows a run
 //! to those targets and the ceiling (and `ceiling-st` with `tl/st`), for profiling one path.
 //!
-//! `--smoke` (and any run without `--bench`, such as `cargo test --bench compare`): the two
-//! ceilings and the server's five targets for a few hundred milliseconds each, no peers; fails
+//! `--smoke` (and any run without `--bench`, such as `cargo test --bench compare`): the
+//! ceilings and the server's targets for a few hundred milliseconds each, no peers; fails
 //! only on wrong answers, never on speed.
 
 use std::collections::HashSet;
@@ -405,14 +410,51 @@ fn peak_rss_mb(pids: &[u32]) -> f64 {
 // HTTP/1.1 client: one connection, one request in flight, replies parsed by hand.
 
 struct Http {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it (the TLS target).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => s.write_all(bytes).await,
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
 }
 
 impl Http {
     async fn connect(addr: SocketAddr) -> anyhow::Result<Http> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        Http::connect_with(addr, None).await
+    }
+
+    /// A connection, over TLS when `tls` is given (the server's name is `localhost`).
+    async fn connect_with(
+        addr: SocketAddr,
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> anyhow::Result<Http> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                Stream::Tls(Box::new(connector.connect(name, tcp).await?))
+            }
+        };
         Ok(Http {
             stream,
             buf: Vec::with_capacity(1024),
@@ -462,6 +504,14 @@ fn post(path: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
+    )
+    .into_bytes()
+}
+
+/// [`post`] with `Authorization: Bearer <token>`.
+fn post_authorized(path: &str, token: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
     )
     .into_bytes()
 }
@@ -588,6 +638,8 @@ fn json_int_after(body: &[u8], key: &memchr::memmem::Finder<'_>) -> anyhow::Resu
 
 /// The namespace every target is loaded in.
 const NS: &str = "bench";
+/// The access-control target's token for [`NS`] (its namespace tokens file lists it).
+const NAMESPACE_TOKEN: &str = "bench-namespace-token-0123456789";
 const ST_PATH: &str = "/tl/st/bench";
 const L_PATH: &str = "/tl/l/bench";
 const UL2_PATH: &str = "/tl/ul2/bench";
@@ -608,6 +660,13 @@ enum Kind {
     /// same size: how much of `/tl/st`'s gap is HTTP bytes rather than work.
     CeilingStart,
     Fresh,
+    /// `fresh-timestamp` over TLS (rustls on both sides, keep-alive connections).
+    FreshTls,
+    /// `fresh-timestamp` with access control on: the namespace needs its token, sent as a
+    /// bearer token on every request.
+    FreshAuth,
+    /// `fresh-timestamp` from the leader of a one-node cluster on etcd.
+    FreshLeader,
     Batch,
     TlTs,
     StartTransaction,
@@ -625,6 +684,9 @@ impl Kind {
                 SHAPED_START_ANSWER.len()
             ),
             Kind::Fresh => "timelock fresh-timestamp".into(),
+            Kind::FreshTls => "timelock fresh-timestamp over TLS".into(),
+            Kind::FreshAuth => "timelock fresh-timestamp, access control on".into(),
+            Kind::FreshLeader => "timelock fresh-timestamp, cluster leader (etcd)".into(),
             Kind::Batch => "timelock fresh-timestamps?number=10000".into(),
             Kind::TlTs => "timelock /tl/ts (1)".into(),
             Kind::StartTransaction => "timelock /tl/st (1 transaction)".into(),
@@ -639,6 +701,9 @@ impl Kind {
             Kind::CeilingHyper => "ceiling-hyper".into(),
             Kind::CeilingStart => "ceiling-st".into(),
             Kind::Fresh => "fresh".into(),
+            Kind::FreshTls => "fresh-tls".into(),
+            Kind::FreshAuth => "fresh-auth".into(),
+            Kind::FreshLeader => "fresh-leader".into(),
             Kind::Batch => "batch10k".into(),
             Kind::TlTs => "tl/ts".into(),
             Kind::StartTransaction => "tl/st".into(),
@@ -655,6 +720,8 @@ struct Target {
     pids: Vec<u32>,
     durability: String,
     peer: Option<Arc<PeerProcess>>,
+    /// The TLS target's client configuration.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// One connection's worth of client state for a target.
@@ -703,8 +770,13 @@ impl Conn {
             });
         }
         let fixed = match target.kind {
-            Kind::Ceiling | Kind::CeilingHyper | Kind::Fresh => {
-                post(&format!("/{NS}/timestamp/fresh-timestamp"), "")
+            Kind::Ceiling
+            | Kind::CeilingHyper
+            | Kind::Fresh
+            | Kind::FreshTls
+            | Kind::FreshLeader => post(&format!("/{NS}/timestamp/fresh-timestamp"), ""),
+            Kind::FreshAuth => {
+                post_authorized(&format!("/{NS}/timestamp/fresh-timestamp"), NAMESPACE_TOKEN)
             }
             Kind::Batch => post(
                 &format!("/{NS}/timestamp/fresh-timestamps?number=10000"),
@@ -738,7 +810,8 @@ impl Conn {
             _ => (Template::default(), Template::default()),
         };
         Ok(Conn::Http {
-            http: Http::connect(target.addr.expect("http target")).await?,
+            http: Http::connect_with(target.addr.expect("http target"), target.tls.as_ref())
+                .await?,
             kind: target.kind,
             last: i64::MIN,
             pending: Vec::new(),
@@ -806,7 +879,7 @@ impl Conn {
                             values: None,
                         });
                     }
-                    Kind::Fresh => {
+                    Kind::Fresh | Kind::FreshTls | Kind::FreshAuth | Kind::FreshLeader => {
                         let (status, body) = http.exchange(fixed).await?;
                         ensure!(status == 200, "fresh-timestamp answered {status}");
                         let v = parse_number(body)?;
@@ -1154,6 +1227,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         pids: vec![ceiling.pid()],
         durability: "none (constant)".into(),
         peer: None,
+        tls: None,
     };
     let mut targets = vec![
         constant(Kind::Ceiling),
@@ -1177,6 +1251,34 @@ async fn run(options: Options) -> anyhow::Result<()> {
                 "bound fsynced (RocksDB sync write) before any timestamp above it; one write per reservation of at least 1,000,000 (about 2 s of traffic at high rates)".into()
             },
             peer: None,
+            tls: None,
+        });
+    }
+    // The same fresh-timestamp load against the deployments people run: TLS, access control
+    // and a cluster leader, each a server of its own, compared with `fresh` round by round.
+    let variants = Variants::start().await?;
+    for (kind, server, tls, durability) in [
+        (
+            Kind::FreshTls,
+            &variants.tls,
+            Some(variants.connector.clone()),
+            "as fresh",
+        ),
+        (Kind::FreshAuth, &variants.auth, None, "as fresh"),
+        (
+            Kind::FreshLeader,
+            &variants.leader,
+            None,
+            "bound in etcd (one member, raft WAL fdatasync) before any timestamp above it",
+        ),
+    ] {
+        targets.push(Target {
+            kind,
+            addr: Some(server.addr),
+            pids: vec![server.pid()],
+            durability: durability.into(),
+            peer: None,
+            tls,
         });
     }
     // `TARGETS=fresh,tl/st` (short names) narrows a run to those targets and the ceiling (and
@@ -1201,6 +1303,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
                         pids: peer.pids.clone(),
                         durability: peer.durability.clone(),
                         peer: Some(peer),
+                        tls: None,
                     });
                 }
                 Err(e) => {
@@ -1245,8 +1348,27 @@ async fn run(options: Options) -> anyhow::Result<()> {
         );
     }
 
+    let mut variant_ratios = serde_json::Map::new();
+    for (variant, goal) in [
+        ("fresh-tls", 0.9),
+        ("fresh-auth", 0.95),
+        ("fresh-leader", 0.95),
+    ] {
+        if let Some((median, min, max)) = ratio_between(&windows, variant, "fresh", options.rounds)
+        {
+            println!(
+                "{variant} against fresh (median of per-round ratios): **{median:.3}** ({min:.2}–{max:.2}; goal ≥ {goal})"
+            );
+            variant_ratios.insert(
+                variant.into(),
+                serde_json::json!({"median": median, "min": min, "max": max, "goal": goal}),
+            );
+        }
+    }
+
     let mut report = serde_json::json!({
         "machine": machine(),
+        "variants_to_fresh": variant_ratios,
         "connections": options.connections,
         "window_ms": options.window.as_millis() as u64,
         "rounds": options.rounds,
@@ -1285,14 +1407,99 @@ async fn run(options: Options) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
+    drop(variants);
     drop(timelock);
     drop(ceiling);
     Ok(())
 }
 
-/// `/tl/st` requests/s over the `/tl/st`-shaped ceiling's, per round: the median, lowest and
-/// highest. What is left of `/tl/st`'s gap once HTTP bytes cost both sides alike.
-fn shaped_start_ratio(windows: &[Window], rounds: usize) -> Option<(f64, f64, f64)> {
+/// The servers of the deployment variants (TLS, access control, cluster leader) and what
+/// their clients need.
+struct Variants {
+    tls: Server,
+    connector: tokio_rustls::TlsConnector,
+    auth: Server,
+    leader: Server,
+    // Dropped after the leader, which would otherwise spend its last moments retrying etcd.
+    _etcd: PeerProcess,
+}
+
+impl Variants {
+    async fn start() -> anyhow::Result<Variants> {
+        // TLS: a self-signed certificate for `localhost`, trusted by the harness's client.
+        let dir = tempfile::tempdir_in(bench_dir())?;
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, cert.cert.pem())?;
+        std::fs::write(&key_file, cert.key_pair.serialize_pem())?;
+        let (tls, _) = start_timelock_in(
+            dir,
+            &[
+                (
+                    "TIMELOCK__TLS__CERT_FILE",
+                    cert_file.to_str().expect("utf-8 path"),
+                ),
+                (
+                    "TIMELOCK__TLS__KEY_FILE",
+                    key_file.to_str().expect("utf-8 path"),
+                ),
+            ],
+        )?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+
+        // Access control: the namespace needs its token (held as a SHA-256 digest), and an
+        // admin credential closes the admin routes, as a deployment would configure both.
+        let dir = tempfile::tempdir_in(bench_dir())?;
+        let tokens = dir.path().join("namespace-tokens");
+        std::fs::write(&tokens, format!("{NS} {NAMESPACE_TOKEN}\n"))?;
+        let (auth, _) = start_timelock_in(
+            dir,
+            &[
+                (
+                    "TIMELOCK__AUTH__NAMESPACE_TOKENS_FILE",
+                    tokens.to_str().expect("utf-8 path"),
+                ),
+                ("TIMELOCK__AUTH__ADMIN_TOKEN", "env:BENCH_ADMIN_TOKEN"),
+                ("BENCH_ADMIN_TOKEN", "bench-admin-token-0123456789"),
+            ],
+        )?;
+
+        // A one-node cluster on a one-member etcd: the leader's request path (the term gate
+        // and leader routing) against the single node's.
+        let etcd = peers::start(PeerKind::Etcd).await?;
+        let endpoint = format!("http://{}", etcd.addr);
+        let (leader, _) = start_timelock(&[
+            ("TIMELOCK__CLUSTER__MODE", "etcd"),
+            ("TIMELOCK__CLUSTER__ETCD_ENDPOINTS", endpoint.as_str()),
+            ("TIMELOCK__CLUSTER__NODE_ID", "bench"),
+        ])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fresh_once(leader.addr, NS).await.is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "the cluster node did not become leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Variants {
+            tls,
+            connector,
+            auth,
+            leader,
+            _etcd: etcd,
+        })
+    }
+}
+
+/// `a`'s requests/s over `b`'s, per round: the median, lowest and highest.
+fn ratio_between(windows: &[Window], a: &str, b: &str, rounds: usize) -> Option<(f64, f64, f64)> {
     let rate = |target: &str, round: usize| {
         windows
             .iter()
@@ -1300,13 +1507,19 @@ fn shaped_start_ratio(windows: &[Window], rounds: usize) -> Option<(f64, f64, f6
             .map(|w| w.req_per_sec)
     };
     let mut ratios: Vec<f64> = (0..rounds)
-        .filter_map(|r| Some(rate("tl/st", r)? / rate("ceiling-st", r)?))
+        .filter_map(|r| Some(rate(a, r)? / rate(b, r)?))
         .collect();
     if ratios.is_empty() {
         return None;
     }
     let median = median(&mut ratios);
     Some((median, ratios[0], ratios[ratios.len() - 1]))
+}
+
+/// `/tl/st` requests/s over the `/tl/st`-shaped ceiling's, per round: the median, lowest and
+/// highest. What is left of `/tl/st`'s gap once HTTP bytes cost both sides alike.
+fn shaped_start_ratio(windows: &[Window], rounds: usize) -> Option<(f64, f64, f64)> {
+    ratio_between(windows, "tl/st", "ceiling-st", rounds)
 }
 
 fn summarise(targets: &[Target], windows: &[Window], rounds: usize) -> Vec<Summary> {
@@ -1596,6 +1809,7 @@ async fn scale(options: &Options) -> anyhow::Result<serde_json::Value> {
         pids: vec![server.pid()],
         durability: String::new(),
         peer: None,
+        tls: None,
     };
     let mut out = serde_json::Map::new();
     println!();

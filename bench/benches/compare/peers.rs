@@ -41,7 +41,7 @@ pub struct PeerProcess {
     pub pids: Vec<u32>,
     kind: PeerKind,
     children: Vec<Child>,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     dir: Option<tempfile::TempDir>,
 }
 
