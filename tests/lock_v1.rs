@@ -199,7 +199,11 @@ async fn endpoint_json_shapes() {
     assert!((r.body.parse::<i64>().unwrap() - json_now()).abs() < 10_000);
     let r = call(&server, "/v1/lock/lock-server-options", "").await;
     assert_eq!(r.status, 200);
-    assert!(r.json().is_object(), "{r:?}");
+    assert_eq!(
+        r.json()["maxAllowedClockDrift"],
+        json!({"time": 5, "unit": "SECONDS"}),
+        "TimeLock's default allowance: {r:?}"
+    );
     assert_eq!(
         call(&server, "/v1/lock/log-current-state", "").await.status,
         204
@@ -405,8 +409,10 @@ async fn blocking_modes() {
 #[tokio::test]
 async fn expiry_and_grants() {
     let (_dir, data) = temp_data_dir();
-    let server = TestServer::start(&data, &[]);
-    // A 1 s lock timeout expires without refreshes.
+    let server = TestServer::start(&data, &[("TIMELOCK__LOCK_V1__MAX_CLOCK_DRIFT_MS", "300")]);
+    // A 1 s lock timeout expires without refreshes, and the lock is free once the 300 ms drift
+    // allowance has passed too (LockServiceImpl.reapLocks), not before.
+    let sent = Instant::now();
     let short = request(
         &[("e", "WRITE")],
         "LOCK_ALL_OR_NONE",
@@ -425,6 +431,11 @@ async fn expiry_and_grants() {
         assert!(Instant::now() < deadline, "lock never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1_300),
+        "freed before expiry + drift: {:?}",
+        sent.elapsed()
+    );
     let refreshed = call(
         &server,
         "/exp/lock/refresh-lock-tokens",
@@ -465,6 +476,109 @@ async fn expiry_and_grants() {
     let again = call(&server, "/exp/lock/use-grant-id/d", &g.grant_id.to_string()).await;
     assert!(again.status >= 400, "{again:?}");
     assert!(unlock(&server, "exp", c.token_id).await);
+}
+
+async fn refresh_lock_tokens(server: &TestServer, ns: &str, token: u128) -> Vec<RefreshToken> {
+    let r = call(
+        server,
+        &format!("/{ns}/lock/refresh-lock-tokens"),
+        &format!(r#"[{{"tokenId":{token},"expirationDateMs":0}}]"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    serde_json::from_str(&r.body).expect("LockRefreshTokens")
+}
+
+/// LockServiceImpl: the reaper frees a token only once
+/// `expirationDateMs <= now - maxAllowedClockDrift`; `refreshToken` and `convertToGrant` only ask
+/// whether it is still held. AtlasDB's own TimeLock tests lock with a 10 ms timeout and refresh
+/// afterwards. The server runs with a 1.5 s allowance so that the test stays short.
+#[tokio::test]
+async fn short_timeout_tokens_stay_held_for_the_clock_drift_allowance() {
+    const DRIFT_MS: u64 = 1_500;
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[("TIMELOCK__LOCK_V1__MAX_CLOCK_DRIFT_MS", "1500")]);
+    let options = call(&server, "/drift/lock/lock-server-options", "").await;
+    assert_eq!(
+        options.json()["maxAllowedClockDrift"],
+        json!({"time": 1500, "unit": "MILLISECONDS"}),
+        "{options:?}"
+    );
+    let ten_ms = |locks: &[(&str, &str)]| {
+        request(
+            locks,
+            "LOCK_ALL_OR_NONE",
+            "DO_NOT_BLOCK",
+            json!({"lockTimeout": {"time": 10, "unit": "MILLISECONDS"}, "versionId": 7}),
+        )
+    };
+    // Refreshed a few hundred ms after its 10 ms timeout passed.
+    let refreshed = try_lock(&server, "drift", "a", &ten_ms(&[("r", "WRITE")]))
+        .await
+        .unwrap();
+    // Converted to a grant after its timeout passed.
+    let converted = try_lock(&server, "drift", "a", &ten_ms(&[("g", "WRITE")]))
+        .await
+        .unwrap();
+    // Never refreshed: freed once expiry + drift has passed, not before.
+    let sent = Instant::now();
+    let abandoned = try_lock(&server, "drift", "a", &ten_ms(&[("f", "WRITE")]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let r = refresh_lock_tokens(&server, "drift", refreshed.token_id).await;
+    assert_eq!(r.len(), 1, "a 10 ms token is refreshable 300 ms later");
+    assert_eq!(r[0].token_id, refreshed.token_id);
+    assert!(r[0].expiration_date_ms > refreshed.expiration_date_ms);
+    let grant = call(
+        &server,
+        "/drift/lock/convert-to-grant",
+        &format!(r#"{{"tokenId":{}}}"#, converted.token_id),
+    )
+    .await;
+    assert_eq!(grant.status, 200, "{grant:?}");
+    let converted_at = Instant::now();
+    let g: Grant = serde_json::from_str(&grant.body).unwrap();
+    // Still held just before expiry + drift.
+    assert!(
+        sent.elapsed() < Duration::from_millis(DRIFT_MS - 500),
+        "the test itself ran too slowly to check the allowance"
+    );
+    assert!(
+        try_lock(&server, "drift", "b", &try_now(&[("f", "WRITE")]))
+            .await
+            .is_none(),
+        "freed before expiry + drift"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let b = loop {
+        if let Some(t) = try_lock(&server, "drift", "b", &try_now(&[("f", "WRITE")])).await {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        sent.elapsed() >= Duration::from_millis(10 + DRIFT_MS),
+        "freed after {:?}, before expiry + drift",
+        sent.elapsed()
+    );
+    assert!(refresh_lock_tokens(&server, "drift", abandoned.token_id)
+        .await
+        .is_empty());
+    assert!(!unlock(&server, "drift", abandoned.token_id).await);
+    assert!(unlock(&server, "drift", b.token_id).await);
+    // The grant, unrefreshed since its conversion, went the same way.
+    let grant_freed = converted_at + Duration::from_millis(10 + DRIFT_MS + 100);
+    tokio::time::sleep_until(grant_freed.into()).await;
+    let r = call(
+        &server,
+        "/drift/lock/use-grant-id/c",
+        &g.grant_id.to_string(),
+    )
+    .await;
+    r.assert_conjure_error(400, "INVALID_ARGUMENT");
 }
 
 #[tokio::test]

@@ -257,7 +257,8 @@ async fn fifo_queue_holds_back_later_readers_and_cutoff_gives_everything_back() 
 
 #[tokio::test]
 async fn expiry_refresh_and_reaping() {
-    let s = LockServiceV1::new();
+    // No drift allowance: a token is freed as soon as its timeout passes.
+    let s = LockServiceV1::with_clock_drift(Duration::ZERO);
     let t = s
         .lock("a", &req(&[("x", W)]).timeout_ms(150).build(), None)
         .await
@@ -374,4 +375,59 @@ fn ids_have_127_random_bits() {
     assert!(ids.iter().any(|id| *id >= (1u128 << 126)), "top bit used");
     let distinct: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len());
+}
+
+/// `LockServiceImpl.reapLocks` frees a token only once
+/// `expirationDateMs <= now - maxAllowedClockDrift`, and `refreshToken` / `convertToGrant` only
+/// ask whether the token is still in `heldLocksTokenMap`: an expired token stays held, and
+/// usable, for the whole allowance.
+#[tokio::test]
+async fn expired_tokens_stay_held_for_the_drift_allowance() {
+    const DRIFT: Duration = Duration::from_millis(1_000);
+    let s = LockServiceV1::with_clock_drift(DRIFT);
+    let t = s
+        .lock("a", &req(&[("x", W)]).timeout_ms(10).build(), None)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.reap(), 0, "expired but within the allowance");
+    assert!(
+        try_lock(&s, "b", &[("x", W)]).await.is_none(),
+        "still held against others"
+    );
+    assert_eq!(s.refresh([t.token_id]).len(), 1, "refreshable after expiry");
+    // Let the refreshed token expire again; well before the allowance ends it is still held.
+    let refreshed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(refreshed_at.elapsed() < DRIFT, "the test slept too long");
+    assert_eq!(s.reap(), 0);
+    assert_eq!(s.token_count(), 1);
+    // Past expiry (10 ms) + allowance without a refresh: freed.
+    tokio::time::sleep(DRIFT).await;
+    assert_eq!(s.reap(), 1);
+    assert!(s.refresh([t.token_id]).is_empty());
+    assert!(!s.unlock(t.token_id));
+    assert!(try_lock(&s, "b", &[("x", W)]).await.is_some());
+
+    // Grants get the same allowance (`reapLocks` runs on the grant queue too).
+    let t = s
+        .lock("c", &req(&[("y", W)]).timeout_ms(10).build(), None)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let g = s
+        .convert_to_grant(t.token_id)
+        .expect("convertible after expiry");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(s.refresh_grant(g.grant_id).is_some());
+    tokio::time::sleep(DRIFT + Duration::from_millis(200)).await;
+    assert!(
+        s.refresh_grant(g.grant_id).is_none(),
+        "freed past the allowance"
+    );
+    assert!(try_lock(&s, "d", &[("y", W)]).await.is_some());
 }
