@@ -208,14 +208,23 @@ async fn endpoint_json_shapes() {
         call(&server, "/v1/lock/log-current-state", "").await.status,
         204
     );
+    // The `String` overload stays 400 (NonTransactionalLockService); the `LockClient` ones
+    // answer 204 for a client holding nothing (see min_locked_in_version_id_per_client).
     for path in [
-        "/v1/lock/min-locked-in-version-id",
-        "/v1/lock/min-locked-in-version-id-for-client/alice",
         "/v1/lock/min-locked-in-version/alice",
+        "/v1/lock/min-locked-in-version",
     ] {
         call(&server, path, r#"{"clientId":"alice"}"#)
             .await
             .assert_conjure_error(400, "INVALID_ARGUMENT");
+    }
+    for path in [
+        "/v1/lock/min-locked-in-version-id",
+        "/v1/lock/min-locked-in-version-id-for-client/alice",
+        "/v1/lock/min-locked-in-version-id-for-client",
+    ] {
+        let r = call(&server, path, "").await;
+        assert_eq!(r.status, 204, "{path}: {r:?}");
     }
     // Prefixed copies exist too.
     let r = call(&server, "/timelock/api/v1/lock/current-time-millis", "").await;
@@ -504,28 +513,43 @@ async fn short_timeout_tokens_stay_held_for_the_clock_drift_allowance() {
         json!({"time": 1500, "unit": "MILLISECONDS"}),
         "{options:?}"
     );
-    let ten_ms = |locks: &[(&str, &str)]| {
+    let ten_ms = |locks: &[(&str, &str)], version: i64| {
         request(
             locks,
             "LOCK_ALL_OR_NONE",
             "DO_NOT_BLOCK",
-            json!({"lockTimeout": {"time": 10, "unit": "MILLISECONDS"}, "versionId": 7}),
+            json!({"lockTimeout": {"time": 10, "unit": "MILLISECONDS"}, "versionId": version}),
         )
     };
     // Refreshed a few hundred ms after its 10 ms timeout passed.
-    let refreshed = try_lock(&server, "drift", "a", &ten_ms(&[("r", "WRITE")]))
+    let refreshed = try_lock(&server, "drift", "a", &ten_ms(&[("r", "WRITE")], 7))
         .await
         .unwrap();
     // Converted to a grant after its timeout passed.
-    let converted = try_lock(&server, "drift", "a", &ten_ms(&[("g", "WRITE")]))
+    let converted = try_lock(&server, "drift", "a", &ten_ms(&[("g", "WRITE")], 5))
         .await
         .unwrap();
     // Never refreshed: freed once expiry + drift has passed, not before.
     let sent = Instant::now();
-    let abandoned = try_lock(&server, "drift", "a", &ten_ms(&[("f", "WRITE")]))
+    let abandoned = try_lock(&server, "drift", "a", &ten_ms(&[("f", "WRITE")], 9))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Expired tokens still count for the version query (LockServiceImpl keeps them in
+    // versionIdMap until the reaper unlocks them).
+    let min = || {
+        call(
+            &server,
+            "/drift/lock/min-locked-in-version-id-for-client/a",
+            "",
+        )
+    };
+    assert_eq!(
+        min().await.number(),
+        5,
+        "the 10 ms tokens are found 300 ms later"
+    );
 
     let r = refresh_lock_tokens(&server, "drift", refreshed.token_id).await;
     assert_eq!(r.len(), 1, "a 10 ms token is refreshable 300 ms later");
@@ -540,6 +564,11 @@ async fn short_timeout_tokens_stay_held_for_the_clock_drift_allowance() {
     assert_eq!(grant.status, 200, "{grant:?}");
     let converted_at = Instant::now();
     let g: Grant = serde_json::from_str(&grant.body).unwrap();
+    assert_eq!(
+        min().await.number(),
+        7,
+        "a converted token no longer counts for a"
+    );
     // Still held just before expiry + drift.
     assert!(
         sent.elapsed() < Duration::from_millis(DRIFT_MS - 500),
@@ -579,6 +608,99 @@ async fn short_timeout_tokens_stay_held_for_the_clock_drift_allowance() {
     )
     .await;
     r.assert_conjure_error(400, "INVALID_ARGUMENT");
+    // So did the refreshed token (refreshed before the conversion, never again).
+    assert_eq!(min().await.status, 204);
+}
+
+/// `NonTransactionalLockService` overrides only `getMinLockedInVersionId(String)` (400); the
+/// `LockClient` overloads reach `LockServiceImpl`, which answers the smallest `versionId` in the
+/// client's `versionIdMap` entries (a `TreeMultiset`), `null` (204) when there is none, and
+/// `getMinLockedInVersionId()` asks for `LockClient.ANONYMOUS`.
+#[tokio::test]
+async fn min_locked_in_version_id_per_client() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let with_version = |locks: &[(&str, &str)], version: i64| {
+        request(
+            locks,
+            "LOCK_ALL_OR_NONE",
+            "DO_NOT_BLOCK",
+            json!({"versionId": version}),
+        )
+    };
+    let min = |path: &'static str| call(&server, path, "");
+    const VC: &str = "/ver/lock/min-locked-in-version-id-for-client/vc";
+    // The example of issue 21: vc holds READ ver/a (50) and WRITE ver/b (30).
+    let a = try_lock(
+        &server,
+        "ver",
+        "vc",
+        &with_version(&[("ver/a", "READ")], 50),
+    )
+    .await
+    .unwrap();
+    let b = try_lock(
+        &server,
+        "ver",
+        "vc",
+        &with_version(&[("ver/b", "WRITE")], 30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(min(VC).await.number(), 30);
+    // Another client's versions and a token without a version id do not count.
+    try_lock(
+        &server,
+        "ver",
+        "other",
+        &with_version(&[("ver/c", "WRITE")], 10),
+    )
+    .await
+    .unwrap();
+    try_lock(&server, "ver", "vc", &try_now(&[("ver/d", "WRITE")]))
+        .await
+        .unwrap();
+    assert_eq!(min(VC).await.number(), 30);
+    assert_eq!(
+        min("/ver/lock/min-locked-in-version-id-for-client/other")
+            .await
+            .number(),
+        10
+    );
+    // Nor do vc's for the anonymous client.
+    assert_eq!(min("/ver/lock/min-locked-in-version-id").await.status, 204);
+    // The String overload stays 400 even for a client holding versions.
+    min("/ver/lock/min-locked-in-version/vc")
+        .await
+        .assert_conjure_error(400, "INVALID_ARGUMENT");
+    assert!(unlock(&server, "ver", b.token_id).await);
+    assert_eq!(min(VC).await.number(), 50);
+    assert!(unlock(&server, "ver", a.token_id).await);
+    let r = min(VC).await;
+    assert_eq!((r.status, r.body.as_str()), (204, ""), "{r:?}");
+
+    // The anonymous client: paths without a client, and with an empty last segment.
+    let r = call(
+        &server,
+        "/ver/lock/try-lock",
+        &with_version(&[("ver/e", "WRITE")], 40).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let anon: HeldToken = serde_json::from_str(&r.body).unwrap();
+    for path in [
+        "/ver/lock/min-locked-in-version-id",
+        "/ver/lock/min-locked-in-version-id/",
+        "/ver/lock/min-locked-in-version-id-for-client",
+        "/ver/lock/min-locked-in-version-id-for-client/",
+    ] {
+        assert_eq!(min(path).await.number(), 40, "{path}");
+    }
+    min("/ver/lock/min-locked-in-version")
+        .await
+        .assert_conjure_error(400, "INVALID_ARGUMENT");
+    assert!(unlock(&server, "ver", anon.token_id).await);
+    assert_eq!(min("/ver/lock/min-locked-in-version-id").await.status, 204);
 }
 
 #[tokio::test]

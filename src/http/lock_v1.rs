@@ -76,10 +76,10 @@ pub fn routes() -> Router<AppState> {
         ("use-grant-id", post(use_grant_id)),
         (
             "min-locked-in-version-id-for-client",
-            post(min_locked_in_version),
+            post(min_locked_in_version_id),
         ),
         ("min-locked-in-version", post(min_locked_in_version)),
-        ("min-locked-in-version-id", post(min_locked_in_version)),
+        ("min-locked-in-version-id", post(min_locked_in_version_id)),
     ];
     for (name, handler) in with_client {
         router = router
@@ -569,7 +569,25 @@ async fn use_grant_id(
     Ok(json(&held_locks_token(&t)))
 }
 
-/// TimeLock's v1 service is non-transactional: every `getMinLockedInVersionId` is a 400.
+/// `min-locked-in-version-id-for-client[/{client}]` and `min-locked-in-version-id` (the
+/// anonymous client): TimeLock's `NonTransactionalLockService` overrides only the `String`
+/// overload, so these `LockClient` ones reach `LockServiceImpl` and answer the client's smallest
+/// held `versionId`, or 204 when it holds none.
+async fn min_locked_in_version_id(
+    State(state): State<AppState>,
+    path: NsClient,
+) -> Result<Response, TimelockError> {
+    let min = table(&state, &path.ns)
+        .await?
+        .min_locked_in_version_id(&path.client);
+    Ok(match min {
+        Some(v) => json_number(v),
+        None => no_content(),
+    })
+}
+
+/// `min-locked-in-version[/{client}]` (the `String` overload): TimeLock's v1 service is
+/// non-transactional (`NonTransactionalLockService`), so this is a 400.
 async fn min_locked_in_version(
     State(state): State<AppState>,
     path: NsClient,

@@ -843,6 +843,26 @@ impl LockServiceV1 {
         Some(view)
     }
 
+    /// `getMinLockedInVersionId(LockClient)`: the smallest `versionId` among the tokens
+    /// `client` holds (`""` = anonymous), or `None` when it holds none with a version id. A
+    /// token counts while it is held (expired ones too, until freed past the drift allowance):
+    /// not after it is unlocked (also by `unlock-and-freeze`) or converted to a grant, and one
+    /// taken up from a grant counts for its new client. `LockServiceImpl` keeps a converted
+    /// token's version id under its old client forever (its `versionIdMap` entry is never
+    /// removed); answering from the held tokens instead keeps the answer true.
+    pub fn min_locked_in_version_id(&self, client: &str) -> Option<i64> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        st.sweep(Instant::now());
+        st.tokens
+            .values()
+            .filter(|t| &*t.view.client == client)
+            .filter_map(|t| t.view.version_id)
+            .min()
+    }
+
     /// `getLockState` for one descriptor.
     pub fn lock_state(&self, descriptor: &[u8]) -> LockStateView {
         let mut st = self.state.lock();
