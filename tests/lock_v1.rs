@@ -334,6 +334,63 @@ async fn group_behaviours() {
     assert!(unlock(&server, "grp", held.token_id).await);
 }
 
+/// `LockRequest.Builder` checks `!lockMap.isEmpty()`, so TimeLock refuses a request without
+/// locks on every lock path, whatever its group and blocking behaviour: 400, the same
+/// `INVALID_ARGUMENT` error as for a request naming a lock twice.
+#[tokio::test]
+async fn empty_lock_lists_are_invalid_arguments() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let duplicate = call(
+        &server,
+        "/empty/lock/try-lock/a",
+        &try_now(&[("x", "WRITE"), ("x", "READ")]).to_string(),
+    )
+    .await
+    .assert_conjure_error(400, "INVALID_ARGUMENT");
+    let bodies = [
+        try_now(&[]),
+        request(&[], "LOCK_ALL_OR_NONE", "BLOCK_INDEFINITELY", json!({})),
+        request(
+            &[],
+            "LOCK_ALL_OR_NONE",
+            "BLOCK_INDEFINITELY_THEN_RELEASE",
+            json!({}),
+        ),
+        request(
+            &[],
+            "LOCK_AS_MANY_AS_POSSIBLE",
+            "BLOCK_UNTIL_TIMEOUT",
+            json!({"blockingDuration": {"time": 1, "unit": "SECONDS"}}),
+        ),
+        json!({"locks": []}),
+    ];
+    for body in &bodies {
+        for path in [
+            "/empty/lock/try-lock/a",
+            "/empty/lock/try-lock",
+            "/empty/lock/try-lock/",
+            "/empty/lock/lock/a",
+            "/empty/lock/lock",
+            "/empty/lock/lock-with-full-response/a",
+            "/empty/lock/lock-with-full-response",
+        ] {
+            let err = call(&server, path, &body.to_string())
+                .await
+                .assert_conjure_error(400, "INVALID_ARGUMENT");
+            assert_eq!(err["errorName"], duplicate["errorName"], "{path} {body}");
+        }
+        let conjure = json!({"lockClient": "a", "lockRequest": body});
+        let err = call(&server, "/lk/laghl/empty", &conjure.to_string())
+            .await
+            .assert_conjure_error(400, "INVALID_ARGUMENT");
+        assert_eq!(err["errorName"], duplicate["errorName"], "/lk/laghl {body}");
+    }
+    // Nothing was locked on the way.
+    let r = call(&server, "/empty/lock/get-tokens/a", "").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"), "{r:?}");
+}
+
 #[tokio::test]
 async fn blocking_modes() {
     let (_dir, data) = temp_data_dir();
