@@ -177,13 +177,24 @@ pub struct LockV1Settings {
     /// Most v1 lock requests (any blocking mode) served at once, over all namespaces; past it,
     /// 429 (TimeLock's shared lock thread pool of 128).
     pub max_concurrent_lock_requests: usize,
+    /// How long past its expiry an unrefreshed v1 token (or grant) stays held before it is
+    /// freed: until then it can still be refreshed, unlocked, converted to a grant and counted
+    /// by the version queries. TimeLock's reaper allows `LockServerOptions.maxAllowedClockDrift`
+    /// (5 s), and AtlasDB clients rely on it: they lock with timeouts as short as 10 ms and
+    /// refresh afterwards.
+    pub max_clock_drift_ms: u64,
 }
+
+/// The largest `lock_v1.max_clock_drift_ms` accepted: a longer allowance would keep abandoned
+/// v1 locks away from other clients for longer than the longest lock timeout itself.
+pub const MAX_V1_CLOCK_DRIFT_MS: u64 = 600_000;
 
 impl Default for LockV1Settings {
     fn default() -> Self {
         Self {
             blocking_timeout_ms: 48_000,
             max_concurrent_lock_requests: 128,
+            max_clock_drift_ms: 5_000,
         }
     }
 }
@@ -533,6 +544,12 @@ impl Settings {
         if self.lock_v1.max_concurrent_lock_requests == 0 {
             return invalid("lock_v1.max_concurrent_lock_requests must be at least 1".into());
         }
+        if self.lock_v1.max_clock_drift_ms > MAX_V1_CLOCK_DRIFT_MS {
+            return invalid(format!(
+                "lock_v1.max_clock_drift_ms ({}) must be between 0 and {MAX_V1_CLOCK_DRIFT_MS} (10 minutes, the longest v1 lock timeout)",
+                self.lock_v1.max_clock_drift_ms
+            ));
+        }
         self.validate_cluster()?;
         self.validate_tls()?;
         self.backup.schedule_interval()?;
@@ -744,6 +761,21 @@ mod tests {
         let mut s = Settings::default();
         s.lock_v1.blocking_timeout_ms = 500;
         assert!(s.validate().is_ok());
+        assert_eq!(Settings::default().lock_v1.max_clock_drift_ms, 5_000);
+        for (drift, ok) in [
+            (0, true),
+            (600_000, true),
+            (600_001, false),
+            (u64::MAX, false),
+        ] {
+            let mut s = Settings::default();
+            s.lock_v1.max_clock_drift_ms = drift;
+            let result = s.validate();
+            assert_eq!(result.is_ok(), ok, "{drift}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("lock_v1.max_clock_drift_ms"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -86,7 +86,10 @@ impl Namespace {
         let fresh = LockService::new(self.lock_limits, self.metrics.clone());
         let old = std::mem::replace(&mut *self.locks.write(), fresh);
         old.close();
-        let old_v1 = std::mem::replace(&mut *self.locks_v1.write(), LockServiceV1::new());
+        let old_v1 = std::mem::replace(
+            &mut *self.locks_v1.write(),
+            LockServiceV1::with_clock_drift(self.lock_limits.v1_clock_drift),
+        );
         old_v1.close();
         *self.partitions.lock() = PartitionAllocator::default();
     }
@@ -174,7 +177,9 @@ impl Namespaces {
                 .with_gate(self.gate.clone()),
             ),
             locks: RwLock::new(LockService::new(self.lock_limits, self.metrics.clone())),
-            locks_v1: RwLock::new(LockServiceV1::new()),
+            locks_v1: RwLock::new(LockServiceV1::with_clock_drift(
+                self.lock_limits.v1_clock_drift,
+            )),
             partitions: parking_lot::Mutex::new(PartitionAllocator::default()),
             lock_limits: self.lock_limits,
             metrics: self.metrics.clone(),

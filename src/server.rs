@@ -162,7 +162,7 @@ impl Server {
         let (tls, plain_listener) = tls_setup(settings, &metrics).await?;
         let factory = TermFactory {
             limits: AllocatorLimits::from(&settings.timestamp),
-            lock_limits: LockLimits::from(&settings.lock),
+            lock_limits: LockLimits::from(settings),
             max_namespaces: settings.namespaces.max,
             metrics,
         };
@@ -342,7 +342,7 @@ impl InMemoryApp {
         let namespaces = Namespaces::load(
             store,
             AllocatorLimits::from(&settings.timestamp),
-            LockLimits::from(&settings.lock),
+            LockLimits::from(settings),
             settings.namespaces.max,
             metrics.clone(),
         )

@@ -41,11 +41,13 @@ use crate::lock::v1::{
     RANDOM_BIT_COUNT,
 };
 
-/// The blocking cut-off and the server-wide pool of lock-request permits.
+/// The blocking cut-off, the server-wide pool of lock-request permits, and the clock-drift
+/// allowance the tables apply (reported by `lock-server-options`).
 #[derive(Clone)]
 pub struct V1Limits {
     pub blocking_timeout: Duration,
     permits: Arc<Semaphore>,
+    clock_drift_ms: u64,
 }
 
 impl From<&LockV1Settings> for V1Limits {
@@ -53,6 +55,7 @@ impl From<&LockV1Settings> for V1Limits {
         Self {
             blocking_timeout: Duration::from_millis(s.blocking_timeout_ms),
             permits: Arc::new(Semaphore::new(s.max_concurrent_lock_requests)),
+            clock_drift_ms: s.max_clock_drift_ms,
         }
     }
 }
@@ -73,10 +76,10 @@ pub fn routes() -> Router<AppState> {
         ("use-grant-id", post(use_grant_id)),
         (
             "min-locked-in-version-id-for-client",
-            post(min_locked_in_version),
+            post(min_locked_in_version_id),
         ),
         ("min-locked-in-version", post(min_locked_in_version)),
-        ("min-locked-in-version-id", post(min_locked_in_version)),
+        ("min-locked-in-version-id", post(min_locked_in_version_id)),
     ];
     for (name, handler) in with_client {
         router = router
@@ -566,7 +569,25 @@ async fn use_grant_id(
     Ok(json(&held_locks_token(&t)))
 }
 
-/// TimeLock's v1 service is non-transactional: every `getMinLockedInVersionId` is a 400.
+/// `min-locked-in-version-id-for-client[/{client}]` and `min-locked-in-version-id` (the
+/// anonymous client): TimeLock's `NonTransactionalLockService` overrides only the `String`
+/// overload, so these `LockClient` ones reach `LockServiceImpl` and answer the client's smallest
+/// held `versionId`, or 204 when it holds none.
+async fn min_locked_in_version_id(
+    State(state): State<AppState>,
+    path: NsClient,
+) -> Result<Response, TimelockError> {
+    let min = table(&state, &path.ns)
+        .await?
+        .min_locked_in_version_id(&path.client);
+    Ok(match min {
+        Some(v) => json_number(v),
+        None => no_content(),
+    })
+}
+
+/// `min-locked-in-version[/{client}]` (the `String` overload): TimeLock's v1 service is
+/// non-transactional (`NonTransactionalLockService`), so this is a 400.
 async fn min_locked_in_version(
     State(state): State<AppState>,
     path: NsClient,
@@ -601,13 +622,23 @@ async fn lock_server_options(
     Ok(json(&LockServerOptionsOut {
         is_standalone_server: true,
         max_allowed_lock_timeout: MAX_LOCK_TIMEOUT,
-        max_allowed_clock_drift: TimeDuration::new(5, TimeUnit::Seconds),
+        max_allowed_clock_drift: whole_seconds_or_millis(state.lock_v1.clock_drift_ms),
         max_allowed_blocking_duration: TimeDuration::new(60, TimeUnit::Seconds),
         max_normal_lock_age: TimeDuration::new(1, TimeUnit::Hours),
         random_bit_count: RANDOM_BIT_COUNT,
         stuck_transaction_timeout: TimeDuration::new(1, TimeUnit::Days),
         slow_log_trigger_millis: 10_000,
     }))
+}
+
+/// As TimeLock spells its 5 s default (`{"time":5,"unit":"SECONDS"}`) when it can.
+fn whole_seconds_or_millis(ms: u64) -> TimeDuration {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    if ms % 1000 == 0 {
+        TimeDuration::new(ms / 1000, TimeUnit::Seconds)
+    } else {
+        TimeDuration::new(ms, TimeUnit::Milliseconds)
+    }
 }
 
 async fn current_time_millis(

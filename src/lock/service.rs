@@ -52,6 +52,9 @@ pub struct LockLimits {
     pub max_descriptors_per_request: usize,
     pub max_descriptor_bytes: usize,
     pub max_waiters: usize,
+    /// The legacy (v1) table's allowance past a token's expiry (`lock_v1.max_clock_drift_ms`);
+    /// here because a namespace builds both of its lock tables from these limits.
+    pub v1_clock_drift: Duration,
 }
 
 impl Default for LockLimits {
@@ -62,18 +65,22 @@ impl Default for LockLimits {
             max_descriptors_per_request: 100_000,
             max_descriptor_bytes: 64 * 1024,
             max_waiters: 10_000,
+            v1_clock_drift: crate::lock::v1::DEFAULT_CLOCK_DRIFT,
         }
     }
 }
 
-impl From<&crate::config::LockSettings> for LockLimits {
-    fn from(s: &crate::config::LockSettings) -> Self {
+/// From `[lock]`, plus `lock_v1.max_clock_drift_ms` for the v1 table.
+impl From<&crate::config::Settings> for LockLimits {
+    fn from(settings: &crate::config::Settings) -> Self {
+        let s = &settings.lock;
         Self {
             server_lease: Duration::from_millis(s.server_lease_ms),
             client_lease: Duration::from_millis(s.client_lease_ms),
             max_descriptors_per_request: s.max_descriptors_per_request,
             max_descriptor_bytes: s.max_descriptor_bytes,
             max_waiters: s.max_waiters_per_namespace,
+            v1_clock_drift: Duration::from_millis(settings.lock_v1.max_clock_drift_ms),
         }
     }
 }

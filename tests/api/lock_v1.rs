@@ -199,19 +199,32 @@ async fn endpoint_json_shapes() {
     assert!((r.body.parse::<i64>().unwrap() - json_now()).abs() < 10_000);
     let r = call(&server, "/v1/lock/lock-server-options", "").await;
     assert_eq!(r.status, 200);
-    assert!(r.json().is_object(), "{r:?}");
+    assert_eq!(
+        r.json()["maxAllowedClockDrift"],
+        json!({"time": 5, "unit": "SECONDS"}),
+        "TimeLock's default allowance: {r:?}"
+    );
     assert_eq!(
         call(&server, "/v1/lock/log-current-state", "").await.status,
         204
     );
+    // The `String` overload stays 400 (NonTransactionalLockService); the `LockClient` ones
+    // answer 204 for a client holding nothing (see min_locked_in_version_id_per_client).
     for path in [
-        "/v1/lock/min-locked-in-version-id",
-        "/v1/lock/min-locked-in-version-id-for-client/alice",
         "/v1/lock/min-locked-in-version/alice",
+        "/v1/lock/min-locked-in-version",
     ] {
         call(&server, path, r#"{"clientId":"alice"}"#)
             .await
             .assert_conjure_error(400, "INVALID_ARGUMENT");
+    }
+    for path in [
+        "/v1/lock/min-locked-in-version-id",
+        "/v1/lock/min-locked-in-version-id-for-client/alice",
+        "/v1/lock/min-locked-in-version-id-for-client",
+    ] {
+        let r = call(&server, path, "").await;
+        assert_eq!(r.status, 204, "{path}: {r:?}");
     }
     // Prefixed copies exist too.
     let r = call(&server, "/timelock/api/v1/lock/current-time-millis", "").await;
@@ -321,6 +334,63 @@ async fn group_behaviours() {
     assert!(unlock(&server, "grp", held.token_id).await);
 }
 
+/// `LockRequest.Builder` checks `!lockMap.isEmpty()`, so TimeLock refuses a request without
+/// locks on every lock path, whatever its group and blocking behaviour: 400, the same
+/// `INVALID_ARGUMENT` error as for a request naming a lock twice.
+#[tokio::test]
+async fn empty_lock_lists_are_invalid_arguments() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let duplicate = call(
+        &server,
+        "/empty/lock/try-lock/a",
+        &try_now(&[("x", "WRITE"), ("x", "READ")]).to_string(),
+    )
+    .await
+    .assert_conjure_error(400, "INVALID_ARGUMENT");
+    let bodies = [
+        try_now(&[]),
+        request(&[], "LOCK_ALL_OR_NONE", "BLOCK_INDEFINITELY", json!({})),
+        request(
+            &[],
+            "LOCK_ALL_OR_NONE",
+            "BLOCK_INDEFINITELY_THEN_RELEASE",
+            json!({}),
+        ),
+        request(
+            &[],
+            "LOCK_AS_MANY_AS_POSSIBLE",
+            "BLOCK_UNTIL_TIMEOUT",
+            json!({"blockingDuration": {"time": 1, "unit": "SECONDS"}}),
+        ),
+        json!({"locks": []}),
+    ];
+    for body in &bodies {
+        for path in [
+            "/empty/lock/try-lock/a",
+            "/empty/lock/try-lock",
+            "/empty/lock/try-lock/",
+            "/empty/lock/lock/a",
+            "/empty/lock/lock",
+            "/empty/lock/lock-with-full-response/a",
+            "/empty/lock/lock-with-full-response",
+        ] {
+            let err = call(&server, path, &body.to_string())
+                .await
+                .assert_conjure_error(400, "INVALID_ARGUMENT");
+            assert_eq!(err["errorName"], duplicate["errorName"], "{path} {body}");
+        }
+        let conjure = json!({"lockClient": "a", "lockRequest": body});
+        let err = call(&server, "/lk/laghl/empty", &conjure.to_string())
+            .await
+            .assert_conjure_error(400, "INVALID_ARGUMENT");
+        assert_eq!(err["errorName"], duplicate["errorName"], "/lk/laghl {body}");
+    }
+    // Nothing was locked on the way.
+    let r = call(&server, "/empty/lock/get-tokens/a", "").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"), "{r:?}");
+}
+
 #[tokio::test]
 async fn blocking_modes() {
     let (_dir, data) = temp_data_dir();
@@ -405,8 +475,10 @@ async fn blocking_modes() {
 #[tokio::test]
 async fn expiry_and_grants() {
     let (_dir, data) = temp_data_dir();
-    let server = TestServer::start(&data, &[]);
-    // A 1 s lock timeout expires without refreshes.
+    let server = TestServer::start(&data, &[("TIMELOCK__LOCK_V1__MAX_CLOCK_DRIFT_MS", "300")]);
+    // A 1 s lock timeout expires without refreshes, and the lock is free once the 300 ms drift
+    // allowance has passed too (LockServiceImpl.reapLocks), not before.
+    let sent = Instant::now();
     let short = request(
         &[("e", "WRITE")],
         "LOCK_ALL_OR_NONE",
@@ -425,6 +497,11 @@ async fn expiry_and_grants() {
         assert!(Instant::now() < deadline, "lock never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1_300),
+        "freed before expiry + drift: {:?}",
+        sent.elapsed()
+    );
     let refreshed = call(
         &server,
         "/exp/lock/refresh-lock-tokens",
@@ -465,6 +542,222 @@ async fn expiry_and_grants() {
     let again = call(&server, "/exp/lock/use-grant-id/d", &g.grant_id.to_string()).await;
     assert!(again.status >= 400, "{again:?}");
     assert!(unlock(&server, "exp", c.token_id).await);
+}
+
+async fn refresh_lock_tokens(server: &TestServer, ns: &str, token: u128) -> Vec<RefreshToken> {
+    let r = call(
+        server,
+        &format!("/{ns}/lock/refresh-lock-tokens"),
+        &format!(r#"[{{"tokenId":{token},"expirationDateMs":0}}]"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    serde_json::from_str(&r.body).expect("LockRefreshTokens")
+}
+
+/// LockServiceImpl: the reaper frees a token only once
+/// `expirationDateMs <= now - maxAllowedClockDrift`; `refreshToken` and `convertToGrant` only ask
+/// whether it is still held. AtlasDB's own TimeLock tests lock with a 10 ms timeout and refresh
+/// afterwards. The server runs with a 1.5 s allowance so that the test stays short.
+#[tokio::test]
+async fn short_timeout_tokens_stay_held_for_the_clock_drift_allowance() {
+    const DRIFT_MS: u64 = 1_500;
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[("TIMELOCK__LOCK_V1__MAX_CLOCK_DRIFT_MS", "1500")]);
+    let options = call(&server, "/drift/lock/lock-server-options", "").await;
+    assert_eq!(
+        options.json()["maxAllowedClockDrift"],
+        json!({"time": 1500, "unit": "MILLISECONDS"}),
+        "{options:?}"
+    );
+    let ten_ms = |locks: &[(&str, &str)], version: i64| {
+        request(
+            locks,
+            "LOCK_ALL_OR_NONE",
+            "DO_NOT_BLOCK",
+            json!({"lockTimeout": {"time": 10, "unit": "MILLISECONDS"}, "versionId": version}),
+        )
+    };
+    // Refreshed a few hundred ms after its 10 ms timeout passed.
+    let refreshed = try_lock(&server, "drift", "a", &ten_ms(&[("r", "WRITE")], 7))
+        .await
+        .unwrap();
+    // Converted to a grant after its timeout passed.
+    let converted = try_lock(&server, "drift", "a", &ten_ms(&[("g", "WRITE")], 5))
+        .await
+        .unwrap();
+    // Never refreshed: freed once expiry + drift has passed, not before.
+    let sent = Instant::now();
+    let abandoned = try_lock(&server, "drift", "a", &ten_ms(&[("f", "WRITE")], 9))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Expired tokens still count for the version query (LockServiceImpl keeps them in
+    // versionIdMap until the reaper unlocks them).
+    let min = || {
+        call(
+            &server,
+            "/drift/lock/min-locked-in-version-id-for-client/a",
+            "",
+        )
+    };
+    assert_eq!(
+        min().await.number(),
+        5,
+        "the 10 ms tokens are found 300 ms later"
+    );
+
+    let r = refresh_lock_tokens(&server, "drift", refreshed.token_id).await;
+    assert_eq!(r.len(), 1, "a 10 ms token is refreshable 300 ms later");
+    assert_eq!(r[0].token_id, refreshed.token_id);
+    assert!(r[0].expiration_date_ms > refreshed.expiration_date_ms);
+    let grant = call(
+        &server,
+        "/drift/lock/convert-to-grant",
+        &format!(r#"{{"tokenId":{}}}"#, converted.token_id),
+    )
+    .await;
+    assert_eq!(grant.status, 200, "{grant:?}");
+    let converted_at = Instant::now();
+    let g: Grant = serde_json::from_str(&grant.body).unwrap();
+    assert_eq!(
+        min().await.number(),
+        7,
+        "a converted token no longer counts for a"
+    );
+    // Still held just before expiry + drift.
+    assert!(
+        sent.elapsed() < Duration::from_millis(DRIFT_MS - 500),
+        "the test itself ran too slowly to check the allowance"
+    );
+    assert!(
+        try_lock(&server, "drift", "b", &try_now(&[("f", "WRITE")]))
+            .await
+            .is_none(),
+        "freed before expiry + drift"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let b = loop {
+        if let Some(t) = try_lock(&server, "drift", "b", &try_now(&[("f", "WRITE")])).await {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        sent.elapsed() >= Duration::from_millis(10 + DRIFT_MS),
+        "freed after {:?}, before expiry + drift",
+        sent.elapsed()
+    );
+    assert!(refresh_lock_tokens(&server, "drift", abandoned.token_id)
+        .await
+        .is_empty());
+    assert!(!unlock(&server, "drift", abandoned.token_id).await);
+    assert!(unlock(&server, "drift", b.token_id).await);
+    // The grant, unrefreshed since its conversion, went the same way.
+    let grant_freed = converted_at + Duration::from_millis(10 + DRIFT_MS + 100);
+    tokio::time::sleep_until(grant_freed.into()).await;
+    let r = call(
+        &server,
+        "/drift/lock/use-grant-id/c",
+        &g.grant_id.to_string(),
+    )
+    .await;
+    r.assert_conjure_error(400, "INVALID_ARGUMENT");
+    // So did the refreshed token (refreshed before the conversion, never again).
+    assert_eq!(min().await.status, 204);
+}
+
+/// `NonTransactionalLockService` overrides only `getMinLockedInVersionId(String)` (400); the
+/// `LockClient` overloads reach `LockServiceImpl`, which answers the smallest `versionId` in the
+/// client's `versionIdMap` entries (a `TreeMultiset`), `null` (204) when there is none, and
+/// `getMinLockedInVersionId()` asks for `LockClient.ANONYMOUS`.
+#[tokio::test]
+async fn min_locked_in_version_id_per_client() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let with_version = |locks: &[(&str, &str)], version: i64| {
+        request(
+            locks,
+            "LOCK_ALL_OR_NONE",
+            "DO_NOT_BLOCK",
+            json!({"versionId": version}),
+        )
+    };
+    let min = |path: &'static str| call(&server, path, "");
+    const VC: &str = "/ver/lock/min-locked-in-version-id-for-client/vc";
+    // The example of issue 21: vc holds READ ver/a (50) and WRITE ver/b (30).
+    let a = try_lock(
+        &server,
+        "ver",
+        "vc",
+        &with_version(&[("ver/a", "READ")], 50),
+    )
+    .await
+    .unwrap();
+    let b = try_lock(
+        &server,
+        "ver",
+        "vc",
+        &with_version(&[("ver/b", "WRITE")], 30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(min(VC).await.number(), 30);
+    // Another client's versions and a token without a version id do not count.
+    try_lock(
+        &server,
+        "ver",
+        "other",
+        &with_version(&[("ver/c", "WRITE")], 10),
+    )
+    .await
+    .unwrap();
+    try_lock(&server, "ver", "vc", &try_now(&[("ver/d", "WRITE")]))
+        .await
+        .unwrap();
+    assert_eq!(min(VC).await.number(), 30);
+    assert_eq!(
+        min("/ver/lock/min-locked-in-version-id-for-client/other")
+            .await
+            .number(),
+        10
+    );
+    // Nor do vc's for the anonymous client.
+    assert_eq!(min("/ver/lock/min-locked-in-version-id").await.status, 204);
+    // The String overload stays 400 even for a client holding versions.
+    min("/ver/lock/min-locked-in-version/vc")
+        .await
+        .assert_conjure_error(400, "INVALID_ARGUMENT");
+    assert!(unlock(&server, "ver", b.token_id).await);
+    assert_eq!(min(VC).await.number(), 50);
+    assert!(unlock(&server, "ver", a.token_id).await);
+    let r = min(VC).await;
+    assert_eq!((r.status, r.body.as_str()), (204, ""), "{r:?}");
+
+    // The anonymous client: paths without a client, and with an empty last segment.
+    let r = call(
+        &server,
+        "/ver/lock/try-lock",
+        &with_version(&[("ver/e", "WRITE")], 40).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let anon: HeldToken = serde_json::from_str(&r.body).unwrap();
+    for path in [
+        "/ver/lock/min-locked-in-version-id",
+        "/ver/lock/min-locked-in-version-id/",
+        "/ver/lock/min-locked-in-version-id-for-client",
+        "/ver/lock/min-locked-in-version-id-for-client/",
+    ] {
+        assert_eq!(min(path).await.number(), 40, "{path}");
+    }
+    min("/ver/lock/min-locked-in-version")
+        .await
+        .assert_conjure_error(400, "INVALID_ARGUMENT");
+    assert!(unlock(&server, "ver", anon.token_id).await);
+    assert_eq!(min("/ver/lock/min-locked-in-version-id").await.status, 204);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ fn service(server_lease_ms: u64) -> Arc<LockService> {
             max_descriptors_per_request: 100,
             max_descriptor_bytes: 16,
             max_waiters: 50,
+            ..LockLimits::default()
         },
         Metrics::new(),
     )

@@ -17,8 +17,12 @@
 //! * a request takes its locks one after another in descriptor order, keeping what it got
 //!   while it waits for the next (`LOCK_ALL_OR_NONE` gives everything back if one lock is not
 //!   granted; `LOCK_AS_MANY_AS_POSSIBLE` keeps what it got);
-//! * tokens expire `lockTimeout` after creation or their last refresh: an expired token is
-//!   released (by the reaper, or the next call that looks) and can no longer be refreshed;
+//! * tokens expire `lockTimeout` after creation or their last refresh, but are only freed once
+//!   the clock-drift allowance (`lock_v1.max_clock_drift_ms`, TimeLock's 5 s) has passed too,
+//!   as `LockServiceImpl`'s reaper does (`expirationDateMs <= now - maxAllowedClockDrift`).
+//!   Until then the token is held: it can be refreshed, unlocked and converted to a grant, and
+//!   the version queries count it (AtlasDB clients lock with timeouts as short as 10 ms and
+//!   refresh afterwards). Once freed (by the reaper, or the next call that looks) it is gone;
 //! * grants: a token's locks can be handed over to a grant (owned by no client) and taken up
 //!   by another client with the grant id.
 //!
@@ -32,7 +36,7 @@ mod types;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -41,6 +45,10 @@ use tokio::sync::oneshot;
 pub use types::*;
 
 use crate::error::{Result, TimelockError};
+
+/// TimeLock's allowance past a token's expiry before the reaper frees it
+/// (`LockServerOptions.maxAllowedClockDrift`); the default of `lock_v1.max_clock_drift_ms`.
+pub const DEFAULT_CLOCK_DRIFT: Duration = Duration::from_secs(5);
 
 /// Wall-clock milliseconds since the epoch (what tokens report).
 pub fn wall_clock_ms() -> i64 {
@@ -228,6 +236,8 @@ struct State {
     expiry: BTreeSet<(Instant, u128, bool)>,
     next_waiter: u64,
     closed: bool,
+    /// How long past its expiry a token or grant is still held (see the module notes).
+    clock_drift: Duration,
 }
 
 impl State {
@@ -294,11 +304,16 @@ impl State {
         Some(record.view)
     }
 
-    /// Releases every token and grant whose lock timeout has passed. Returns how many.
+    /// Releases every token and grant whose lock timeout and the clock-drift allowance after
+    /// it have passed. Returns how many.
     fn sweep(&mut self, now: Instant) -> usize {
         let mut reaped = 0;
         while let Some(&(at, id, is_grant)) = self.expiry.first() {
-            if at > now {
+            // The allowance is the same for every entry, so the index order still holds.
+            if at
+                .checked_add(self.clock_drift)
+                .is_none_or(|free_at| free_at > now)
+            {
                 break;
             }
             self.expiry.pop_first();
@@ -405,14 +420,24 @@ enum Waited {
 }
 
 /// The v1 lock table of one namespace for one term.
-#[derive(Default)]
 pub struct LockServiceV1 {
     state: Mutex<State>,
 }
 
 impl LockServiceV1 {
+    /// A table with TimeLock's clock-drift allowance ([`DEFAULT_CLOCK_DRIFT`]).
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::with_clock_drift(DEFAULT_CLOCK_DRIFT)
+    }
+
+    /// A table whose tokens and grants stay held `clock_drift` past their expiry.
+    pub fn with_clock_drift(clock_drift: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                clock_drift,
+                ..State::default()
+            }),
+        })
     }
 
     /// `lockWithFullLockResponse`: takes `request`'s locks for `client` (`""` = anonymous).
@@ -624,7 +649,7 @@ impl LockServiceV1 {
     }
 
     /// Unlocks a token by id (`unlock`, `unlockSimple`, `unlock-deprecated`). False if the
-    /// token is unknown, already unlocked or expired.
+    /// token is unknown, already unlocked or freed (expired and past the drift allowance).
     pub fn unlock(&self, token_id: u128) -> bool {
         let mut st = self.state.lock();
         if st.closed {
@@ -816,6 +841,26 @@ impl LockServiceV1 {
         let (at, view) = (record.expires_at, record.view.clone());
         st.expiry.insert((at, grant_id, true));
         Some(view)
+    }
+
+    /// `getMinLockedInVersionId(LockClient)`: the smallest `versionId` among the tokens
+    /// `client` holds (`""` = anonymous), or `None` when it holds none with a version id. A
+    /// token counts while it is held (expired ones too, until freed past the drift allowance):
+    /// not after it is unlocked (also by `unlock-and-freeze`) or converted to a grant, and one
+    /// taken up from a grant counts for its new client. `LockServiceImpl` keeps a converted
+    /// token's version id under its old client forever (its `versionIdMap` entry is never
+    /// removed); answering from the held tokens instead keeps the answer true.
+    pub fn min_locked_in_version_id(&self, client: &str) -> Option<i64> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        st.sweep(Instant::now());
+        st.tokens
+            .values()
+            .filter(|t| &*t.view.client == client)
+            .filter_map(|t| t.view.version_id)
+            .min()
     }
 
     /// `getLockState` for one descriptor.

@@ -12,6 +12,7 @@ fn req(locks: &[(&str, LockMode)]) -> LockRequestBuilder {
         group: None,
         blocking: Some(BlockingMode::DoNotBlock),
         duration: None,
+        version: None,
     }
 }
 
@@ -21,6 +22,7 @@ struct LockRequestBuilder {
     group: Option<LockGroupBehavior>,
     blocking: Option<BlockingMode>,
     duration: Option<TimeDuration>,
+    version: Option<i64>,
 }
 
 impl LockRequestBuilder {
@@ -37,6 +39,10 @@ impl LockRequestBuilder {
         self.group = Some(LockGroupBehavior::LockAsManyAsPossible);
         self
     }
+    fn version(mut self, v: i64) -> Self {
+        self.version = Some(v);
+        self
+    }
     fn timeout_ms(mut self, ms: i64) -> Self {
         self.timeout = Some(TimeDuration::new(ms, TimeUnit::Milliseconds));
         self
@@ -48,7 +54,7 @@ impl LockRequestBuilder {
             self.group,
             self.blocking,
             self.duration,
-            None,
+            self.version,
             Some("test".into()),
         )
         .unwrap()
@@ -257,7 +263,8 @@ async fn fifo_queue_holds_back_later_readers_and_cutoff_gives_everything_back() 
 
 #[tokio::test]
 async fn expiry_refresh_and_reaping() {
-    let s = LockServiceV1::new();
+    // No drift allowance: a token is freed as soon as its timeout passes.
+    let s = LockServiceV1::with_clock_drift(Duration::ZERO);
     let t = s
         .lock("a", &req(&[("x", W)]).timeout_ms(150).build(), None)
         .await
@@ -374,4 +381,116 @@ fn ids_have_127_random_bits() {
     assert!(ids.iter().any(|id| *id >= (1u128 << 126)), "top bit used");
     let distinct: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len());
+}
+
+/// `LockServiceImpl.reapLocks` frees a token only once
+/// `expirationDateMs <= now - maxAllowedClockDrift`, and `refreshToken` / `convertToGrant` only
+/// ask whether the token is still in `heldLocksTokenMap`: an expired token stays held, and
+/// usable, for the whole allowance.
+#[tokio::test]
+async fn expired_tokens_stay_held_for_the_drift_allowance() {
+    const DRIFT: Duration = Duration::from_millis(1_000);
+    let s = LockServiceV1::with_clock_drift(DRIFT);
+    let t = s
+        .lock("a", &req(&[("x", W)]).timeout_ms(10).build(), None)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.reap(), 0, "expired but within the allowance");
+    assert!(
+        try_lock(&s, "b", &[("x", W)]).await.is_none(),
+        "still held against others"
+    );
+    assert_eq!(s.refresh([t.token_id]).len(), 1, "refreshable after expiry");
+    // Let the refreshed token expire again; well before the allowance ends it is still held.
+    let refreshed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(refreshed_at.elapsed() < DRIFT, "the test slept too long");
+    assert_eq!(s.reap(), 0);
+    assert_eq!(s.token_count(), 1);
+    // Past expiry (10 ms) + allowance without a refresh: freed.
+    tokio::time::sleep(DRIFT).await;
+    assert_eq!(s.reap(), 1);
+    assert!(s.refresh([t.token_id]).is_empty());
+    assert!(!s.unlock(t.token_id));
+    assert!(try_lock(&s, "b", &[("x", W)]).await.is_some());
+
+    // Grants get the same allowance (`reapLocks` runs on the grant queue too).
+    let t = s
+        .lock("c", &req(&[("y", W)]).timeout_ms(10).build(), None)
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let g = s
+        .convert_to_grant(t.token_id)
+        .expect("convertible after expiry");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(s.refresh_grant(g.grant_id).is_some());
+    tokio::time::sleep(DRIFT + Duration::from_millis(200)).await;
+    assert!(
+        s.refresh_grant(g.grant_id).is_none(),
+        "freed past the allowance"
+    );
+    assert!(try_lock(&s, "d", &[("y", W)]).await.is_some());
+}
+
+/// `LockServiceImpl.getMinLockedInVersionId(LockClient)`: the smallest version id of the
+/// client's held tokens (`versionIdMap`, filled on lock, emptied on unlock, unlockAndFreeze and
+/// reaping), `null` when none.
+#[tokio::test]
+async fn min_locked_in_version_id_follows_the_held_tokens() {
+    let s = LockServiceV1::with_clock_drift(Duration::ZERO);
+    let lock = |client: &'static str, d: &'static str, mode, v: i64| {
+        let s = s.clone();
+        async move {
+            s.lock(client, &req(&[(d, mode)]).version(v).build(), None)
+                .await
+                .unwrap()
+                .token
+                .unwrap()
+        }
+    };
+    assert_eq!(s.min_locked_in_version_id("vc"), None);
+    let a = lock("vc", "ver/a", R, 50).await;
+    let b = lock("vc", "ver/b", W, 30).await;
+    let anon = lock("", "ver/c", W, 20).await;
+    assert_eq!(s.min_locked_in_version_id("vc"), Some(30));
+    assert_eq!(s.min_locked_in_version_id(""), Some(20));
+    assert_eq!(s.min_locked_in_version_id("other"), None);
+    assert!(s.unlock(b.token_id));
+    assert_eq!(s.min_locked_in_version_id("vc"), Some(50));
+    // unlockAndFreeze removes the token's version too.
+    let frozen = lock("vc", "ver/d", W, 10).await;
+    assert_eq!(s.min_locked_in_version_id("vc"), Some(10));
+    assert!(s.unlock_and_freeze(frozen.token_id).unwrap());
+    assert_eq!(s.min_locked_in_version_id("vc"), Some(50));
+    // A converted token no longer counts for its client; the token made from the grant counts
+    // for the client that used it.
+    let g = s.convert_to_grant(a.token_id).unwrap();
+    assert_eq!(s.min_locked_in_version_id("vc"), None);
+    let used = s.use_grant("user", g.grant_id).unwrap();
+    assert_eq!(s.min_locked_in_version_id("user"), Some(50));
+    assert!(s.unlock(used.token_id));
+    assert_eq!(s.min_locked_in_version_id("user"), None);
+    // A freed (expired, reaped) token no longer counts.
+    let short = s
+        .lock(
+            "vc",
+            &req(&[("ver/e", W)]).version(5).timeout_ms(10).build(),
+            None,
+        )
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    assert_eq!(s.min_locked_in_version_id("vc"), Some(5));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.min_locked_in_version_id("vc"), None);
+    assert!(!s.unlock(short.token_id));
+    assert!(s.unlock(anon.token_id));
+    assert_eq!(s.min_locked_in_version_id(""), None);
 }

@@ -120,7 +120,8 @@ pub struct LockRequest {
 
 impl LockRequest {
     /// Builds a request the way `LockRequest.SerializationProxy` does, refusing what AtlasDB's
-    /// builder refuses (each error is a 400): duplicate descriptors, a lock timeout that is
+    /// builder refuses (each error is a 400): no locks at all (`LockRequest.Builder` checks
+    /// `!lockMap.isEmpty()`), duplicate descriptors, a lock timeout that is
     /// negative or above 10 minutes, `BLOCK_UNTIL_TIMEOUT` without a duration,
     /// `LOCK_AS_MANY_AS_POSSIBLE` with `BLOCK_INDEFINITELY`, and a version id with
     /// `BLOCK_INDEFINITELY_THEN_RELEASE`. A zero blocking duration means `DO_NOT_BLOCK`.
@@ -135,6 +136,9 @@ impl LockRequest {
         version_id: Option<i64>,
         creating_thread: Option<String>,
     ) -> Result<Self, String> {
+        if locks.is_empty() {
+            return Err("a lock request must name at least one lock (locks is empty)".into());
+        }
         let mut locks = locks;
         locks.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = locks.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -308,18 +312,22 @@ mod tests {
         assert_eq!(ok.group, LockGroupBehavior::LockAllOrNone);
         let dup = vec![l("a", LockMode::Read), l("a", LockMode::Write)];
         assert!(LockRequest::new(dup, None, None, None, None, None, None).is_err());
+        // `LockRequest.Builder`: `checkArgument(!lockMap.isEmpty())`.
+        let empty = LockRequest::new(vec![], None, None, None, None, None, None).unwrap_err();
+        assert!(empty.contains("at least one lock"), "{empty}");
+        let one = || vec![l("a", LockMode::Write)];
         let too_long = Some(TimeDuration::new(601, TimeUnit::Seconds));
-        assert!(LockRequest::new(vec![], too_long, None, None, None, None, None).is_err());
+        assert!(LockRequest::new(one(), too_long, None, None, None, None, None).is_err());
         let max = Some(TimeDuration::new(10, TimeUnit::Minutes));
-        assert!(LockRequest::new(vec![], max, None, None, None, None, None).is_ok());
+        assert!(LockRequest::new(one(), max, None, None, None, None, None).is_ok());
         let until = Some(BlockingMode::BlockUntilTimeout);
-        assert!(LockRequest::new(vec![], None, None, until, None, None, None).is_err());
+        assert!(LockRequest::new(one(), None, None, until, None, None, None).is_err());
         let zero = Some(TimeDuration::new(0, TimeUnit::Seconds));
-        let r = LockRequest::new(vec![], None, None, until, zero, None, None).unwrap();
+        let r = LockRequest::new(one(), None, None, until, zero, None, None).unwrap();
         assert_eq!(r.blocking, BlockingMode::DoNotBlock);
         let many = Some(LockGroupBehavior::LockAsManyAsPossible);
-        assert!(LockRequest::new(vec![], None, many, None, None, None, None).is_err());
+        assert!(LockRequest::new(one(), None, many, None, None, None, None).is_err());
         let release = Some(BlockingMode::BlockIndefinitelyThenRelease);
-        assert!(LockRequest::new(vec![], None, None, release, None, Some(1), None).is_err());
+        assert!(LockRequest::new(one(), None, None, release, None, Some(1), None).is_err());
     }
 }
