@@ -302,8 +302,16 @@ async fn restore_refuses_what_it_must_and_keeps_old_data() {
         Path::new(&aside).join("CURRENT").exists(),
         "old data kept at {aside}"
     );
+    assert!(
+        out.contains("the bounds of its 2 namespaces were kept as floors"),
+        "{out}"
+    );
     server.restart();
-    assert_eq!(namespaces(&server).await, vec!["ns"], "restored state");
+    assert_eq!(
+        namespaces(&server).await,
+        vec!["newer", "ns"],
+        "restored state, and the replaced data's namespace kept (fenced) as a floor"
+    );
     server.terminate();
 
     // A corrupted file is detected by verify and refused by restore.
