@@ -283,6 +283,13 @@ fn check_plan(m: &Migration) -> anyhow::Result<()> {
             server_url(url)?;
         }
     }
+    // A file source's bound is read when the source is "blocked": garbage in it must stop the
+    // migration before anything is recorded or moved.
+    if let Side::File { path } = source {
+        if m.namespaces.iter().any(|n| n.step < Step::SourceBlocked) {
+            read_timestamp_file(path)?;
+        }
+    }
     for ns in &m.namespaces {
         for name in [&ns.source_namespace, &ns.destination_namespace] {
             crate::cli::check_namespace(name)?;

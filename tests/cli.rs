@@ -476,6 +476,22 @@ async fn hostile_namespaces_are_refused_before_anything_is_sent() {
         assert!(!o.status.success(), "{name}");
         assert!(stderr(&o).contains("invalid backup name"), "{}", stderr(&o));
     }
+    // Migration ids name files in the state dir: hostile ones, and a state file holding
+    // garbage, are refused.
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(state_dir.join("garbage.json"), "{not json").unwrap();
+    for verb in ["status", "resume", "reverse"] {
+        for id in ["../x", "a/b", "", "x.json", "%2e%2e", "garbage"] {
+            let o = cli(&["migrate", verb, id, "--state-dir", &state]);
+            assert!(!o.status.success(), "{verb} {id:?}");
+            let e = stderr(&o);
+            assert!(
+                e.contains("invalid migration id") || e.contains("unreadable"),
+                "{verb} {id:?}: {e}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&state_dir).unwrap();
     assert_eq!(namespaces(&server).await, vec!["victim"]);
     assert!(!backups.exists() || std::fs::read_dir(&backups).unwrap().next().is_none());
     assert!(!state_dir.exists(), "no migration was recorded");
@@ -570,6 +586,15 @@ async fn non_positive_and_garbage_timestamps_are_refused() {
             dir.path().join("migrations").to_str().unwrap(),
         ]);
         assert!(!o.status.success(), "{contents:?}");
+        assert!(
+            stderr(&o).contains("does not hold one positive decimal timestamp"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(
+            !dir.path().join("migrations").exists(),
+            "refused before anything was recorded"
+        );
         last = assert_untouched(&server, last).await;
     }
 }
