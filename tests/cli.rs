@@ -476,6 +476,29 @@ async fn hostile_namespaces_are_refused_before_anything_is_sent() {
         assert!(!o.status.success(), "{name}");
         assert!(stderr(&o).contains("invalid backup name"), "{}", stderr(&o));
     }
+    // Backup names name directories in the backup dir: refused by show, verify and restore.
+    let restore_target = dir.path().join("restore-target");
+    for name in ["../x", "..", "a/b", ".hidden", ""] {
+        for args in [
+            vec!["backup", "show", name],
+            vec!["backup", "verify", name],
+            vec![
+                "backup",
+                "restore",
+                name,
+                "--yes",
+                "--data-dir",
+                restore_target.to_str().unwrap(),
+            ],
+        ] {
+            let mut args = args;
+            args.extend(["--backup-dir", backups.to_str().unwrap()]);
+            let o = cli(&args);
+            assert!(!o.status.success(), "{args:?}");
+            assert!(stderr(&o).contains("invalid backup name"), "{}", stderr(&o));
+        }
+    }
+    assert!(!restore_target.exists(), "nothing restored");
     // Migration ids name files in the state dir: hostile ones, and a state file holding
     // garbage, are refused.
     std::fs::create_dir_all(&state_dir).unwrap();
