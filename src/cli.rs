@@ -495,8 +495,12 @@ pub async fn run_timestamp_command(command: TimestampCommand) -> anyhow::Result<
     // Every check before the first request: the namespace by the server's own rule, the URLs,
     // the timestamp (or the file holding it).
     match &command {
-        TimestampCommand::Fetch { target, .. } | TimestampCommand::Invalidate { target, .. } => {
+        TimestampCommand::Fetch { target, file }
+        | TimestampCommand::Invalidate { target, file } => {
             target.check()?;
+            if let Some(path) = file {
+                check_output_file(path)?;
+            }
         }
         TimestampCommand::FastForward { target, source }
         | TimestampCommand::Revalidate { target, source } => {
@@ -686,6 +690,30 @@ fn parse_timestamp(text: &str) -> anyhow::Result<i64> {
     text.trim()
         .parse::<i64>()
         .map_err(|_| anyhow!("expected a decimal timestamp, got {:?}", text.trim()))
+}
+
+/// Refuses an output file that cannot be written (its directory missing, or a directory in its
+/// place) before the request whose answer it is to hold: an invalidation whose bound cannot be
+/// written down would leave the operator without it.
+fn check_output_file(path: &Path) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist; nothing was sent",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!(
+            "cannot write {}: it is a directory; nothing was sent",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Prints the value, or writes it (durably: write, fsync, rename) to `file`.

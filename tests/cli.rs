@@ -591,6 +591,26 @@ async fn non_positive_and_garbage_timestamps_are_refused() {
         }
         last = assert_untouched(&server, last).await;
     }
+    // An output file that cannot be written is refused before the request (an invalidation
+    // whose bound could not be written down).
+    let nowhere = dir.path().join("no-such-dir").join("bound");
+    for verb in ["fetch", "invalidate"] {
+        for file in [nowhere.to_str().unwrap(), dir.path().to_str().unwrap()] {
+            let o = cli(&[
+                "timestamp",
+                verb,
+                "--server",
+                &base,
+                "--namespace",
+                "victim",
+                "--file",
+                file,
+            ]);
+            assert!(!o.status.success(), "{verb} --file {file}");
+            assert!(stderr(&o).contains("nothing was sent"), "{}", stderr(&o));
+        }
+    }
+    last = assert_untouched(&server, last).await;
     // A migration from a file holding garbage or a negative bound moves nothing either.
     for contents in ["-5\n", "garbage\n"] {
         let f = dir.path().join("source");
