@@ -1028,3 +1028,55 @@ fn explain_failure(base: &str, status: StatusCode, body: &str) -> anyhow::Error 
         (status, None) => anyhow!("{base} answered HTTP {status}: {message}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(encode_segment("ns_1-A"), "ns_1-A");
+        assert_eq!(encode_segment("x/../v"), "x%2F..%2Fv");
+        assert_eq!(encode_segment("v#?%"), "v%23%3F%25");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn admin_routes_are_tried_at_the_root_of_a_prefixed_base() {
+        assert_eq!(admin_bases("http://h:1"), vec!["http://h:1"]);
+        assert_eq!(admin_bases("http://h:1/"), vec!["http://h:1/"]);
+        assert_eq!(
+            admin_bases("http://h:1/timelock/api,https://g:2/timelock/api/"),
+            vec![
+                "http://h:1/timelock/api,https://g:2/timelock/api/",
+                "http://h:1,https://g:2"
+            ]
+        );
+    }
+
+    #[test]
+    fn server_urls_and_timestamps_are_checked() {
+        for ok in [
+            "http://127.0.0.1:8421",
+            "https://h/timelock/api",
+            "http://a:1,http://b:2",
+        ] {
+            assert!(check_servers(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ",",
+            "not a url",
+            "ftp://h",
+            "h:1",
+            "http://h:1?x=1",
+            "http://u@h",
+        ] {
+            assert!(check_servers(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_timestamp(1).is_ok());
+        for bad in [0, -1, i64::MIN] {
+            assert!(check_timestamp(bad).is_err(), "{bad}");
+        }
+    }
+}
