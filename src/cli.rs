@@ -212,13 +212,16 @@ pub enum BackupCommand {
     /// Take a consistent point-in-time backup: of a running server through its admin API
     /// (--server, written to the server's backup.dir), or of a stopped server's data dir
     /// (--data-dir, written to --backup-dir).
+    #[command(group(
+        clap::ArgGroup::new("source")
+            .required(true)
+            .multiple(false)
+            .args(["server", "data_dir"])
+    ))]
     Create {
-        /// Base URL of a running server (no /timelock/api prefix: admin routes live at /admin).
-        #[arg(
-            long,
-            conflicts_with = "data_dir",
-            required_unless_present = "data_dir"
-        )]
+        /// Base URL of a running server (a /timelock/api path is allowed: admin routes are tried
+        /// there, then at the server's root, where they live).
+        #[arg(long)]
         server: Option<String>,
         /// Data dir of a stopped server.
         #[arg(long)]
@@ -260,7 +263,8 @@ pub enum BackupCommand {
         /// Do not ask for confirmation (for scripts).
         #[arg(long)]
         yes: bool,
-        /// Raise every namespace past this timestamp and leave it unfenced.
+        /// Raise every namespace past this timestamp (positive) and leave it unfenced; it is
+        /// also the floor of every namespace created after the restore.
         #[arg(
             long,
             allow_negative_numbers = true,
@@ -325,12 +329,16 @@ pub async fn run_backup_command(command: BackupCommand) -> anyhow::Result<Option
             name,
             ..
         } => {
+            check_servers(&server)?;
+            if let Some(n) = &name {
+                backup::validate_backup_name(n)?;
+            }
             let client = Client::new()?;
             let path = match &name {
-                Some(n) => format!("admin/backups?name={n}"),
+                Some(n) => format!("admin/backups?name={}", encode_segment(n)),
                 None => "admin/backups".to_string(),
             };
-            let body = client.call(Method::POST, &server, &path).await?;
+            let body = client.call_admin(Method::POST, &server, &path).await?;
             let m: backup::BackupMetadata = serde_json::from_str(&body)
                 .context("server returned unreadable backup metadata")?;
             Ok(Some(format!(
@@ -345,7 +353,9 @@ pub async fn run_backup_command(command: BackupCommand) -> anyhow::Result<Option
             dir,
             name,
         } => {
-            let data_dir = data_dir.ok_or_else(|| anyhow!("give --server or --data-dir"))?;
+            let data_dir = data_dir.ok_or_else(|| {
+                anyhow!("give --server URL (a running server) or --data-dir DIR (a stopped server's data)")
+            })?;
             let m = tokio::task::spawn_blocking(move || {
                 backup::create_offline(
                     &data_dir,
@@ -413,6 +423,9 @@ pub async fn run_backup_command(command: BackupCommand) -> anyhow::Result<Option
                 (None, Some(f)) => Some(read_timestamp_file(&f)?),
                 (None, None) => None,
             };
+            if let Some(t) = fast_forward {
+                backup::check_restore_floor(t)?;
+            }
             let m = backup::show(&dir.backup_dir, &name)?;
             eprintln!(
                 "{} backup will be used to restore {}",
@@ -458,10 +471,19 @@ pub async fn run_backup_command(command: BackupCommand) -> anyhow::Result<Option
                     aside.display()
                 ));
             }
+            match &report.replaced_bounds {
+                backup::ReplacedBounds::NoData => {}
+                backup::ReplacedBounds::Floors(n) => out.push_str(&format!(
+                    "\nthe replaced data dir could still be read: the bounds of its {n} namespaces were kept as floors (nothing it knew is handed out again)"
+                )),
+                backup::ReplacedBounds::Unreadable(why) => out.push_str(&format!(
+                    "\nthe replaced data dir could not be read ({why}); no floors were taken from it"
+                )),
+            }
             if report.fenced {
-                out.push_str("\nevery namespace is FENCED: it refuses timestamps until fast-forwarded past the last timestamp issued before the restore (timelock timestamp fast-forward --server URL --namespace NS --timestamp T)");
+                out.push_str("\nevery namespace is FENCED, and so is every namespace first used after the restore: each refuses timestamps until fast-forwarded past the last timestamp issued before the restore (timelock timestamp fast-forward --server URL --namespace NS --timestamp T)");
             } else if let Some(t) = fast_forward {
-                out.push_str(&format!("\nevery namespace was fast-forwarded past {t}"));
+                out.push_str(&format!("\nevery namespace was fast-forwarded past {t}, and every namespace first used after the restore starts past it too"));
             }
             Ok(Some(out))
         }
@@ -470,6 +492,22 @@ pub async fn run_backup_command(command: BackupCommand) -> anyhow::Result<Option
 
 /// Runs a client command; returns what to print on success.
 pub async fn run_timestamp_command(command: TimestampCommand) -> anyhow::Result<Option<String>> {
+    // Every check before the first request: the namespace by the server's own rule, the URLs,
+    // the timestamp (or the file holding it).
+    match &command {
+        TimestampCommand::Fetch { target, file }
+        | TimestampCommand::Invalidate { target, file } => {
+            target.check()?;
+            if let Some(path) = file {
+                check_output_file(path)?;
+            }
+        }
+        TimestampCommand::FastForward { target, source }
+        | TimestampCommand::Revalidate { target, source } => {
+            target.check()?;
+            source.resolve()?;
+        }
+    }
     let client = Client::new()?;
     match command {
         TimestampCommand::Fetch { target, file } => {
@@ -477,7 +515,7 @@ pub async fn run_timestamp_command(command: TimestampCommand) -> anyhow::Result<
                 .call(
                     Method::POST,
                     &target.server,
-                    &format!("{}/timestamp/fresh-timestamp", target.namespace),
+                    &target.path("timestamp/fresh-timestamp"),
                 )
                 .await?;
             let ts = parse_timestamp(&body)
@@ -490,10 +528,9 @@ pub async fn run_timestamp_command(command: TimestampCommand) -> anyhow::Result<
                 .call(
                     Method::POST,
                     &target.server,
-                    &format!(
-                        "{}/timestamp-management/fast-forward?currentTimestamp={ts}",
-                        target.namespace
-                    ),
+                    &target.path(&format!(
+                        "timestamp-management/fast-forward?currentTimestamp={ts}"
+                    )),
                 )
                 .await?;
             Ok(Some(format!(
@@ -506,7 +543,7 @@ pub async fn run_timestamp_command(command: TimestampCommand) -> anyhow::Result<
                 .call(
                     Method::POST,
                     &target.server,
-                    &format!("{}/timestamp-management/invalidate", target.namespace),
+                    &target.path("timestamp-management/invalidate"),
                 )
                 .await?;
             let bound =
@@ -523,10 +560,9 @@ pub async fn run_timestamp_command(command: TimestampCommand) -> anyhow::Result<
                 .call(
                     Method::POST,
                     &target.server,
-                    &format!(
-                        "{}/timestamp-management/revalidate?currentTimestamp={ts}",
-                        target.namespace
-                    ),
+                    &target.path(&format!(
+                        "timestamp-management/revalidate?currentTimestamp={ts}"
+                    )),
                 )
                 .await?;
             Ok(Some(format!(
@@ -539,37 +575,145 @@ pub async fn run_timestamp_command(command: TimestampCommand) -> anyhow::Result<
 
 /// `timelock health`: Ok if `/health/ready` answers 200.
 pub async fn run_health(server: &str) -> anyhow::Result<String> {
+    check_servers(server)?;
     let client = Client::new()?;
     let body = client.call(Method::GET, server, "health/ready").await?;
     Ok(body)
 }
 
+impl Target {
+    /// Refuses a namespace the server would refuse (its own rule) and a malformed server list,
+    /// before anything is sent.
+    pub fn check(&self) -> anyhow::Result<()> {
+        check_namespace(&self.namespace)?;
+        check_servers(&self.server)
+    }
+
+    /// `<namespace>/<rest>`, the namespace percent-encoded as one path segment.
+    fn path(&self, rest: &str) -> String {
+        format!("{}/{rest}", encode_segment(&self.namespace))
+    }
+}
+
+/// A namespace by the server's rule ([`crate::namespaces::validate_name`]).
+pub fn check_namespace(namespace: &str) -> anyhow::Result<()> {
+    crate::namespaces::validate_name(namespace).map_err(|e| anyhow!("{e}"))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so that no value can add a
+/// path segment, a query or a fragment to the URL it is put in. (Valid namespaces need no
+/// encoding; this is the second line of defence.)
+pub fn encode_segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Checks every node of a comma-separated server list: an `http://` or `https://` URL with a
+/// host, and no query or fragment.
+pub fn check_servers(servers: &str) -> anyhow::Result<()> {
+    let nodes: Vec<&str> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if nodes.is_empty() {
+        bail!("--server is empty: give the server's base URL, e.g. http://127.0.0.1:8421");
+    }
+    for node in nodes {
+        server_url(node)?;
+    }
+    Ok(())
+}
+
+/// Parses one server's base URL (see [`check_servers`]).
+pub fn server_url(text: &str) -> anyhow::Result<reqwest::Url> {
+    let hint =
+        "expected a base URL such as http://127.0.0.1:8421 or https://host:8421/timelock/api";
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| anyhow!("{text:?} is not a server URL ({e}); {hint}"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        bail!(
+            "{text:?} is not a server URL (scheme {:?}); {hint}",
+            url.scheme()
+        );
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("{text:?} is not a server URL (no host); {hint}");
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        bail!("{text:?} is not a base URL (it has a query, fragment or user name); {hint}");
+    }
+    Ok(url)
+}
+
+/// A timestamp an operator gives (`--timestamp`, a file, `--fast-forward-to`): timestamps are
+/// positive, so 0 and negative values are refused before anything is sent or moved.
+pub fn check_timestamp(ts: i64) -> anyhow::Result<i64> {
+    if ts <= 0 {
+        bail!("timestamp {ts} is not positive: timestamps start at 1; give the last timestamp issued (as `timelock timestamp fetch` or `invalidate` prints it)");
+    }
+    Ok(ts)
+}
+
 impl TimestampSource {
     fn resolve(&self) -> anyhow::Result<i64> {
         match (&self.timestamp, &self.file) {
-            (Some(ts), _) => Ok(*ts),
+            (Some(ts), _) => check_timestamp(*ts).context("--timestamp"),
             (None, Some(path)) => read_timestamp_file(path),
             (None, None) => bail!("give --timestamp or --file"),
         }
     }
 }
 
-/// Reads a single-line decimal timestamp.
+/// Reads a single-line decimal timestamp, which must be positive.
 pub fn read_timestamp_file(path: &Path) -> anyhow::Result<i64> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read timestamp file {}", path.display()))?;
-    parse_timestamp(&text).with_context(|| {
-        format!(
-            "timestamp file {} does not hold one decimal timestamp",
-            path.display()
-        )
-    })
+    parse_timestamp(&text)
+        .and_then(check_timestamp)
+        .with_context(|| {
+            format!(
+                "timestamp file {} does not hold one positive decimal timestamp",
+                path.display()
+            )
+        })
 }
 
 fn parse_timestamp(text: &str) -> anyhow::Result<i64> {
     text.trim()
         .parse::<i64>()
         .map_err(|_| anyhow!("expected a decimal timestamp, got {:?}", text.trim()))
+}
+
+/// Refuses an output file that cannot be written (its directory missing, or a directory in its
+/// place) before the request whose answer it is to hold: an invalidation whose bound cannot be
+/// written down would leave the operator without it.
+fn check_output_file(path: &Path) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist; nothing was sent",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!(
+            "cannot write {}: it is a directory; nothing was sent",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Prints the value, or writes it (durably: write, fsync, rename) to `file`.
@@ -611,6 +755,8 @@ pub fn write_file_durably(path: &Path, contents: &str) -> anyhow::Result<()> {
 /// The HTTP client of the CLI commands (no automatic redirects: see [`Client::call`]).
 pub(crate) struct Client {
     http: reqwest::Client,
+    /// Keys of the warnings already printed (see [`Client::warn_once`]).
+    warned: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Client {
@@ -663,25 +809,64 @@ impl Client {
             builder = builder.default_headers(headers);
         }
         Ok(Self {
-            http: builder.build()?,
+            http: builder.build().context(
+                "cannot set up the HTTP client (check TIMELOCK_CA_CERT and TIMELOCK_CLIENT_CERT)",
+            )?,
+            warned: Default::default(),
         })
     }
 
-    /// PUTs a JSON body to `base`/`path` (no redirects followed); Ok on 2xx.
-    pub(crate) async fn put_json(&self, base: &str, path: &str, body: &str) -> anyhow::Result<()> {
-        let url = format!("{}/{path}", base.trim_end_matches('/'));
-        let response = self
-            .http
-            .put(&url)
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            bail!("{url} answered HTTP {}", response.status())
+    /// Prints `message` on stderr the first time it is given for `key`.
+    pub(crate) fn warn_once(&self, key: &str, message: &str) {
+        if self.warned.lock().insert(key.to_string()) {
+            eprintln!("warning: {message}");
         }
+    }
+
+    /// PUTs a JSON body to an admin route `path` of `base` (no redirects followed); Ok on 2xx.
+    /// Tried at `base`, then at its root (see [`admin_bases`]).
+    pub(crate) async fn put_json(&self, base: &str, path: &str, body: &str) -> anyhow::Result<()> {
+        let mut last = None;
+        for base in admin_bases(base) {
+            let url = format!("{}/{path}", base.trim_end_matches('/'));
+            let response = self
+                .http
+                .put(&url)
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| anyhow!("cannot reach {url}: {}", describe_reqwest(&e)))?;
+            if response.status().is_success() {
+                return Ok(());
+            }
+            last = Some(anyhow!("{url} answered HTTP {}", response.status()));
+            if response.status() != StatusCode::NOT_FOUND {
+                break;
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no server given")))
+    }
+
+    /// Like [`Client::call`] for an admin route: admin routes live at the server's root, not
+    /// under the client routes' prefix, so a `--server` with a path (`.../timelock/api`) that
+    /// answers 404 is tried again at its root.
+    pub(crate) async fn call_admin(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+    ) -> anyhow::Result<String> {
+        let bases = admin_bases(base);
+        let mut result = Err(anyhow!("no server given"));
+        for (i, base) in bases.iter().enumerate() {
+            result = self.call(method.clone(), base, path).await;
+            match &result {
+                Err(e) if i + 1 < bases.len() && e.to_string().contains("HTTP 404") => {}
+                _ => break,
+            }
+        }
+        result
     }
 
     /// Sends the request to `base`/`path`, following up to 3 leader redirects. `base` may list
@@ -694,6 +879,7 @@ impl Client {
         base: &str,
         path: &str,
     ) -> anyhow::Result<String> {
+        check_servers(base)?;
         let nodes: Vec<&str> = base
             .split(',')
             .map(str::trim)
@@ -770,6 +956,27 @@ impl Client {
     }
 }
 
+/// Where to find a server's admin routes: `base` itself, then, if `base` has a path (a client
+/// prefix such as `/timelock/api`), every node of it at its root.
+fn admin_bases(base: &str) -> Vec<String> {
+    let roots: Vec<String> = base
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|node| match reqwest::Url::parse(node) {
+            Ok(url) if url.path().trim_matches('/').is_empty() => node.to_string(),
+            Ok(url) => url.origin().ascii_serialization(),
+            Err(_) => node.to_string(),
+        })
+        .collect();
+    let roots = roots.join(",");
+    if roots == base {
+        vec![base.to_string()]
+    } else {
+        vec![base.to_string(), roots]
+    }
+}
+
 /// How one node's failure bears on trying the next.
 enum NodeError {
     /// Not the leader, unreachable: another node may serve.
@@ -819,5 +1026,57 @@ fn explain_failure(base: &str, status: StatusCode, body: &str) -> anyhow::Error 
             anyhow!("{base} refused the request (HTTP {status}, {name}): {message}")
         }
         (status, None) => anyhow!("{base} answered HTTP {status}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(encode_segment("ns_1-A"), "ns_1-A");
+        assert_eq!(encode_segment("x/../v"), "x%2F..%2Fv");
+        assert_eq!(encode_segment("v#?%"), "v%23%3F%25");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn admin_routes_are_tried_at_the_root_of_a_prefixed_base() {
+        assert_eq!(admin_bases("http://h:1"), vec!["http://h:1"]);
+        assert_eq!(admin_bases("http://h:1/"), vec!["http://h:1/"]);
+        assert_eq!(
+            admin_bases("http://h:1/timelock/api,https://g:2/timelock/api/"),
+            vec![
+                "http://h:1/timelock/api,https://g:2/timelock/api/",
+                "http://h:1,https://g:2"
+            ]
+        );
+    }
+
+    #[test]
+    fn server_urls_and_timestamps_are_checked() {
+        for ok in [
+            "http://127.0.0.1:8421",
+            "https://h/timelock/api",
+            "http://a:1,http://b:2",
+        ] {
+            assert!(check_servers(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ",",
+            "not a url",
+            "ftp://h",
+            "h:1",
+            "http://h:1?x=1",
+            "http://u@h",
+        ] {
+            assert!(check_servers(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_timestamp(1).is_ok());
+        for bad in [0, -1, i64::MIN] {
+            assert!(check_timestamp(bad).is_err(), "{bad}");
+        }
     }
 }

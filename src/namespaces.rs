@@ -27,9 +27,21 @@ const RESERVED: [&str; 3] = ["tl", "lw", "leader"];
 /// How recently a namespace must have been used to count as active (TimeLock: 6 hours).
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(6 * 60 * 60);
 
+/// Longest namespace accepted, in bytes. TimeLock's rule has no limit; a name is a client's
+/// name, and a cap keeps a hostile one out of keys, logs, metrics and the CLI's URLs.
+pub const MAX_NAME_BYTES: usize = 1024;
+
 /// Checks a namespace name against TimeLock's rule `^(?!((tl|lw)$))[a-zA-Z0-9_-]+$` plus the
-/// reserved word `leader`.
+/// reserved word `leader` and at most [`MAX_NAME_BYTES`]. The one rule for names: the server
+/// applies it to every request and the CLI to every `--namespace` before it builds a URL.
 pub fn validate_name(name: &str) -> Result<()> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(TimelockError::InvalidArgument(format!(
+            "invalid namespace ({} bytes, starting {:?}): a namespace is at most {MAX_NAME_BYTES} bytes",
+            name.len(),
+            name.chars().take(16).collect::<String>()
+        )));
+    }
     let well_formed = !name.is_empty()
         && name
             .bytes()
@@ -107,6 +119,9 @@ pub struct Namespaces {
     epoch: Instant,
     /// Open while this registry's term may serve; closed by [`Namespaces::end_term`].
     gate: Arc<TermGate>,
+    /// What a namespace created from now on starts from (see
+    /// [`BoundStore::new_namespace_record`]): after a restore, fenced or floored.
+    new_record: NamespaceRecord,
 }
 
 impl Namespaces {
@@ -140,7 +155,9 @@ impl Namespaces {
         metrics: Metrics,
         gate: Arc<TermGate>,
     ) -> std::result::Result<Self, StoreError> {
+        let new_record = store.new_namespace_record().await?;
         let registry = Self {
+            new_record,
             map: RwLock::new(Default::default()),
             create: Mutex::new(()),
             store: store.clone(),
@@ -224,7 +241,10 @@ impl Namespaces {
                 limit: self.max_namespaces,
             });
         }
-        let record = NamespaceRecord::default();
+        let record = NamespaceRecord {
+            invalidated: false,
+            ..self.new_record
+        };
         self.store
             .put(name, record)
             .await
@@ -234,7 +254,11 @@ impl Namespaces {
         let mut map = self.map.write();
         map.insert(name.clone(), ns.clone());
         self.metrics.namespaces.set(map.len() as i64);
-        tracing::info!(namespace = %name, "namespace created");
+        if record.fenced {
+            tracing::warn!(namespace = %name, "namespace created FENCED: the data was restored from a backup that could not know it; fast-forward it past the last timestamp it issued before the restore");
+        } else {
+            tracing::info!(namespace = %name, floor = record.bound, "namespace created");
+        }
         Ok(ns)
     }
 
@@ -337,5 +361,7 @@ mod tests {
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+        assert!(validate_name(&"a".repeat(MAX_NAME_BYTES)).is_ok());
+        assert!(validate_name(&"a".repeat(MAX_NAME_BYTES + 1)).is_err());
     }
 }

@@ -69,8 +69,8 @@ impl Server {
                 // Rolling back to an older binary: name the backup that restores the old format.
                 match crate::operations::backup::latest_pre_upgrade(&hook_dir) {
                     Some(b) if e.0.contains("newer than this binary") => crate::storage::StoreError(format!(
-                        "{}. The newest pre-upgrade backup is {:?} (taken {} by timelock {}, format {}): timelock backup restore {} --backup-dir {} --data-dir {}",
-                        e.0, b.name, b.created_at, b.server_version, b.format_version, b.name, hook_dir.display(), open_dir.display()
+                        "{}. To roll back, restore the newest pre-upgrade backup {:?} (taken {}, data in format {} written by timelock {}): timelock backup restore {} --backup-dir {} --data-dir {} ; the restored namespaces, and any first used after, come up FENCED until fast-forwarded past the last timestamp they issued (or add --fast-forward-to T)",
+                        e.0, b.name, b.created_at, b.format_version, b.server_version, b.name, hook_dir.display(), open_dir.display()
                     )),
                     _ => e,
                 }

@@ -1,7 +1,8 @@
 //! Namespace names and the path segment they arrive in.
 //!
 //! 1. `validate_name` against an independent reading of TimeLock's rule
-//!    `^(?!((tl|lw)$))[a-zA-Z0-9_-]+$` plus the reserved `leader` (spec section 4).
+//!    `^(?!((tl|lw)$))[a-zA-Z0-9_-]+$` plus the reserved `leader` (spec section 4) and the
+//!    1024-byte cap.
 //! 2. Path handling: the input as the `{ns}` segment of `GET /{ns}/timestamp-management/ping`
 //!    through the real router, raw (the fuzzer's own percent escapes) and fully
 //!    percent-encoded. The answer must be `200 pong` exactly when the percent-decoded segment is
@@ -18,6 +19,7 @@ use tower::ServiceExt;
 
 fn expected_valid(name: &[u8]) -> bool {
     !name.is_empty()
+        && name.len() <= 1024
         && name
             .iter()
             .all(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-'))

@@ -3,8 +3,10 @@
 //!
 //! A backup is a directory `<backups>/<name>/` holding `data/` — a RocksDB checkpoint, a
 //! consistent point-in-time copy — and `metadata.json`: name, creation time (UTC), type
-//! (`on-demand`, `pre-upgrade`, `scheduled`), server version, on-disk format version, every
-//! namespace with its durable bound and flags, and the size and SHA-256 of every file. It is
+//! (`on-demand`, `pre-upgrade`, `scheduled`), the on-disk format version of the data and the
+//! version of the server that wrote it (`unknown` if the data does not say: data written before
+//! versions were recorded), every namespace with its durable bound and flags, and the size and
+//! SHA-256 of every file. It is
 //! written under a temporary name and renamed into place when complete, so a crash never leaves
 //! a half backup that looks whole.
 //!
@@ -14,6 +16,12 @@
 //! timestamps issued after the backup, every restored namespace comes up *fenced* — refusing
 //! timestamps until fast-forwarded past the last timestamp the world may have seen — unless the
 //! operator gives that timestamp at restore time.
+//!
+//! The restored data cannot know the namespaces created after the backup, so the fence (or the
+//! operator's timestamp, as a floor) is also recorded for every namespace created later
+//! (`meta/new_namespace`, see `storage::rocks`): a namespace absent from the backup comes up
+//! fenced on first use, or starts past the floor, after any number of restarts. Where the data
+//! dir being replaced can still be read, each of its namespaces' bounds is kept as a floor too.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -27,6 +35,8 @@ use crate::storage::rocks::{self, FORMAT_VERSION};
 use crate::storage::{NamespaceRecord, StoreError};
 
 pub const METADATA_FILE: &str = "metadata.json";
+/// `serverVersion` of data that does not record the server that wrote it.
+pub const UNKNOWN_VERSION: &str = "unknown";
 const DATA_DIR: &str = "data";
 
 /// Why a backup was taken.
@@ -75,7 +85,9 @@ pub struct BackupMetadata {
     pub created_at_unix_ms: u64,
     #[serde(rename = "type")]
     pub backup_type: BackupType,
+    /// The version of the server that wrote the data (`unknown` if the data does not record it).
     pub server_version: String,
+    /// The on-disk format version of the data in the backup.
     pub format_version: u32,
     pub namespaces: Vec<NamespaceEntry>,
     pub files: Vec<FileEntry>,
@@ -91,10 +103,12 @@ impl BackupMetadata {
 pub enum BackupError {
     #[error("{0}")]
     Store(#[from] StoreError),
-    #[error("{context}: {source}")]
+    // The I/O error is part of the message and deliberately not a `source`: error chains are
+    // printed whole, and it would appear twice.
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Invalid(String),
@@ -102,7 +116,7 @@ pub enum BackupError {
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
     let context = context.into();
-    move |source| BackupError::Io { context, source }
+    move |error| BackupError::Io { context, error }
 }
 
 /// `2026-11-22T03:59:37Z` for a time since the Unix epoch (no time-zone database needed).
@@ -213,9 +227,15 @@ pub fn create(
     fs::create_dir_all(&partial).map_err(io(format!("creating {}", partial.display())))?;
     let data = partial.join(DATA_DIR);
     checkpoint(&data)?;
-    let namespaces = {
+    // The metadata describes the data as checkpointed, not this binary: a pre-upgrade backup
+    // holds data in the old format, written by the old server.
+    let (namespaces, format_version, server_version) = {
         let db = rocks::open_read_only(&data)?;
-        rocks::read_records(&db)?.into_iter().map(entry).collect()
+        (
+            rocks::read_records(&db)?.into_iter().map(entry).collect(),
+            rocks::read_format_version(&db)?.unwrap_or(0),
+            rocks::read_server_version(&db)?.unwrap_or_else(|| UNKNOWN_VERSION.to_string()),
+        )
     };
     let mut files = Vec::new();
     for path in list_files(&data)? {
@@ -241,8 +261,8 @@ pub fn create(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         backup_type,
-        server_version: crate::VERSION.to_string(),
-        format_version: FORMAT_VERSION,
+        server_version,
+        format_version,
         namespaces,
         files,
     };
@@ -283,7 +303,7 @@ fn entry((name, r): (String, NamespaceRecord)) -> NamespaceEntry {
     }
 }
 
-fn validate_backup_name(name: &str) -> Result<(), BackupError> {
+pub fn validate_backup_name(name: &str) -> Result<(), BackupError> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
         && name
@@ -324,7 +344,7 @@ pub fn show(backups_dir: &Path, name: &str) -> Result<BackupMetadata, BackupErro
         )),
         _ => BackupError::Io {
             context: format!("reading {}", path.display()),
-            source: e,
+            error: e,
         },
     })?;
     serde_json::from_str(&text)
@@ -426,11 +446,103 @@ pub struct RestoreReport {
     pub moved_aside: Option<PathBuf>,
     /// True if every namespace came up fenced (no fast-forward given).
     pub fenced: bool,
+    /// What the replaced data dir contributed.
+    pub replaced_bounds: ReplacedBounds,
 }
 
-/// Restores backup `name` into `data_dir` (offline). With `fast_forward_to = Some(T)` every
-/// namespace's bound is raised past T and left unfenced; otherwise every namespace is fenced.
-/// `progress(done_bytes, total_bytes)` is called as files are copied.
+/// Whether the data dir being replaced gave floors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplacedBounds {
+    /// There was no data to replace.
+    NoData,
+    /// It could be read: the bounds of this many namespaces were kept as floors.
+    Floors(usize),
+    /// It could not be read (why); nothing was taken from it.
+    Unreadable(String),
+}
+
+/// Largest `--fast-forward-to`: a namespace fast-forwarded there must still be able to reserve
+/// and issue (see `timestamp::MAX_WINDOW`).
+pub const MAX_RESTORE_FLOOR: i64 = i64::MAX - crate::timestamp::MAX_WINDOW;
+
+/// Checks a restore's `--fast-forward-to`: a positive timestamp with room above it.
+pub fn check_restore_floor(t: i64) -> Result<(), BackupError> {
+    if t <= 0 {
+        return Err(BackupError::Invalid(format!(
+            "--fast-forward-to {t} is not a timestamp: give the last timestamp issued before the restore (positive), or leave it out to restore fenced; nothing was changed"
+        )));
+    }
+    if t > MAX_RESTORE_FLOOR {
+        return Err(BackupError::Invalid(format!(
+            "--fast-forward-to {t} is too close to the largest timestamp (at most {MAX_RESTORE_FLOOR}); nothing was changed"
+        )));
+    }
+    Ok(())
+}
+
+/// The records of the data dir about to be replaced, and its new-namespace record, if it can be
+/// read. Fails only if a server holds it (the restore must not go on).
+fn read_replaced(data_dir: &Path) -> Result<Option<ReplacedData>, BackupError> {
+    if !data_dir.join("CURRENT").exists() {
+        return Ok(None);
+    }
+    // Opened for writing so that RocksDB's LOCK refuses a data dir a server holds.
+    let db = rocks::open_existing(data_dir).map_err(|e| {
+        BackupError::Invalid(format!(
+            "refusing to restore into {}: {e}; stop the server first",
+            data_dir.display()
+        ))
+    })?;
+    let read = rocks::read_records(&db).and_then(|records| {
+        Ok(ReplacedData {
+            records: records.into_iter().collect(),
+            new_namespace: rocks::read_new_namespace_record(&db)?,
+            unreadable: None,
+        })
+    });
+    Ok(Some(match read {
+        Ok(data) => data,
+        Err(e) => ReplacedData {
+            records: Default::default(),
+            new_namespace: None,
+            unreadable: Some(e.0),
+        },
+    }))
+}
+
+/// What the replaced data dir knew.
+struct ReplacedData {
+    records: std::collections::BTreeMap<String, NamespaceRecord>,
+    new_namespace: Option<NamespaceRecord>,
+    unreadable: Option<String>,
+}
+
+/// A name for the data dir moved aside that no earlier restore has taken.
+fn aside_name(data_dir: &Path) -> PathBuf {
+    let stamp: String = utc_rfc3339(SystemTime::now())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let file_name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let base = format!("{file_name}.before-restore-{stamp}");
+    let mut aside = data_dir.with_file_name(&base);
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = data_dir.with_file_name(format!("{base}-{n}"));
+    }
+    aside
+}
+
+/// Restores backup `name` into `data_dir` (offline). With `fast_forward_to = Some(T)` (T
+/// positive) every namespace's bound is raised past T and left unfenced, and T is the floor of
+/// every namespace created later; otherwise every namespace, restored or created later, is
+/// fenced. The bounds of the data dir replaced, if it can be read, are kept as floors.
+/// Every refusal comes before anything is moved. `progress(done_bytes, total_bytes)` is called
+/// as files are copied.
 pub fn restore(
     backups_dir: &Path,
     name: &str,
@@ -438,6 +550,9 @@ pub fn restore(
     fast_forward_to: Option<i64>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RestoreReport, BackupError> {
+    if let Some(t) = fast_forward_to {
+        check_restore_floor(t)?;
+    }
     let metadata = verify(backups_dir, name)?;
     if metadata.format_version > FORMAT_VERSION {
         return Err(BackupError::Invalid(format!(
@@ -445,37 +560,20 @@ pub fn restore(
             metadata.format_version, metadata.server_version
         )));
     }
-    if let Some(t) = fast_forward_to {
-        if t == i64::MIN || t == i64::MAX {
-            return Err(BackupError::Invalid(format!(
-                "--fast-forward-to {t} is not a usable timestamp"
-            )));
-        }
-    }
-    // Refuse a data dir that a server holds (RocksDB's LOCK), before touching anything.
-    if data_dir.join("CURRENT").exists() {
-        drop(rocks::open_existing(data_dir).map_err(|e| {
-            BackupError::Invalid(format!(
-                "refusing to restore into {}: {e}; stop the server first",
-                data_dir.display()
-            ))
-        })?);
-    }
+    // Refuses a data dir that a server holds (RocksDB's LOCK), before touching anything, and
+    // reads what it still knows.
+    let replaced = read_replaced(data_dir)?;
     let moved_aside = if data_dir.exists()
         && fs::read_dir(data_dir)
             .map(|mut d| d.next().is_some())
             .unwrap_or(false)
     {
-        let stamp: String = utc_rfc3339(SystemTime::now())
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
-        let file_name = data_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "data".into());
-        let aside = data_dir.with_file_name(format!("{file_name}.before-restore-{stamp}"));
-        fs::rename(data_dir, &aside).map_err(io(format!("moving {} aside", data_dir.display())))?;
+        let aside = aside_name(data_dir);
+        fs::rename(data_dir, &aside).map_err(io(format!(
+            "moving {} aside to {}",
+            data_dir.display(),
+            aside.display()
+        )))?;
         Some(aside)
     } else {
         None
@@ -503,21 +601,44 @@ pub fn restore(
         progress(done, total);
     }
     fsync_dir(&staging);
+    let fenced = fast_forward_to.is_none();
+    let floor = fast_forward_to.unwrap_or(0);
     {
         let db = rocks::open_existing(&staging)?;
-        for (ns, mut record) in rocks::read_records(&db)? {
-            match fast_forward_to {
-                Some(t) => {
-                    record.bound = record.bound.max(t);
-                    record.fenced = false;
-                }
-                None => record.fenced = true,
+        let mut records: std::collections::BTreeMap<String, NamespaceRecord> =
+            rocks::read_records(&db)?.into_iter().collect();
+        let mut new_namespace = rocks::read_new_namespace_record(&db)?.unwrap_or_default();
+        if let Some(old) = &replaced {
+            // What the replaced data knew is a floor: a namespace it held keeps at least its
+            // bound (and its invalidation), one it held that the backup lacks is kept.
+            for (ns, old_record) in &old.records {
+                let record = records.entry(ns.clone()).or_default();
+                record.bound = record.bound.max(old_record.bound);
+                record.invalidated |= old_record.invalidated;
             }
-            rocks::write_record(&db, &ns, record)?;
+            if let Some(old_new) = old.new_namespace {
+                new_namespace.bound = new_namespace.bound.max(old_new.bound);
+            }
         }
+        for (ns, record) in &mut records {
+            record.bound = record.bound.max(floor);
+            record.fenced = fenced;
+            rocks::write_record(&db, ns, *record)?;
+        }
+        rocks::write_new_namespace_record(
+            &db,
+            NamespaceRecord {
+                bound: new_namespace.bound.max(floor),
+                invalidated: false,
+                fenced,
+            },
+        )?;
     }
     if data_dir.exists() {
-        fs::remove_dir(data_dir).map_err(io(format!("clearing {}", data_dir.display())))?;
+        fs::remove_dir(data_dir).map_err(io(format!(
+            "clearing {} (something was written into it during the restore; stop whatever writes there and run the restore again)",
+            data_dir.display()
+        )))?;
     }
     fs::rename(&staging, data_dir).map_err(io(format!(
         "moving the restored data into {}",
@@ -526,10 +647,19 @@ pub fn restore(
     if let Some(parent) = data_dir.parent() {
         fsync_dir(parent);
     }
+    let replaced_bounds = match replaced {
+        None => ReplacedBounds::NoData,
+        Some(ReplacedData {
+            unreadable: Some(why),
+            ..
+        }) => ReplacedBounds::Unreadable(why),
+        Some(old) => ReplacedBounds::Floors(old.records.len()),
+    };
     Ok(RestoreReport {
         metadata,
         moved_aside,
-        fenced: fast_forward_to.is_none(),
+        fenced,
+        replaced_bounds,
     })
 }
 

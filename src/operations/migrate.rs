@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{read_timestamp_file, write_file_durably, Client};
+use crate::cli::{encode_segment, read_timestamp_file, server_url, write_file_durably, Client};
 
 /// Where the state of migrations is kept by default.
 pub const DEFAULT_STATE_DIR: &str = "var/migrations";
@@ -43,11 +43,33 @@ impl Side {
             });
         }
         if text.starts_with("http://") || text.starts_with("https://") {
+            server_url(text)?;
             return Ok(Side::Server {
                 url: text.trim_end_matches('/').to_string(),
             });
         }
         bail!("{text:?} is neither a server URL (http://host:port) nor a file (file:PATH)")
+    }
+
+    /// Whether two sides are one service: the same server (scheme, host and port: a path such as
+    /// `/timelock/api` reaches the same namespaces) or the same file.
+    fn same_as(&self, other: &Side) -> bool {
+        match (self, other) {
+            (Side::Server { url: a }, Side::Server { url: b }) => {
+                match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+                    (Ok(a), Ok(b)) => a.origin() == b.origin(),
+                    _ => a == b,
+                }
+            }
+            (Side::File { path: a }, Side::File { path: b }) => {
+                a == b
+                    || matches!(
+                        (a.canonicalize(), b.canonicalize()),
+                        (Ok(x), Ok(y)) if x == y
+                    )
+            }
+            _ => false,
+        }
     }
 
     fn describe(&self) -> String {
@@ -190,9 +212,6 @@ pub async fn start(dir: &Path, request: StartRequest) -> anyhow::Result<Migratio
     if request.to_namespace.is_some() && request.namespaces.len() != 1 {
         bail!("--to-namespace renames exactly one --namespace");
     }
-    for ns in request.namespaces.iter().chain(request.to_namespace.iter()) {
-        crate::namespaces::validate_name(ns).map_err(|e| anyhow!("{e}"))?;
-    }
     if matches!(request.from, Side::File { .. }) && !request.source_is_offline {
         bail!("a file source is an embedded timestamp service: stop its clients and confirm with --source-is-offline");
     }
@@ -235,6 +254,8 @@ pub async fn start(dir: &Path, request: StartRequest) -> anyhow::Result<Migratio
         log: Vec::new(),
         reversals: 0,
     };
+    // Every refusal before the first side effect (the state file is the first).
+    check_plan(&m)?;
     m.log.push(format!(
         "started: {} -> {}",
         m.direction_mapping.source.describe(),
@@ -249,9 +270,46 @@ pub async fn start(dir: &Path, request: StartRequest) -> anyhow::Result<Migratio
     run(dir, m).await
 }
 
+/// The refusals every run of a migration makes before acting (a state file may have been edited
+/// since it was written): valid namespaces, valid sides, and never one namespace of one service
+/// as both its source and its destination (blocking the source would block the destination).
+fn check_plan(m: &Migration) -> anyhow::Result<()> {
+    let (source, destination) = (
+        &m.direction_mapping.source,
+        &m.direction_mapping.destination,
+    );
+    for side in [source, destination] {
+        if let Side::Server { url } = side {
+            server_url(url)?;
+        }
+    }
+    // A file source's bound is read when the source is "blocked": garbage in it must stop the
+    // migration before anything is recorded or moved.
+    if let Side::File { path } = source {
+        if m.namespaces.iter().any(|n| n.step < Step::SourceBlocked) {
+            read_timestamp_file(path)?;
+        }
+    }
+    for ns in &m.namespaces {
+        for name in [&ns.source_namespace, &ns.destination_namespace] {
+            crate::cli::check_namespace(name)?;
+        }
+        if source.same_as(destination) && ns.source_namespace == ns.destination_namespace {
+            bail!(
+                "{} and {} are the same service: migrating namespace {} onto itself would block it for good; nothing was changed (to rename within one server, give --to-namespace)",
+                source.describe(),
+                destination.describe(),
+                ns.source_namespace
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Continues a migration from its last recorded step.
 pub async fn resume(dir: &Path, id: &str) -> anyhow::Result<Migration> {
     let m = load(dir, id)?;
+    check_plan(&m)?;
     match m.state {
         MigrationState::Committed => Ok(m),
         MigrationState::Running | MigrationState::Reversing => run(dir, m).await,
@@ -263,6 +321,8 @@ async fn run(dir: &Path, mut m: Migration) -> anyhow::Result<Migration> {
     let source = m.direction_mapping.source.clone();
     let destination = m.direction_mapping.destination.clone();
     let reversing = m.state == MigrationState::Reversing;
+    // Both ends of every namespace are checked before any namespace is blocked, so that an
+    // unreachable end stops the migration before its first side effect.
     for i in 0..m.namespaces.len() {
         let (src_ns, dst_ns) = (
             m.namespaces[i].source_namespace.clone(),
@@ -281,6 +341,12 @@ async fn run(dir: &Path, mut m: Migration) -> anyhow::Result<Migration> {
             )
             .await?;
         }
+    }
+    for i in 0..m.namespaces.len() {
+        let (src_ns, dst_ns) = (
+            m.namespaces[i].source_namespace.clone(),
+            m.namespaces[i].destination_namespace.clone(),
+        );
         if m.namespaces[i].step < Step::SourceBlocked {
             let bound =
                 block_source(&client, &source, &src_ns, m.source_is_offline && !reversing).await?;
@@ -356,6 +422,9 @@ async fn record(
     what: String,
 ) -> anyhow::Result<()> {
     m.namespaces[i].step = step;
+    // Once any namespace's source is blocked, clients can no longer write there: the mapping
+    // says so from that step on (a crash leaves it true to the servers' state).
+    m.direction_mapping.source_writable = m.namespaces.iter().all(|n| n.step < Step::SourceBlocked);
     eprintln!("{what}");
     m.log.push(what);
     save(dir, m)?;
@@ -377,7 +446,10 @@ async fn report(client: &Client, m: &Migration) {
                 .put_json(url, &format!("admin/migrations/{}", m.id), &body)
                 .await
             {
-                tracing::debug!(%url, error = %e, "could not report migration progress");
+                client.warn_once(
+                    url,
+                    &format!("could not report migration progress to {url} ({e:#}); the migration itself goes on (`timelock migrate status {}` shows it)", m.id),
+                );
             }
         }
     }
@@ -390,7 +462,7 @@ async fn check(client: &Client, side: &Side, ns: &str) -> anyhow::Result<()> {
                 .call(
                     reqwest::Method::GET,
                     url,
-                    &format!("{ns}/timestamp-management/ping"),
+                    &format!("{}/timestamp-management/ping", encode_segment(ns)),
                 )
                 .await?;
             if body.trim() != "pong" {
@@ -414,7 +486,7 @@ async fn fetch(client: &Client, url: &str, ns: &str) -> anyhow::Result<i64> {
         .call(
             reqwest::Method::POST,
             url,
-            &format!("{ns}/timestamp/fresh-timestamp"),
+            &format!("{}/timestamp/fresh-timestamp", encode_segment(ns)),
         )
         .await?;
     body.trim()
@@ -436,7 +508,7 @@ async fn block_source(
                 .call(
                     reqwest::Method::POST,
                     url,
-                    &format!("{ns}/timestamp-management/invalidate"),
+                    &format!("{}/timestamp-management/invalidate", encode_segment(ns)),
                 )
                 .await
             {
@@ -478,7 +550,10 @@ async fn forward_destination(
                 .call(
                     reqwest::Method::POST,
                     url,
-                    &format!("{ns}/timestamp-management/{verb}?currentTimestamp={bound}"),
+                    &format!(
+                        "{}/timestamp-management/{verb}?currentTimestamp={bound}",
+                        encode_segment(ns)
+                    ),
                 )
                 .await
                 .map(|_| ())
@@ -489,6 +564,7 @@ async fn forward_destination(
 /// Reverses a committed reversible migration: the destination becomes the source again.
 pub async fn reverse(dir: &Path, id: &str) -> anyhow::Result<Migration> {
     let mut m = load(dir, id)?;
+    check_plan(&m)?;
     if !m.reversible {
         bail!("migration {id} was not started with --reversible");
     }

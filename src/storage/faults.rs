@@ -31,6 +31,10 @@ impl BoundStore for FaultInjectingStore {
         self.inner.load_all().await
     }
 
+    async fn new_namespace_record(&self) -> Result<NamespaceRecord, StoreError> {
+        self.inner.new_namespace_record().await
+    }
+
     async fn put(&self, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError> {
         if self.writes.fetch_add(1, Ordering::SeqCst) >= self.fail_after {
             return Err(StoreError(format!(

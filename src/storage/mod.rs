@@ -42,6 +42,13 @@ pub trait BoundStore: Send + Sync + 'static {
     /// Every namespace ever created, with its record, in name order.
     async fn load_all(&self) -> Result<Vec<(String, NamespaceRecord)>, StoreError>;
 
+    /// The record a namespace created from now on starts from. After a restore it carries a
+    /// floor and the fence (the restored data cannot know what a namespace absent from it
+    /// handed out after the backup); otherwise bound 0, unfenced.
+    async fn new_namespace_record(&self) -> Result<NamespaceRecord, StoreError> {
+        Ok(NamespaceRecord::default())
+    }
+
     /// Durably replaces the record of `namespace` (creating it if absent). Returns only once the
     /// write is synced to stable storage.
     async fn put(&self, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError>;

@@ -3,6 +3,11 @@
 //! Layout (default column family, keys are ASCII):
 //! * `meta/format_version` — the on-disk format version as a big-endian `u32`, written when the
 //!   directory is created. A binary refuses to open a directory whose format it does not know.
+//! * `meta/server_version` — the version of the last timelock binary that opened the directory
+//!   for writing (UTF-8), so that a backup can say which server wrote its data.
+//! * `meta/new_namespace` — after a restore, the record a namespace created later starts from
+//!   (a floor for its bound, and whether it is fenced), in the record encoding; absent means
+//!   "bound 0, not fenced".
 //! * `ns/<name>` — one [`NamespaceRecord`] per namespace (see `storage::codec`).
 //!
 //! Every write uses `WriteOptions::set_sync(true)`: `put` returns only after the WAL is fsynced,
@@ -22,6 +27,8 @@ use super::{codec, BoundStore, NamespaceRecord, StoreError};
 pub const FORMAT_VERSION: u32 = 1;
 
 const FORMAT_KEY: &[u8] = b"meta/format_version";
+const SERVER_VERSION_KEY: &[u8] = b"meta/server_version";
+const NEW_NAMESPACE_KEY: &[u8] = b"meta/new_namespace";
 const NAMESPACE_PREFIX: &[u8] = b"ns/";
 
 /// What to do before upgrading an older data dir: take a `pre-upgrade` backup (see
@@ -87,6 +94,39 @@ pub fn read_format_version(db: &DB) -> Result<Option<u32>, StoreError> {
 pub fn write_format_version(db: &DB, version: u32) -> Result<(), StoreError> {
     db.put_opt(FORMAT_KEY, version.to_be_bytes(), &sync_writes())
         .map_err(|e| StoreError(format!("writing format version: {e}")))
+}
+
+/// The version of the timelock binary that last opened the data for writing, if recorded.
+pub fn read_server_version(db: &DB) -> Result<Option<String>, StoreError> {
+    db.get(SERVER_VERSION_KEY)
+        .map_err(|e| StoreError(format!("reading server version: {e}")))
+        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Records `version` as the binary that writes the data (synced).
+pub fn write_server_version(db: &DB, version: &str) -> Result<(), StoreError> {
+    db.put_opt(SERVER_VERSION_KEY, version.as_bytes(), &sync_writes())
+        .map_err(|e| StoreError(format!("writing server version: {e}")))
+}
+
+/// The record a namespace created from now on starts from (see the module docs), if one was set
+/// by a restore.
+pub fn read_new_namespace_record(db: &DB) -> Result<Option<NamespaceRecord>, StoreError> {
+    match db
+        .get(NEW_NAMESPACE_KEY)
+        .map_err(|e| StoreError(format!("reading the new-namespace floor: {e}")))?
+    {
+        None => Ok(None),
+        Some(bytes) => codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError(format!("new-namespace floor: {e}"))),
+    }
+}
+
+/// Sets the record every namespace created from now on starts from (synced).
+pub fn write_new_namespace_record(db: &DB, record: NamespaceRecord) -> Result<(), StoreError> {
+    db.put_opt(NEW_NAMESPACE_KEY, codec::encode(record), &sync_writes())
+        .map_err(|e| StoreError(format!("writing the new-namespace floor: {e}")))
 }
 
 /// Every namespace record, in name order.
@@ -180,6 +220,9 @@ impl RocksStore {
             Some(_) => {}
             None => write_format_version(&db, FORMAT_VERSION)?,
         }
+        if read_server_version(&db)?.as_deref() != Some(crate::VERSION) {
+            write_server_version(&db, crate::VERSION)?;
+        }
         Ok(Self {
             db: Arc::new(db),
             path: path.to_path_buf(),
@@ -200,6 +243,14 @@ impl BoundStore for RocksStore {
         tokio::task::spawn_blocking(move || read_records(&db))
             .await
             .map_err(|e| StoreError(format!("bound reader task failed: {e}")))?
+    }
+
+    async fn new_namespace_record(&self) -> Result<NamespaceRecord, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || read_new_namespace_record(&db))
+            .await
+            .map_err(|e| StoreError(format!("bound reader task failed: {e}")))?
+            .map(Option::unwrap_or_default)
     }
 
     async fn put(&self, namespace: &str, record: NamespaceRecord) -> Result<(), StoreError> {

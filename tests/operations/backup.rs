@@ -302,8 +302,16 @@ async fn restore_refuses_what_it_must_and_keeps_old_data() {
         Path::new(&aside).join("CURRENT").exists(),
         "old data kept at {aside}"
     );
+    assert!(
+        out.contains("the bounds of its 2 namespaces were kept as floors"),
+        "{out}"
+    );
     server.restart();
-    assert_eq!(namespaces(&server).await, vec!["ns"], "restored state");
+    assert_eq!(
+        namespaces(&server).await,
+        vec!["newer", "ns"],
+        "restored state, and the replaced data's namespace kept (fenced) as a floor"
+    );
     server.terminate();
 
     // A corrupted file is detected by verify and refused by restore.
@@ -441,4 +449,308 @@ async fn scheduled_backups_are_taken_and_pruned() {
         "on-demand"
     );
     assert!(server.log().contains("scheduled backup taken"));
+}
+
+fn restore(backups: &Path, name: &str, data: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "backup",
+        "restore",
+        name,
+        "--data-dir",
+        s(data),
+        "--backup-dir",
+        s(backups),
+        "--yes",
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+/// Issue 20, point 1: a namespace created after the backup (`late`, up to 130) must not start
+/// again at 1 after a restore: fenced on first use (after restarts too) when no timestamp is
+/// given, past the floor when one is, and past the replaced data dir's bound when it can be read.
+#[tokio::test]
+async fn restore_never_lets_a_namespace_absent_from_the_backup_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    let env = [("TIMELOCK__BACKUP__DIR", s(&backups))];
+    let mut server = TestServer::start(&data, &env);
+    post(&server, "/early/timestamp/fresh-timestamp").await;
+    let r = send(client().post(server.url("/admin/backups?name=before-late"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let late = post(&server, "/late/timestamp/fresh-timestamps?number=130")
+        .await
+        .json();
+    assert_eq!(late["upperBound"], 130, "{late}");
+    server.terminate();
+
+    // The disk is lost: restore into an empty data dir, fenced.
+    let lost = dir.path().join("lost");
+    let out = ok(&restore(&backups, "before-late", &lost, &[]));
+    assert!(out.contains("first used after the restore"), "{out}");
+    let mut restored = TestServer::start(&lost, &[]);
+    for _ in 0..2 {
+        let r = post(&restored, "/late/timestamp/fresh-timestamp").await;
+        assert_eq!(
+            r.assert_conjure_error(500, "FAILED_PRECONDITION")["errorName"],
+            "TimeLock:NamespaceFenced",
+            "late must be fenced, not start again at 1"
+        );
+        restored.kill9();
+        restored.restart();
+    }
+    let r = post(
+        &restored,
+        "/late/timestamp-management/fast-forward?currentTimestamp=130",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(
+        post(&restored, "/late/timestamp/fresh-timestamp")
+            .await
+            .number()
+            > 130
+    );
+    restored.terminate();
+
+    // With --fast-forward-to T: every namespace, including ones first used later, starts past T.
+    let floored = dir.path().join("floored");
+    ok(&restore(
+        &backups,
+        "before-late",
+        &floored,
+        &["--fast-forward-to", "500"],
+    ));
+    let mut restored = TestServer::start(&floored, &[]);
+    assert!(
+        post(&restored, "/late/timestamp/fresh-timestamp")
+            .await
+            .number()
+            > 500
+    );
+    restored.kill9();
+    restored.restart();
+    assert!(
+        post(&restored, "/later/timestamp/fresh-timestamp")
+            .await
+            .number()
+            > 500
+    );
+    restored.terminate();
+
+    // In place, with a floor below what the replaced data knew: its bound is kept.
+    let out = ok(&restore(
+        &backups,
+        "before-late",
+        &data,
+        &["--fast-forward-to", "5"],
+    ));
+    assert!(out.contains("kept as floors"), "{out}");
+    server.restart();
+    assert!(
+        post(&server, "/late/timestamp/fresh-timestamp")
+            .await
+            .number()
+            > 130
+    );
+}
+
+/// Issue 20, point 2: `--fast-forward-to` 0 or negative (or a file holding one) is refused, and
+/// nothing is moved: the data dir, its namespaces and its bounds are as they were.
+#[tokio::test]
+async fn restore_refuses_a_floor_that_is_not_a_positive_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    let env = [("TIMELOCK__BACKUP__DIR", s(&backups))];
+    let mut server = TestServer::start(&data, &env);
+    post(&server, "/ns/timestamp/fresh-timestamp").await;
+    let r = send(client().post(server.url("/admin/backups?name=b"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let last = post(&server, "/ns/timestamp/fresh-timestamps?number=1000")
+        .await
+        .json()["upperBound"]
+        .as_i64()
+        .unwrap();
+    server.terminate();
+    let before = records(&data);
+    let file = dir.path().join("ff");
+    let mut refusals: Vec<Vec<String>> = ["0", "-5", "-9223372036854775808", "9223372036854775807"]
+        .iter()
+        .map(|t| vec!["--fast-forward-to".to_string(), t.to_string()])
+        .collect();
+    for contents in ["-5\n", "0\n", "5 apples\n", ""] {
+        let f = dir.path().join(format!("ff{}", refusals.len()));
+        std::fs::write(&f, contents).unwrap();
+        refusals.push(vec![
+            "--fast-forward-file".into(),
+            f.to_str().unwrap().into(),
+        ]);
+    }
+    refusals.push(vec![
+        "--fast-forward-file".into(),
+        s(&file).to_string(), // missing
+    ]);
+    for extra in &refusals {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let e = err(&restore(&backups, "b", &data, &extra));
+        assert!(
+            e.contains("not a timestamp")
+                || e.contains("not positive")
+                || e.contains("too close")
+                || e.contains("cannot read timestamp file")
+                || e.contains("does not hold"),
+            "{extra:?}: {e}"
+        );
+    }
+    let entries: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("before-restore") || n.contains("restoring"))
+        .collect();
+    assert!(entries.is_empty(), "nothing moved aside: {entries:?}");
+    assert_eq!(records(&data), before, "the bounds are untouched");
+    server.restart();
+    assert!(
+        post(&server, "/ns/timestamp/fresh-timestamp")
+            .await
+            .number()
+            > last
+    );
+}
+
+/// Every namespace record of a stopped server's data dir.
+fn records(data: &Path) -> Vec<(String, timelock::storage::NamespaceRecord)> {
+    let db = timelock::storage::rocks::open_read_only(data).unwrap();
+    timelock::storage::rocks::read_records(&db).unwrap()
+}
+
+/// Issue 20, point 9: two restores within one second both succeed, each moving the data aside
+/// under its own name, and an error is printed once.
+#[tokio::test]
+async fn two_restores_within_a_second_both_keep_the_old_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    let mut server = TestServer::start(&data, &[]);
+    post(&server, "/ns/timestamp/fresh-timestamp").await;
+    server.terminate();
+    ok(&cli(&[
+        "backup",
+        "create",
+        "--data-dir",
+        s(&data),
+        "--backup-dir",
+        s(&backups),
+        "--name",
+        "b",
+    ]));
+    let mut asides = Vec::new();
+    for _ in 0..3 {
+        let out = ok(&restore(&backups, "b", &data, &["--fast-forward-to", "10"]));
+        asides.push(
+            out.lines()
+                .find_map(|l| l.strip_prefix("the previous data was moved to "))
+                .expect(&out)
+                .to_string(),
+        );
+    }
+    asides.dedup();
+    assert_eq!(asides.len(), 3, "{asides:?}");
+    for aside in &asides {
+        assert!(Path::new(aside).join("CURRENT").exists(), "{aside}");
+    }
+    // An I/O error is printed once, with what to do.
+    let file_in_the_way = dir.path().join("not-a-dir");
+    std::fs::write(&file_in_the_way, "x").unwrap();
+    let e = err(&restore(
+        &backups,
+        "b",
+        &file_in_the_way.join("data"),
+        &["--fast-forward-to", "10"],
+    ));
+    let first = e.lines().last().unwrap_or_default();
+    let words: Vec<&str> = first.split(": ").collect();
+    let mut deduped = words.clone();
+    deduped.dedup();
+    assert_eq!(words, deduped, "a cause printed twice: {e}");
+}
+
+/// Issue 20, point 5: a pre-upgrade backup describes the data it holds (the old format, and
+/// `unknown` for a server version the data does not record), and the refusal to start on a
+/// newer format names both formats, the restore command and the fence.
+#[tokio::test]
+async fn pre_upgrade_backup_metadata_describes_the_old_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    let env = [("TIMELOCK__BACKUP__DIR", s(&backups))];
+    let mut server = TestServer::start(&data, &env);
+    post(&server, "/ns/timestamp/fresh-timestamp").await;
+    server.terminate();
+    // Data as an older release left it: format 0, no server version recorded.
+    {
+        let db = rocksdb::DB::open_default(&data).unwrap();
+        db.put(b"meta/format_version", 0u32.to_be_bytes()).unwrap();
+        db.delete(b"meta/server_version").unwrap();
+    }
+    server.restart();
+    post(&server, "/ns/timestamp/fresh-timestamp").await;
+    server.terminate();
+    let pre =
+        timelock::operations::backup::latest_pre_upgrade(&backups).expect("pre-upgrade backup");
+    assert_eq!(pre.format_version, 0, "{pre:?}");
+    assert_eq!(pre.server_version, "unknown", "{pre:?}");
+    let shown = ok(&cli(&[
+        "backup",
+        "show",
+        &pre.name,
+        "--backup-dir",
+        s(&backups),
+    ]));
+    assert!(
+        shown.contains("formatVersion: 0") && shown.contains("serverVersion: unknown"),
+        "{shown}"
+    );
+    // An on-demand backup of current data names this server and format 1.
+    let out = ok(&cli(&[
+        "backup",
+        "create",
+        "--data-dir",
+        s(&data),
+        "--backup-dir",
+        s(&backups),
+        "--name",
+        "now",
+    ]));
+    assert!(
+        out.contains("formatVersion: 1")
+            && out.contains(&format!("serverVersion: {}", timelock::VERSION)),
+        "{out}"
+    );
+    {
+        let db = rocksdb::DB::open_default(&data).unwrap();
+        db.put(b"meta/format_version", 2u32.to_be_bytes()).unwrap();
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", s(&data)])
+        .env("TIMELOCK__BACKUP__DIR", s(&backups))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stdout).to_string() + &err(&out);
+    let command = format!(
+        "timelock backup restore {} --backup-dir {} --data-dir {}",
+        pre.name,
+        s(&backups),
+        s(&data)
+    );
+    assert!(
+        e.contains("format 2")
+            && e.contains("this binary's 1")
+            && e.contains("format 0")
+            && e.contains(&command)
+            && e.contains("FENCED"),
+        "{e}"
+    );
 }

@@ -223,7 +223,7 @@ async fn failures_are_explained_with_non_zero_exit() {
         "{}",
         stderr(&o)
     );
-    // Invalid namespace: the server's reason is shown.
+    // Invalid namespace: refused by the server's rule before anything is sent.
     let o = cli(&[
         "timestamp",
         "fetch",
@@ -234,7 +234,7 @@ async fn failures_are_explained_with_non_zero_exit() {
     ]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("INVALID_ARGUMENT") || stderr(&o).contains("InvalidArgument"),
+        stderr(&o).contains("invalid namespace \"leader\"") && stderr(&o).contains("reserved"),
         "{}",
         stderr(&o)
     );
@@ -253,7 +253,7 @@ async fn failures_are_explained_with_non_zero_exit() {
     ]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("does not hold one decimal timestamp"),
+        stderr(&o).contains("does not hold one positive decimal timestamp"),
         "{}",
         stderr(&o)
     );
@@ -333,4 +333,479 @@ async fn non_leaders_are_explained_and_redirects_followed() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "1");
     assert!(stderr(&o).contains("following redirect"));
+}
+
+/// Runs the CLI with owned arguments.
+fn cli_owned(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli(&args)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// Asserts that `victim` is untouched: still served, not moved, continuing right after `last`.
+async fn assert_untouched(server: &TestServer, last: i64) -> i64 {
+    let r = post(server, "/victim/timestamp/fresh-timestamp").await;
+    assert_eq!(r.status, 200, "victim must still serve: {r:?}");
+    let next = r.number();
+    assert_eq!(next, last + 1, "victim was neither moved nor blocked");
+    next
+}
+
+/// Issue 20, point 3 (and the adversarial checklist's names): every command that takes a
+/// namespace refuses hostile ones with the server's own rule, before anything is sent; nothing
+/// changes on the server (the victim continues right after its last timestamp, no namespace is
+/// created, no backup is taken).
+#[tokio::test]
+async fn hostile_namespaces_are_refused_before_anything_is_sent() {
+    let (dir, data) = temp_data_dir();
+    let backups = dir.path().join("backups");
+    let server = TestServer::start(
+        &data,
+        &[("TIMELOCK__BACKUP__DIR", backups.to_str().unwrap())],
+    );
+    let base = server.base();
+    let mut last = post(&server, "/victim/timestamp/fresh-timestamp")
+        .await
+        .number();
+    let state_dir = dir.path().join("migrations");
+    let state = state_dir.to_str().unwrap().to_string();
+    let ten_kb = "a".repeat(10 * 1024);
+    let hostile = [
+        "..",
+        ".",
+        "/",
+        "#",
+        "?",
+        "%2f",
+        "%2e%2e",
+        "%00",
+        "",
+        " ",
+        "victim\n",
+        "vïctim",
+        "leader",
+        "tl",
+        "lw",
+        ten_kb.as_str(),
+        "x/../victim",
+        "y/../victim",
+        "victim/timestamp-management/invalidate#",
+        "victim/timestamp-management/fast-forward?currentTimestamp=5000000#",
+        "victim?x=1",
+        "victim#",
+        "a/b",
+    ];
+    for ns in hostile {
+        let commands: Vec<Vec<String>> = vec![
+            strings(&["timestamp", "fetch", "--server", &base, "--namespace", ns]),
+            strings(&[
+                "timestamp",
+                "invalidate",
+                "--server",
+                &base,
+                "--namespace",
+                ns,
+            ]),
+            strings(&[
+                "timestamp",
+                "fast-forward",
+                "--server",
+                &base,
+                "--namespace",
+                ns,
+                "--timestamp",
+                "5000000",
+            ]),
+            strings(&[
+                "timestamp",
+                "revalidate",
+                "--server",
+                &base,
+                "--namespace",
+                ns,
+                "--timestamp",
+                "5000000",
+            ]),
+            strings(&[
+                "migrate",
+                "start",
+                "--from",
+                &base,
+                "--to",
+                &base,
+                "--namespace",
+                ns,
+                "--to-namespace",
+                "elsewhere",
+                "--state-dir",
+                &state,
+            ]),
+            strings(&[
+                "migrate",
+                "start",
+                "--from",
+                &base,
+                "--to",
+                &base,
+                "--namespace",
+                "victim",
+                "--to-namespace",
+                ns,
+                "--state-dir",
+                &state,
+            ]),
+        ];
+        for args in commands {
+            let o = cli_owned(&args);
+            let e = stderr(&o);
+            assert!(!o.status.success(), "{args:?} must fail");
+            assert!(
+                e.contains("invalid namespace") || e.contains("a value is required"),
+                "{:?}: {e}",
+                &args[..2]
+            );
+        }
+        last = assert_untouched(&server, last).await;
+    }
+    // Backup names are checked too, before the request.
+    for name in ["../x", "a&b", "x?y=1", "a/b", ".hidden", "x#"] {
+        let o = cli(&["backup", "create", "--server", &base, "--name", name]);
+        assert!(!o.status.success(), "{name}");
+        assert!(stderr(&o).contains("invalid backup name"), "{}", stderr(&o));
+    }
+    // Backup names name directories in the backup dir: refused by show, verify and restore.
+    let restore_target = dir.path().join("restore-target");
+    for name in ["../x", "..", "a/b", ".hidden", ""] {
+        for args in [
+            vec!["backup", "show", name],
+            vec!["backup", "verify", name],
+            vec![
+                "backup",
+                "restore",
+                name,
+                "--yes",
+                "--data-dir",
+                restore_target.to_str().unwrap(),
+            ],
+        ] {
+            let mut args = args;
+            args.extend(["--backup-dir", backups.to_str().unwrap()]);
+            let o = cli(&args);
+            assert!(!o.status.success(), "{args:?}");
+            assert!(stderr(&o).contains("invalid backup name"), "{}", stderr(&o));
+        }
+    }
+    assert!(!restore_target.exists(), "nothing restored");
+    // Migration ids name files in the state dir: hostile ones, and a state file holding
+    // garbage, are refused.
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(state_dir.join("garbage.json"), "{not json").unwrap();
+    for verb in ["status", "resume", "reverse"] {
+        for id in ["../x", "a/b", "", "x.json", "%2e%2e", "garbage"] {
+            let o = cli(&["migrate", verb, id, "--state-dir", &state]);
+            assert!(!o.status.success(), "{verb} {id:?}");
+            let e = stderr(&o);
+            assert!(
+                e.contains("invalid migration id") || e.contains("unreadable"),
+                "{verb} {id:?}: {e}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    assert_eq!(namespaces(&server).await, vec!["victim"]);
+    assert!(!backups.exists() || std::fs::read_dir(&backups).unwrap().next().is_none());
+    assert!(!state_dir.exists(), "no migration was recorded");
+    assert_untouched(&server, last).await;
+}
+
+/// Issue 20, point 6 (and the checklist's numbers): zero, negative, overflowing and garbage
+/// timestamps, given directly or in files, are refused before anything is sent.
+#[tokio::test]
+async fn non_positive_and_garbage_timestamps_are_refused() {
+    let (dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let base = server.base();
+    let mut last = post(&server, "/victim/timestamp/fresh-timestamp")
+        .await
+        .number();
+    let mut sources: Vec<Vec<String>> = [
+        "0",
+        "-1",
+        "-5",
+        "-9223372036854775808",
+        "-9223372036854775807",
+        "99999999999999999999",
+        "1e3",
+        "0x10",
+        " 5",
+        "",
+    ]
+    .iter()
+    .map(|t| strings(&["--timestamp", t]))
+    .collect();
+    for (i, contents) in [
+        "-5\n",
+        "0\n",
+        "5 apples\n",
+        "",
+        "abc",
+        "99999999999999999999",
+        "1\n2\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = dir.path().join(format!("ts{i}"));
+        std::fs::write(&f, contents).unwrap();
+        sources.push(strings(&["--file", f.to_str().unwrap()]));
+    }
+    sources.push(strings(&[
+        "--file",
+        dir.path().join("missing").to_str().unwrap(),
+    ]));
+    sources.push(strings(&["--file", dir.path().to_str().unwrap()]));
+    for verb in ["fast-forward", "revalidate"] {
+        for source in &sources {
+            let mut args = strings(&[
+                "timestamp",
+                verb,
+                "--server",
+                &base,
+                "--namespace",
+                "victim",
+            ]);
+            args.extend(source.iter().cloned());
+            let o = cli_owned(&args);
+            assert!(!o.status.success(), "{args:?} must fail: {}", stdout(&o));
+            let e = stderr(&o);
+            assert!(
+                e.contains("not positive")
+                    || e.contains("does not hold one positive decimal timestamp")
+                    || e.contains("cannot read timestamp file")
+                    || e.contains("invalid value"),
+                "{args:?}: {e}"
+            );
+        }
+        last = assert_untouched(&server, last).await;
+    }
+    // An output file that cannot be written is refused before the request (an invalidation
+    // whose bound could not be written down).
+    let nowhere = dir.path().join("no-such-dir").join("bound");
+    for verb in ["fetch", "invalidate"] {
+        for file in [nowhere.to_str().unwrap(), dir.path().to_str().unwrap()] {
+            let o = cli(&[
+                "timestamp",
+                verb,
+                "--server",
+                &base,
+                "--namespace",
+                "victim",
+                "--file",
+                file,
+            ]);
+            assert!(!o.status.success(), "{verb} --file {file}");
+            assert!(stderr(&o).contains("nothing was sent"), "{}", stderr(&o));
+        }
+    }
+    last = assert_untouched(&server, last).await;
+    // A migration from a file holding garbage or a negative bound moves nothing either.
+    for contents in ["-5\n", "garbage\n"] {
+        let f = dir.path().join("source");
+        std::fs::write(&f, contents).unwrap();
+        let o = cli(&[
+            "migrate",
+            "start",
+            "--from",
+            &format!("file:{}", f.display()),
+            "--to",
+            &base,
+            "--namespace",
+            "victim",
+            "--source-is-offline",
+            "--state-dir",
+            dir.path().join("migrations").to_str().unwrap(),
+        ]);
+        assert!(!o.status.success(), "{contents:?}");
+        assert!(
+            stderr(&o).contains("does not hold one positive decimal timestamp"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(
+            !dir.path().join("migrations").exists(),
+            "refused before anything was recorded"
+        );
+        last = assert_untouched(&server, last).await;
+    }
+}
+
+/// Issue 20, point 9 (and the checklist's URLs): malformed and unreachable server URLs make
+/// every command fail with a message that says what is wrong ("not a server URL", "cannot
+/// reach"), never "builder error", and change nothing on the real server.
+#[tokio::test]
+async fn malformed_and_unreachable_servers_are_explained() {
+    let (dir, data) = temp_data_dir();
+    let server = TestServer::start(&data, &[]);
+    let base = server.base();
+    let mut last = post(&server, "/victim/timestamp/fresh-timestamp")
+        .await
+        .number();
+    let state = dir.path().join("migrations");
+    let state = state.to_str().unwrap();
+    for bad in [
+        "not a url",
+        "ftp://127.0.0.1:1",
+        "http://",
+        "127.0.0.1:8421",
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1/timelock/api",
+        "http://127.0.0.1:99999",
+        "http://u@127.0.0.1:1",
+        "",
+        ",",
+    ] {
+        let commands = vec![
+            strings(&[
+                "timestamp",
+                "fetch",
+                "--server",
+                bad,
+                "--namespace",
+                "victim",
+            ]),
+            strings(&[
+                "timestamp",
+                "invalidate",
+                "--server",
+                bad,
+                "--namespace",
+                "victim",
+            ]),
+            strings(&[
+                "timestamp",
+                "fast-forward",
+                "--server",
+                bad,
+                "--namespace",
+                "victim",
+                "--timestamp",
+                "5000000",
+            ]),
+            strings(&[
+                "timestamp",
+                "revalidate",
+                "--server",
+                bad,
+                "--namespace",
+                "victim",
+                "--timestamp",
+                "5000000",
+            ]),
+            strings(&["health", "--server", bad]),
+            strings(&["backup", "create", "--server", bad]),
+            strings(&[
+                "migrate",
+                "start",
+                "--from",
+                bad,
+                "--to",
+                &base,
+                "--namespace",
+                "victim",
+                "--state-dir",
+                state,
+            ]),
+            strings(&[
+                "migrate",
+                "start",
+                "--from",
+                &base,
+                "--to",
+                bad,
+                "--namespace",
+                "victim",
+                "--state-dir",
+                state,
+            ]),
+        ];
+        for args in commands {
+            let o = cli_owned(&args);
+            let e = stderr(&o);
+            assert!(!o.status.success(), "{args:?} must fail");
+            assert!(!e.contains("builder error"), "{args:?}: {e}");
+            assert!(
+                e.contains("not a server URL")
+                    || e.contains("not a base URL")
+                    || e.contains("cannot reach")
+                    || e.contains("--server is empty")
+                    || e.contains("neither a server URL"),
+                "{args:?}: {e}"
+            );
+        }
+        last = assert_untouched(&server, last).await;
+    }
+    assert_eq!(namespaces(&server).await, vec!["victim"]);
+}
+
+/// Issue 20, point 9: a `--server` with the client prefix (`/timelock/api`) works for the admin
+/// routes too: `backup create` and the migration progress a `migrate` reports.
+#[tokio::test]
+async fn a_timelock_api_base_reaches_the_admin_routes() {
+    let (dir, data) = temp_data_dir();
+    let backups = dir.path().join("backups");
+    let server = TestServer::start(
+        &data,
+        &[("TIMELOCK__BACKUP__DIR", backups.to_str().unwrap())],
+    );
+    let (_dir2, data2) = temp_data_dir();
+    let other = TestServer::start(&data2, &[]);
+    let prefixed = format!("{}/timelock/api", server.base());
+    post(&server, "/m/timestamp/fresh-timestamp").await;
+    let o = cli(&[
+        "backup",
+        "create",
+        "--server",
+        &prefixed,
+        "--name",
+        "via-prefix",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(backups.join("via-prefix").join("metadata.json").exists());
+    let o = cli(&[
+        "migrate",
+        "start",
+        "--from",
+        &prefixed,
+        "--to",
+        &format!("{}/timelock/api/", other.base()),
+        "--namespace",
+        "m",
+        "--state-dir",
+        dir.path().join("migrations").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for s in [&server, &other] {
+        let listed = get(s, "/admin/migrations").await.json();
+        assert!(
+            listed.to_string().contains(&id),
+            "progress reported to {}: {listed}",
+            s.base()
+        );
+    }
+}
+
+/// Issue 20, point 9: `backup create` without a source names both ways to give one.
+#[test]
+fn backup_create_without_a_source_names_both() {
+    let o = cli(&["backup", "create"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("--server") && e.contains("--data-dir"), "{e}");
 }

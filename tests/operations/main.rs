@@ -9,3 +9,4 @@ mod common;
 mod backup;
 mod cli;
 mod migrate;
+mod restore_property;

@@ -320,3 +320,124 @@ async fn file_sides_and_rename() {
     );
     assert!(!o.status.success());
 }
+
+/// Issue 20, point 4: one namespace of one service as both ends (however the URL is spelled) is
+/// refused before the first side effect: the namespace keeps serving, nothing is recorded.
+#[tokio::test]
+async fn the_same_service_as_both_ends_is_refused_before_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestServer::start(&dir.path().join("a").join("data"), &[]);
+    let states = dir.path().join("migrations");
+    let mut last = fresh(&a, "keep").await;
+    let base = a.base();
+    let spellings = [
+        (base.clone(), base.clone()),
+        (base.clone(), format!("{base}/")),
+        (base.clone(), format!("{base}/timelock/api")),
+        (
+            format!("{base}/timelock/api"),
+            format!("{base}/timelock/api/"),
+        ),
+    ];
+    for (from, to) in &spellings {
+        for extra in [&[][..], &["--reversible"][..]] {
+            let mut args = vec!["start", "--from", from, "--to", to, "--namespace", "keep"];
+            args.extend_from_slice(extra);
+            let o = migrate(&states, &args, &[]);
+            assert!(!o.status.success(), "{args:?}");
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                e.contains("same service") && e.contains("--to-namespace"),
+                "{e}"
+            );
+            let next = fresh(&a, "keep").await;
+            assert_eq!(next, last + 1, "keep still serves, unmoved");
+            last = next;
+        }
+    }
+    // The same file on both sides.
+    let file = dir.path().join("ts");
+    std::fs::write(&file, "77\n").unwrap();
+    let side = format!("file:{}", file.display());
+    let o = migrate(
+        &states,
+        &[
+            "start",
+            "--from",
+            &side,
+            "--to",
+            &side,
+            "--namespace",
+            "keep",
+            "--source-is-offline",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "77\n");
+    assert!(!states.exists(), "no migration was recorded");
+    // Renaming within one server is a real migration and is allowed.
+    let m = state(&migrate(
+        &states,
+        &[
+            "start",
+            "--from",
+            &base,
+            "--to",
+            &base,
+            "--namespace",
+            "keep",
+            "--to-namespace",
+            "kept",
+        ],
+        &[],
+    ));
+    assert_eq!(m["state"], "COMMITTED");
+    assert!(fresh(&a, "kept").await > last);
+}
+
+/// Issue 20, point 9: after a crash in the middle of `reverse`, `migrate status` says the
+/// blocked source is not writable.
+#[tokio::test]
+async fn a_crash_mid_reverse_shows_the_blocked_source_as_not_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TestServer::start(&dir.path().join("a").join("data"), &[]);
+    let b = TestServer::start(&dir.path().join("b").join("data"), &[]);
+    let states = dir.path().join("migrations");
+    fresh(&a, "app").await;
+    let m = state(&migrate(
+        &states,
+        &[
+            "start",
+            "--from",
+            &a.base(),
+            "--to",
+            &b.base(),
+            "--namespace",
+            "app",
+            "--reversible",
+        ],
+        &[],
+    ));
+    let id = m["id"].as_str().unwrap().to_string();
+    let crashed = migrate(
+        &states,
+        &["reverse", &id],
+        &[("TIMELOCK_MIGRATE_CRASH_AFTER", "source-blocked")],
+    );
+    assert_eq!(crashed.status.code(), Some(70));
+    let m = state(&migrate(&states, &["status", &id], &[]));
+    assert_eq!(m["state"], "REVERSING");
+    assert_eq!(m["namespaces"][0]["step"], "source-blocked");
+    assert_eq!(m["directionMapping"]["source"]["url"], b.base());
+    assert_refuses_invalidated(post(&b, "/app/timestamp/fresh-timestamp").await);
+    assert_eq!(
+        m["directionMapping"]["sourceWritable"], false,
+        "the source is blocked: {m}"
+    );
+    assert_eq!(m["directionMapping"]["destinationWritable"], false);
+    let m = state(&migrate(&states, &["resume", &id], &[]));
+    assert_eq!(m["state"], "COMMITTED");
+    assert_eq!(m["directionMapping"]["destinationWritable"], true);
+    assert!(fresh(&a, "app").await > 0);
+}
