@@ -60,7 +60,7 @@ pub const REQUEST_BODIES: &[BodyType] = body_types![
     BTreeMap<String, Vec<String>>,
     transactions::IdentifiedRequest,
     // admin.rs
-    crate::operations::migrate::Migration,
+    crate::operations::migration::Migration,
     // parts
     B64,
     LegacyDescriptor,

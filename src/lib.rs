@@ -19,11 +19,12 @@
 //!   single node, etcd for a cluster.
 //! * [`config`], [`error`] and [`metrics`] are shared by every layer.
 //!
-//! [`cli`] is the operator's command line, a client of a running server over HTTP; it is not
-//! part of the server.
+//! [`cli`] is the operator's command line and [`client`] its HTTP client (also the migration
+//! tool's): a client of running servers, which nothing of the server imports.
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -4,10 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use timelock::cli::{
-    run_health, run_timestamp_command, write_file_durably, Cli, Command, ServeArgs,
-};
+use timelock::cli::{run_health, run_timestamp_command, Cli, Command, ServeArgs};
 use timelock::config::{LogFormat, Overrides, Settings};
+use timelock::operations::write_file_durably;
 use timelock::server::{shutdown_signal, Server};
 
 /// mimalloc rather than glibc's malloc: the request paths allocate a handful of small blocks per

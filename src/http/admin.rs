@@ -73,7 +73,7 @@ async fn show_backup(
 async fn report_migration(
     State(state): State<AppState>,
     PathParam(id): PathParam,
-    JsonBody(migration): JsonBody<crate::operations::migrate::Migration>,
+    JsonBody(migration): JsonBody<crate::operations::migration::Migration>,
 ) -> Result<Response, TimelockError> {
     if migration.id != id {
         return Err(TimelockError::InvalidArgument(format!(
@@ -82,7 +82,7 @@ async fn report_migration(
         )));
     }
     let dir = state.migrations_dir.clone();
-    tokio::task::spawn_blocking(move || crate::operations::migrate::save(&dir, &migration))
+    tokio::task::spawn_blocking(move || crate::operations::migration::save(&dir, &migration))
         .await
         .map_err(|e| TimelockError::Storage(format!("migration writer failed: {e}")))?
         .map_err(|e| TimelockError::InvalidArgument(format!("{e:#}")))?;
@@ -93,13 +93,13 @@ async fn show_migration(
     State(state): State<AppState>,
     PathParam(id): PathParam,
 ) -> Result<Response, TimelockError> {
-    let m = crate::operations::migrate::load(&state.migrations_dir, &id)
+    let m = crate::operations::migration::load(&state.migrations_dir, &id)
         .map_err(|e| TimelockError::InvalidArgument(format!("{e:#}")))?;
     Ok(json(&m))
 }
 
 async fn list_migrations(State(state): State<AppState>) -> Result<Response, TimelockError> {
-    Ok(json(&crate::operations::migrate::list(
+    Ok(json(&crate::operations::migration::list(
         &state.migrations_dir,
     )))
 }
