@@ -249,3 +249,115 @@ async fn thousands_of_idle_connections_neither_block_service_nor_leak() {
 fn server_pid(server: &TestServer) -> u32 {
     server.pid().expect("running")
 }
+
+/// Reads until the server closes the connection; `None` if it neither closed nor finished
+/// within `limit` (it kept the connection open).
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&out).into_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// One path per route family (timestamps, transactions, v2 locks and lock watches, the v1 lock
+/// service, the legacy `/{ns}/timelock/*` and `/{ns}/lock/*` routes, management), at the root
+/// and under the prefix, with direct dispatch on and off.
+const SLOW_BODY_PATHS: &[&str] = &[
+    "/slow/timestamp/fresh-timestamp",
+    "/slow/timestamp/fresh-timestamps?number=2",
+    "/tl/ts/slow",
+    "/tl/st/slow",
+    "/tl/gct/slow",
+    "/tl/l/slow",
+    "/tl/ul2/slow",
+    "/tl/rl2/slow",
+    "/tl/wl/slow",
+    "/lw/sw/slow",
+    "/lk/laghl/slow",
+    "/lk/rlrt/slow",
+    "/lk/us/slow",
+    "/slow/timelock/lock",
+    "/slow/timelock/lock-v2",
+    "/slow/timelock/unlock",
+    "/slow/lock/lock/client",
+    "/slow/lock/lock-with-full-response",
+    "/slow/lock/unlock",
+    "/slow/lock/refresh-lock-tokens",
+    "/tl/multi/sts",
+    "/slow/timestamp-management/fast-forward?currentTimestamp=5",
+    "/tl/management/achieveConsensus",
+    "/timelock/api/tl/l/slow",
+    "/timelock/api/tl/st/slow",
+    "/timelock/api/slow/timelock/lock",
+    "/timelock/api/slow/lock/lock/client",
+];
+
+#[tokio::test]
+async fn slow_bodies_are_cut_off_on_every_route_family() {
+    for direct in ["true", "false"] {
+        let (_dir, data) = temp_data_dir();
+        let server = TestServer::start(
+            &data,
+            &[
+                ("TIMELOCK__SERVER__BODY_READ_TIMEOUT_MS", "700"),
+                ("TIMELOCK__SERVER__DIRECT_DISPATCH", direct),
+            ],
+        );
+        // Every client declares 100 bytes, sends 4 and stops.
+        let mut clients: Vec<(&str, TcpStream)> = SLOW_BODY_PATHS
+            .iter()
+            .map(|path| {
+                let mut s = connect(&server);
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\""
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                (*path, s)
+            })
+            .collect();
+        let started = Instant::now();
+        for (path, s) in &mut clients {
+            let reply = read_until_closed(s, Duration::from_secs(6)).unwrap_or_else(|| {
+                panic!(
+                    "{path} (direct dispatch {direct}): connection still open {:?} after 4 of 100 body bytes",
+                    started.elapsed()
+                )
+            });
+            assert!(
+                reply.is_empty() || status_of(&reply) == Some(408),
+                "{path} (direct dispatch {direct}): {reply}"
+            );
+            if !reply.is_empty() {
+                assert!(reply.contains("server.body_read_timeout_ms"), "{reply}");
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        // A body that arrives in pieces within the deadline is served as usual.
+        let mut s = connect(&server);
+        s.write_all(b"POST /tl/ts/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 19\r\nConnection: close\r\n\r\n{\"numTi")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(b"mestamps\":2}").unwrap();
+        let reply = read_until_closed(&mut s, Duration::from_secs(5)).expect("answered");
+        assert_eq!(status_of(&reply), Some(200), "{reply}");
+        still_serves(&server).await;
+        assert!(!server.log().contains("panicked"), "{}", server.log());
+    }
+}

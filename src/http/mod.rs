@@ -92,13 +92,17 @@ impl std::ops::Deref for AppState {
 /// wraps the router, everything else through [`app`]'s router.
 pub fn service(state: AppState, settings: &Settings) -> direct::Dispatch {
     let (router, layers) = build(state.clone(), settings);
+    let bodies = direct::BodyLimits {
+        max_bytes: settings.server.max_body_bytes,
+        read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
+    };
     let direct_applies = settings.server.direct_dispatch
         && !state.access.is_enforcing()
         && settings.cluster.mode != ClusterMode::Etcd;
     if direct_applies {
-        direct::Dispatch::new(router, state, &settings.server.path_prefix, layers)
+        direct::Dispatch::new(router, state, &settings.server.path_prefix, layers, bodies)
     } else {
-        direct::Dispatch::router_only(router)
+        direct::Dispatch::router_only(router, bodies)
     }
 }
 
