@@ -173,3 +173,95 @@ async fn full_tmpfs_fail_stops_cleanly() {
     drop(server);
     drop(tmpfs);
 }
+
+/// Runs `timelock serve` on `data` until it exits by itself (at most 20 s): its exit status and
+/// everything it printed.
+fn serve_until_exit(data: &Path, work: &Path) -> (std::process::ExitStatus, String) {
+    let log = work.join("refused-start.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .current_dir(work)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server started (or hung) on a full disk:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+fn assert_clean_refusal(status: std::process::ExitStatus, output: &str, data: &Path) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        None,
+        "killed by a signal (a RocksDB abort?): {output}"
+    );
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("storage.min_free_bytes"), "{output}");
+    assert!(output.contains("bytes available"), "{output}");
+    assert!(
+        output.contains(&data.display().to_string()),
+        "the message names the data dir: {output}"
+    );
+}
+
+#[tokio::test]
+async fn starting_on_a_full_disk_is_a_clean_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("mnt");
+    let Some(tmpfs) = Tmpfs::mount(&mount_point, "8m") else {
+        eprintln!(
+            "SKIPPED starting_on_a_full_disk_is_a_clean_refusal: cannot mount tmpfs here (needs root)"
+        );
+        return;
+    };
+    let data = tmpfs.0.join("data");
+    let mut server = TestServer::start_in(&data, dir.path(), &[]);
+    let mut highest = 0;
+    for _ in 0..5 {
+        highest = post(&server, "/ns/timestamp/fresh-timestamp")
+            .await
+            .number();
+    }
+    server.kill9();
+    // The disk fills while the server is down: it refuses to start, with a reason, and does
+    // not abort, on its existing data dir and on a new one.
+    let filler = fill(&tmpfs.0);
+    let (status, output) = serve_until_exit(&data, dir.path());
+    assert_clean_refusal(status, &output, &data);
+    let fresh = tmpfs.0.join("fresh");
+    let (status, output) = serve_until_exit(&fresh, dir.path());
+    if output.contains("cannot create data dir") {
+        assert_eq!(status.code(), Some(1), "{output}");
+    } else {
+        assert_clean_refusal(status, &output, &fresh);
+    }
+    // Space freed: it starts, above everything acknowledged before.
+    std::fs::remove_file(filler).unwrap();
+    server.restart();
+    let first = post(&server, "/ns/timestamp/fresh-timestamp")
+        .await
+        .number();
+    assert!(first > highest, "{first} after {highest}");
+    server.kill9();
+    drop(server);
+    drop(tmpfs);
+}
