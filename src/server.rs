@@ -377,6 +377,7 @@ fn app_state(
         metrics,
         lifecycle_id: uuid::Uuid::new_v4(),
         shutting_down: Arc::new(AtomicBool::new(false)),
+        killed: Arc::new(AtomicBool::new(false)),
         access: Arc::new(access),
         lock_v1: crate::http::lock_v1::V1Limits::from(&settings.lock_v1),
     }))

@@ -61,6 +61,9 @@ pub struct Shared {
     pub lifecycle_id: uuid::Uuid,
     /// Set when graceful shutdown begins; readiness turns red.
     pub shutting_down: Arc<AtomicBool>,
+    /// Set by `forceKillTimeLockServer`: every client request is refused (503) and readiness
+    /// is red until the process is restarted; nothing clears it.
+    pub killed: Arc<AtomicBool>,
     /// Who may do what (`[auth]`); open unless configured.
     pub access: Arc<crate::auth::AccessPolicy>,
     /// The legacy (v1) lock service's blocking limit and request permits.
@@ -122,6 +125,7 @@ fn build(state: AppState, settings: &Settings) -> (Router, direct::DirectLayers)
     let limit = overload::InFlightLimit::new(
         settings.server.max_in_flight_requests,
         state.metrics.guard.shed.with_label_values(&["in_flight"]),
+        state.killed.clone(),
     );
     let timed_client = timed.clone().with_limit(limit.clone());
     let untimed_client = ops::TrackingLayer::new(state.metrics.clone(), None).with_limit(limit);
