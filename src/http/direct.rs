@@ -485,12 +485,16 @@ where
                 response: Some(error.into_response()),
             },
             Poll::Pending => DispatchFuture::Reading {
-                reading: Box::new(Reading {
-                    parts: Some(parts),
-                    reader,
-                    dispatch: self.clone(),
-                    started: std::time::Instant::now(),
-                    deadline: None,
+                reading: Box::new({
+                    #[cfg(test)]
+                    tests::BODIES_AWAITED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Reading {
+                        parts: Some(parts),
+                        reader,
+                        dispatch: self.clone(),
+                        started: std::time::Instant::now(),
+                        deadline: None,
+                    }
                 }),
             },
         }
@@ -502,6 +506,62 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::server::InMemoryApp;
+
+    /// Requests whose body had not arrived when they were dispatched.
+    pub(super) static BODIES_AWAITED: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    async fn read_answer(client: &mut tokio::io::DuplexStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Over a real hyper connection: a body sent with its head is read on the spot (no waiting
+    /// state, no timer); one sent later is waited for and served; one never finished gets 408.
+    #[tokio::test]
+    async fn bodies_sent_with_their_head_are_taken_on_the_spot() {
+        use std::sync::atomic::Ordering;
+        use tokio::io::AsyncWriteExt;
+        let mut settings = Settings::default();
+        settings.server.body_read_timeout_ms = 300;
+        let app = InMemoryApp::new(&settings).await.unwrap();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let service = hyper_util::service::TowerToHyperService::new(app.service.clone());
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service),
+        );
+        let body = r#"{"numTimestamps":2}"#;
+        let head = format!(
+            "POST /tl/ts/spot HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let awaited = BODIES_AWAITED.load(Ordering::Relaxed);
+        for _ in 0..3 {
+            client
+                .write_all(format!("{head}{body}").as_bytes())
+                .await
+                .unwrap();
+            let reply = read_answer(&mut client).await;
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+        // Other tests run in parallel and may wait for bodies; none of these three did.
+        let spot = BODIES_AWAITED.load(Ordering::Relaxed) - awaited;
+        client.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        client.write_all(body.as_bytes()).await.unwrap();
+        let reply = read_answer(&mut client).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(BODIES_AWAITED.load(Ordering::Relaxed) - awaited > spot);
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(b"{").await.unwrap();
+        let reply = read_answer(&mut client).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("server.body_read_timeout_ms"), "{reply}");
+        assert_eq!(spot, 0, "a body sent with its head was waited for");
+    }
 
     #[tokio::test]
     async fn direct_dispatch_only_where_no_layer_wraps_the_router() {
