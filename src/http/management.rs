@@ -151,9 +151,7 @@ async fn achieve_consensus(
 /// closed, as at shutdown). Answers the lifecycle id of the process it killed, as TimeLock does,
 /// so an operator can tell a restarted server from the killed one.
 async fn force_kill_time_lock_server(State(state): State<AppState>) -> Response {
-    state
-        .killed
-        .store(true, std::sync::atomic::Ordering::Release);
+    state.killed.kill();
     state.leadership.close();
     tracing::error!(
         lifecycle_id = %state.lifecycle_id,

@@ -63,7 +63,7 @@ pub struct Shared {
     pub shutting_down: Arc<AtomicBool>,
     /// Set by `forceKillTimeLockServer`: every client request is refused (503) and readiness
     /// is red until the process is restarted; nothing clears it.
-    pub killed: Arc<AtomicBool>,
+    pub killed: Arc<overload::KillSwitch>,
     /// Who may do what (`[auth]`); open unless configured.
     pub access: Arc<crate::auth::AccessPolicy>,
     /// The legacy (v1) lock service's blocking limit and request permits.

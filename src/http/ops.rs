@@ -60,7 +60,7 @@ async fn live() -> Response {
 async fn ready(State(state): State<AppState>) -> Response {
     let role = state.leadership.role();
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
-    let killed = state.killed.load(Ordering::Acquire);
+    let killed = state.killed.is_killed();
     let (fail_stopped, fenced) = match state.namespaces() {
         Ok(namespaces) => (namespaces.fail_stopped(), namespaces.fenced()),
         Err(_) => (Vec::new(), Vec::new()),
@@ -441,7 +441,7 @@ mod tests {
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),
-            killed: Arc::new(AtomicBool::new(false)),
+            killed: Default::default(),
             access: Default::default(),
             lock_v1: crate::http::lock_v1::V1Limits::from(&crate::config::LockV1Settings::default()),
         })

@@ -45,7 +45,42 @@ pub struct InFlightLimit {
     in_flight: Arc<AtomicUsize>,
     max: usize,
     shed: IntCounter,
-    killed: Arc<AtomicBool>,
+    killed: Arc<KillSwitch>,
+}
+
+/// Set by `forceKillTimeLockServer` and never cleared: the process refuses every client request
+/// until it is restarted. A flag for the per-request check, and a notification for the few
+/// tasks that must act on it (cluster mode hands leadership over).
+#[derive(Default)]
+pub struct KillSwitch {
+    killed: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl KillSwitch {
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    #[inline]
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// Completes once [`Self::kill`] was called.
+    pub async fn killed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a kill between the two is not missed.
+            notified.as_mut().enable();
+            if self.is_killed() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Why a request was not admitted.
@@ -69,7 +104,7 @@ impl Refusal {
 impl InFlightLimit {
     /// At most `max` requests inside handlers; `shed` counts the refused ones; none at all
     /// once `killed` is set.
-    pub fn new(max: usize, shed: IntCounter, killed: Arc<AtomicBool>) -> Self {
+    pub fn new(max: usize, shed: IntCounter, killed: Arc<KillSwitch>) -> Self {
         Self {
             in_flight: Arc::new(AtomicUsize::new(0)),
             max,
@@ -82,7 +117,7 @@ impl InFlightLimit {
     /// counted) or the server was killed. A taken slot must be given back with
     /// [`Self::release`].
     pub fn admit(&self) -> Result<(), Refusal> {
-        if self.killed.load(Ordering::Relaxed) {
+        if self.killed.is_killed() {
             return Err(Refusal::Killed);
         }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
