@@ -834,7 +834,10 @@ async fn a_force_killed_leader_hands_over_and_refuses_clients() {
     // The killed node refuses clients, old and new protocol alike, and is not ready.
     for agent in [NEW_PROTOCOL, "curl/8"] {
         let r = http()
-            .post(format!("{}/killed/timestamp/fresh-timestamp", bases[leader]))
+            .post(format!(
+                "{}/killed/timestamp/fresh-timestamp",
+                bases[leader]
+            ))
             .header("User-Agent", agent)
             .send()
             .await

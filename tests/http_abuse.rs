@@ -361,3 +361,75 @@ async fn slow_bodies_are_cut_off_on_every_route_family() {
         assert!(!server.log().contains("panicked"), "{}", server.log());
     }
 }
+
+/// A thousand clients that declare a lock request's body and never finish it, ten times the
+/// in-flight limit: fresh timestamps are served throughout, nothing is shed, and the server
+/// closes every one of those connections once the body timeout has passed (the clients keep
+/// them open), giving its sockets back.
+#[tokio::test]
+async fn a_thousand_unfinished_bodies_neither_starve_timestamps_nor_keep_sockets() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(
+        &data,
+        &[
+            ("TIMELOCK__SERVER__MAX_IN_FLIGHT_REQUESTS", "100"),
+            ("TIMELOCK__SERVER__BODY_READ_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let pid = server_pid(&server);
+    still_serves(&server).await;
+    let fds_before = open_fds(pid);
+    let paths = [
+        "/tl/l/many",
+        "/many/timelock/lock",
+        "/lk/laghl/many",
+        "/tl/ts/many",
+    ];
+    let mut unfinished = Vec::new();
+    for i in 0..1000 {
+        let mut s = connect(&server);
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"requestId\"",
+            paths[i % paths.len()]
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        unfinished.push(s);
+    }
+    for _ in 0..20 {
+        still_serves(&server).await;
+    }
+    let metrics = get(&server, "/metrics").await.body;
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("timelock_shed_total{limit=\"in_flight\"}") && !l.ends_with(" 0")
+        ),
+        "requests were shed: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("timelock_shed_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The server, not the clients, closes them once the body timeout has passed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = open_fds(pid);
+        if now <= fds_before + 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fds {fds_before} -> {now}: unfinished bodies still hold their connections"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for s in &mut unfinished[..10] {
+        let reply = read_until_closed(s, Duration::from_secs(2)).expect("closed by the server");
+        assert!(
+            reply.is_empty() || status_of(&reply) == Some(408),
+            "{reply}"
+        );
+    }
+    drop(unfinished);
+    still_serves(&server).await;
+}
