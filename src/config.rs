@@ -50,6 +50,11 @@ pub struct ServerSettings {
     /// opening, or between requests on a keep-alive connection) is closed: slow or silent
     /// clients cannot hold sockets for ever (milliseconds).
     pub header_read_timeout_ms: u64,
+    /// A request whose body has not arrived whole within this long after its head is answered
+    /// 408 and its connection closed, on every route: a client that declares a body and never
+    /// finishes sending it holds neither a connection nor an in-flight slot for long (the slot
+    /// is taken only once the body is read; milliseconds).
+    pub body_read_timeout_ms: u64,
     /// Most client requests inside handlers at once (waiting lock requests included); beyond
     /// it, requests are answered 429 with `Retry-After` at once (`/metrics` and `/health/*`
     /// are exempt).
@@ -71,6 +76,7 @@ impl Default for ServerSettings {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout_ms: 120_000,
             header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 30_000,
             max_in_flight_requests: 10_000,
             max_connections: 10_000,
             direct_dispatch: true,
@@ -562,9 +568,10 @@ impl Settings {
         if self.server.max_body_bytes == 0
             || self.server.request_timeout_ms == 0
             || self.server.header_read_timeout_ms == 0
+            || self.server.body_read_timeout_ms == 0
         {
             return invalid(
-                "server.max_body_bytes, server.request_timeout_ms and server.header_read_timeout_ms must be positive".into(),
+                "server.max_body_bytes, server.request_timeout_ms, server.header_read_timeout_ms and server.body_read_timeout_ms must be positive".into(),
             );
         }
         Ok(())

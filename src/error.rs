@@ -49,6 +49,17 @@ pub enum TimelockError {
     #[error("{0}")]
     RequestTooLarge(String),
 
+    /// The request (its body, say) did not arrive or complete within its deadline (408).
+    #[error("{0}")]
+    RequestTimeout(String),
+
+    /// The server was taken out of service by `forceKillTimeLockServer`: it refuses every
+    /// client request until it is restarted by hand (503, no body: clients go to another node).
+    #[error(
+        "this server was taken out of service (forceKillTimeLockServer); restart it to serve again"
+    )]
+    ForceKilled,
+
     /// This node no longer leads the namespace's services (they were closed by a leadership
     /// change or `invalidateResources`). Clients retry on another node (503).
     #[error("not the current leader for this namespace")]

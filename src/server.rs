@@ -242,6 +242,16 @@ impl Server {
                 election_stopped,
             ))
         });
+        // Cluster mode: a force-killed leader stops campaigning and revokes its lease, so that
+        // another node takes over now (its own clients are refused from the kill on).
+        let stop_election = Arc::new(stop_election);
+        let _hand_over_when_killed = election.is_some().then(|| {
+            let (killed, stop) = (self.state.killed.clone(), stop_election.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                killed.killed().await;
+                let _ = stop.send(true);
+            }))
+        });
         let closing = self.state.leadership.clone();
         let shutdown = async move {
             shutdown.await;
@@ -377,6 +387,7 @@ fn app_state(
         metrics,
         lifecycle_id: uuid::Uuid::new_v4(),
         shutting_down: Arc::new(AtomicBool::new(false)),
+        killed: Default::default(),
         access: Arc::new(access),
         lock_v1: crate::http::lock_v1::V1Limits::from(&settings.lock_v1),
     }))

@@ -30,7 +30,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use super::extract::{read_body, FromBody, NsName};
+use super::extract::{read_body, BodyReader, Buffered, FromBody, NsName};
 use super::ops::{Tracking, TrackingFuture, TrackingLayer};
 use super::AppState;
 
@@ -257,10 +257,27 @@ impl Direct {
 }
 
 /// The application's service: hot endpoints directly, everything else through the router.
+///
+/// Every request's body is read whole here, before routing, within `server.body_read_timeout_ms`
+/// (408 beyond) and `server.max_body_bytes` (413): so a client that declares a body and never
+/// finishes sending it is cut off on every route, and takes no in-flight slot
+/// ([`super::overload`]) while it sends — the slot, the request timeout and the lock routes'
+/// exemption from it all start once the body is in. A body that has already arrived (the usual
+/// case: hyper has read it into the connection's buffer before it asks for the response) is
+/// taken on the spot, with no timer, clone or allocation; only one still on its way waits, with
+/// its own deadline.
 #[derive(Clone)]
 pub struct Dispatch {
     router: Router,
     direct: Option<Arc<Direct>>,
+    bodies: BodyLimits,
+}
+
+/// How request bodies are read (see [`Dispatch`]).
+#[derive(Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub read_timeout: std::time::Duration,
 }
 
 /// How [`Dispatch`] is built: the router and, when direct dispatch applies, the layers its
@@ -272,14 +289,21 @@ pub(super) struct DirectLayers {
 
 impl Dispatch {
     /// Every request through `router`.
-    pub fn router_only(router: Router) -> Self {
+    pub fn router_only(router: Router, bodies: BodyLimits) -> Self {
         Self {
             router,
             direct: None,
+            bodies,
         }
     }
 
-    pub(super) fn new(router: Router, state: AppState, prefix: &str, layers: DirectLayers) -> Self {
+    pub(super) fn new(
+        router: Router,
+        state: AppState,
+        prefix: &str,
+        layers: DirectLayers,
+        bodies: BodyLimits,
+    ) -> Self {
         let prefix_first_segment: Box<str> = Box::from(
             prefix
                 .trim_start_matches('/')
@@ -318,47 +342,16 @@ impl Dispatch {
                 prefix_first_segment,
                 services,
             })),
+            bodies,
         }
     }
-}
 
-pin_project_lite::pin_project! {
-    /// A response from the router or from a hot endpoint.
-    #[project = DispatchProj]
-    pub enum DispatchFuture<R> {
-        Router { #[pin] future: R },
-        Direct { future: TrackingFuture<Handled> },
-    }
-}
-
-impl<R> Future for DispatchFuture<R>
-where
-    R: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            DispatchProj::Router { future } => future.poll(cx),
-            DispatchProj::Direct { future } => Pin::new(future).poll(cx),
-        }
-    }
-}
-
-impl<B> tower::Service<axum::http::Request<B>> for Dispatch
-where
-    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = DispatchFuture<<Router as tower::Service<axum::http::Request<B>>>::Future>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+    /// Routes a request whose body is complete (or absent).
+    fn dispatch<B, Pending>(&mut self, request: axum::http::Request<B>) -> DispatchFuture<Pending>
+    where
+        B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         if let Some(direct) = &self.direct {
             if request.method() == Method::POST {
                 if let Some(service) = direct.route(request.uri().path()) {
@@ -371,7 +364,138 @@ where
             }
         }
         DispatchFuture::Router {
-            future: self.router.call(request),
+            future: tower::Service::call(&mut self.router, request),
+        }
+    }
+}
+
+/// The router's response future (the same whatever the request's body type).
+type RouterFuture = axum::routing::future::RouteFuture<Infallible>;
+
+/// A body still arriving: read on, then routed.
+pub struct Reading<B> {
+    parts: Option<axum::http::request::Parts>,
+    reader: BodyReader<B>,
+    dispatch: Dispatch,
+    started: std::time::Instant,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Reading<B>
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
+{
+    /// The routed request's future once the body is in, or the answer that ends the request.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<DispatchFuture<B>, Response>> {
+        match self.reader.poll_read(cx) {
+            Poll::Ready(Ok(bytes)) => {
+                let parts = self.parts.take().expect("polled after the body was read");
+                let request = axum::http::Request::from_parts(parts, Buffered::new(bytes));
+                return Poll::Ready(Ok(self.dispatch.dispatch(request)));
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into_response())),
+            Poll::Pending => {}
+        }
+        let limit = self.dispatch.bodies.read_timeout;
+        let started = self.started;
+        let sleep = self.deadline.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep(limit.saturating_sub(started.elapsed())))
+        });
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let mut response = crate::error::TimelockError::RequestTimeout(format!(
+            "request body not received within {} ms (server.body_read_timeout_ms)",
+            limit.as_millis()
+        ))
+        .into_response();
+        // The rest of the body may still come: the connection cannot carry another request.
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        Poll::Ready(Err(response))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response from the router or from a hot endpoint, once the request's body is in.
+    #[project = DispatchProj]
+    pub enum DispatchFuture<B> {
+        Router { #[pin] future: RouterFuture },
+        Direct { future: TrackingFuture<Handled> },
+        Reading { reading: Box<Reading<B>> },
+        Answered { response: Option<Response> },
+    }
+}
+
+impl<B> Future for DispatchFuture<B>
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                DispatchProj::Router { future } => return future.poll(cx),
+                DispatchProj::Direct { future } => return Pin::new(future).poll(cx),
+                DispatchProj::Answered { response } => {
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")))
+                }
+                DispatchProj::Reading { reading } => match reading.poll_body(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(routed)) => routed,
+                    Poll::Ready(Err(response)) => return Poll::Ready(Ok(response)),
+                },
+            };
+            self.set(next);
+        }
+    }
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for Dispatch
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = DispatchFuture<B>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if request.body().is_end_stream() {
+            return self.dispatch(request);
+        }
+        let (parts, body) = request.into_parts();
+        let mut reader = BodyReader::new(body, self.bodies.max_bytes);
+        // hyper asks for the response only after it has read what the connection's buffer holds
+        // of the body, so a body sent with its head is complete here: read it without a waker
+        // of our own (the request's task polls this future at once if it is not).
+        match reader.poll_read(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(bytes)) => {
+                self.dispatch(axum::http::Request::from_parts(parts, Buffered::new(bytes)))
+            }
+            Poll::Ready(Err(error)) => DispatchFuture::Answered {
+                response: Some(error.into_response()),
+            },
+            Poll::Pending => DispatchFuture::Reading {
+                reading: Box::new({
+                    #[cfg(test)]
+                    tests::BODIES_AWAITED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Reading {
+                        parts: Some(parts),
+                        reader,
+                        dispatch: self.clone(),
+                        started: std::time::Instant::now(),
+                        deadline: None,
+                    }
+                }),
+            },
         }
     }
 }
@@ -381,6 +505,62 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::server::InMemoryApp;
+
+    /// Requests whose body had not arrived when they were dispatched.
+    pub(super) static BODIES_AWAITED: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    async fn read_answer(client: &mut tokio::io::DuplexStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Over a real hyper connection: a body sent with its head is read on the spot (no waiting
+    /// state, no timer); one sent later is waited for and served; one never finished gets 408.
+    #[tokio::test]
+    async fn bodies_sent_with_their_head_are_taken_on_the_spot() {
+        use std::sync::atomic::Ordering;
+        use tokio::io::AsyncWriteExt;
+        let mut settings = Settings::default();
+        settings.server.body_read_timeout_ms = 300;
+        let app = InMemoryApp::new(&settings).await.unwrap();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let service = hyper_util::service::TowerToHyperService::new(app.service.clone());
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service),
+        );
+        let body = r#"{"numTimestamps":2}"#;
+        let head = format!(
+            "POST /tl/ts/spot HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let awaited = BODIES_AWAITED.load(Ordering::Relaxed);
+        for _ in 0..3 {
+            client
+                .write_all(format!("{head}{body}").as_bytes())
+                .await
+                .unwrap();
+            let reply = read_answer(&mut client).await;
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+        // Other tests run in parallel and may wait for bodies; none of these three did.
+        let spot = BODIES_AWAITED.load(Ordering::Relaxed) - awaited;
+        client.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        client.write_all(body.as_bytes()).await.unwrap();
+        let reply = read_answer(&mut client).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(BODIES_AWAITED.load(Ordering::Relaxed) - awaited > spot);
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(b"{").await.unwrap();
+        let reply = read_answer(&mut client).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("server.body_read_timeout_ms"), "{reply}");
+        assert_eq!(spot, 0, "a body sent with its head was waited for");
+    }
 
     #[tokio::test]
     async fn direct_dispatch_only_where_no_layer_wraps_the_router() {

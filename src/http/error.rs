@@ -43,6 +43,18 @@ fn classify(err: &TimelockError) -> (StatusCode, &'static str, &'static str, Opt
             "Default:RequestEntityTooLarge",
             None,
         ),
+        RequestTimeout(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "TIMEOUT",
+            "Default:Timeout",
+            None,
+        ),
+        ForceKilled => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "INTERNAL",
+            "TimeLock:ServerKilled",
+            None,
+        ),
         // FAILED_PRECONDITION is Conjure's code for "not in a state to do this"; it is not a QoS
         // status (308/429/503), so clients do not retry it on another node.
         NamespaceInvalidated { namespace } => (
@@ -161,6 +173,10 @@ impl IntoResponse for TimelockError {
                     .extensions_mut()
                     .insert(super::routing::NotCurrentLeaderResponse);
                 return response;
+            }
+            TimelockError::ForceKilled => {
+                // A QoS 503 as a follower's: clients try another node.
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
             }
             TimelockError::TooManyRequests(reason) => {
                 tracing::info!(%reason, "throttled: 429");

@@ -111,62 +111,122 @@ async fn body_bytes<B>(body: B, limit: usize) -> Result<Bytes, TimelockError>
 where
     B: axum::body::HttpBody<Data = Bytes> + Unpin,
 {
-    let too_large = || {
-        TimelockError::RequestTooLarge(format!(
-            "request body larger than {limit} bytes (server.max_body_bytes)"
-        ))
-    };
-    if body.size_hint().exact().is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    read_limited(body, limit).await.map_err(|e| match e {
-        BodyError::TooLarge => too_large(),
-        BodyError::Unreadable => {
-            TimelockError::InvalidArgument("cannot read the request body".to_string())
-        }
-    })
+    let mut reader = BodyReader::new(body, limit);
+    std::future::poll_fn(|cx| reader.poll_read(cx)).await
 }
 
-enum BodyError {
-    TooLarge,
-    Unreadable,
+/// Reads a whole body, refusing it once it grows past `limit` bytes, by polling (so that
+/// [`super::direct::Dispatch`] can read a body before routing without boxing a future). A body
+/// that arrives as one frame (every small JSON request) is returned as that frame, without the
+/// buffer list and copy of a general collector.
+pub(crate) struct BodyReader<B> {
+    body: B,
+    limit: usize,
+    first: Option<Bytes>,
+    joined: Vec<u8>,
+    total: usize,
 }
 
-/// The whole body, refused once it grows past `limit` bytes. A body that arrives as one frame
-/// (every small JSON request) is returned as that frame, without the buffer list and copy of a
-/// general collector.
-async fn read_limited<B>(mut body: B, limit: usize) -> Result<Bytes, BodyError>
+impl<B> BodyReader<B>
 where
     B: axum::body::HttpBody<Data = Bytes> + Unpin,
 {
-    use http_body_util::BodyExt;
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| BodyError::Unreadable)?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        total += data.len();
-        if total > limit {
-            return Err(BodyError::TooLarge);
-        }
-        if first.is_none() && joined.is_empty() {
-            first = Some(data);
-        } else {
-            if let Some(earlier) = first.take() {
-                joined.extend_from_slice(&earlier);
-            }
-            joined.extend_from_slice(&data);
-        }
-        // A body of known length is complete once that many bytes have arrived: no further
-        // poll for its end.
-        if body.is_end_stream() {
-            break;
+    pub(crate) fn new(body: B, limit: usize) -> Self {
+        Self {
+            body,
+            limit,
+            first: None,
+            joined: Vec::new(),
+            total: 0,
         }
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
+
+    fn too_large(&self) -> TimelockError {
+        TimelockError::RequestTooLarge(format!(
+            "request body larger than {} bytes (server.max_body_bytes)",
+            self.limit
+        ))
+    }
+
+    /// Reads what has arrived; ready with the whole body once it is complete.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Bytes, TimelockError>> {
+        use std::task::Poll;
+        if self.total == 0
+            && self
+                .body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n > self.limit as u64)
+        {
+            return Poll::Ready(Err(self.too_large()));
+        }
+        loop {
+            let frame = match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Err(_))) => {
+                    return Poll::Ready(Err(TimelockError::InvalidArgument(
+                        "cannot read the request body".to_string(),
+                    )))
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            self.total += data.len();
+            if self.total > self.limit {
+                return Poll::Ready(Err(self.too_large()));
+            }
+            if self.first.is_none() && self.joined.is_empty() {
+                self.first = Some(data);
+            } else {
+                if let Some(earlier) = self.first.take() {
+                    self.joined.extend_from_slice(&earlier);
+                }
+                self.joined.extend_from_slice(&data);
+            }
+            // A body of known length is complete once that many bytes have arrived: no further
+            // poll for its end.
+            if self.body.is_end_stream() {
+                break;
+            }
+        }
+        let joined = std::mem::take(&mut self.joined);
+        Poll::Ready(Ok(self.first.take().unwrap_or_else(|| Bytes::from(joined))))
+    }
+}
+
+/// A body already read whole (by [`super::direct::Dispatch`], before routing): one frame.
+pub struct Buffered(Option<Bytes>);
+
+impl Buffered {
+    pub fn new(bytes: Bytes) -> Self {
+        Self(Some(bytes))
+    }
+}
+
+impl axum::body::HttpBody for Buffered {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+    }
 }
 
 /// Reads integer `key` from a raw query string. Absent → `Ok(None)`; present but not a 64-bit
@@ -234,11 +294,11 @@ mod tests {
     }
 
     async fn read(chunks: &[&'static str], limit: usize) -> Result<Bytes, &'static str> {
-        read_limited(chunked(chunks), limit)
+        body_bytes(chunked(chunks), limit)
             .await
             .map_err(|e| match e {
-                BodyError::TooLarge => "too large",
-                BodyError::Unreadable => "unreadable",
+                TimelockError::RequestTooLarge(_) => "too large",
+                _ => "unreadable",
             })
     }
 
@@ -259,8 +319,8 @@ mod tests {
             .into(),
         ));
         assert!(matches!(
-            read_limited(failing, 8).await,
-            Err(BodyError::Unreadable)
+            body_bytes(failing, 8).await,
+            Err(TimelockError::InvalidArgument(_))
         ));
     }
 

@@ -5,7 +5,8 @@
 //!   `/{ns}/timestamp-management/revalidate?currentTimestamp=T` (204), the old service's side of
 //!   a migration;
 //! * `/tl/management/{fastForward,getNamespaces,getActiveNamespaces,getServerLifecycleId,
-//!   achieveConsensus}` and `/tl/feedback/*` (accepted and ignored, 204).
+//!   achieveConsensus,forceKillTimeLockServer}` and `/tl/feedback/*` (accepted and ignored,
+//!   204).
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue};
@@ -42,6 +43,10 @@ pub fn routes() -> Router<AppState> {
             post(get_server_lifecycle_id),
         )
         .route("/tl/management/achieveConsensus", post(achieve_consensus))
+        .route(
+            "/tl/management/forceKillTimeLockServer",
+            post(force_kill_time_lock_server),
+        )
         .route(
             "/tl/feedback/reportFeedback",
             post(no_content_ignoring_body),
@@ -138,6 +143,21 @@ async fn achieve_consensus(
         namespace.timestamps.fast_forward(target).await?;
     }
     Ok(no_content())
+}
+
+/// TimeLock's `forceKillTimeLockServer`: takes this server out of service until an operator
+/// restarts it — every client request is refused from now on (503, so clients go to another
+/// node), readiness turns red, and lock requests waiting here are ended (their lock services
+/// closed, as at shutdown). Answers the lifecycle id of the process it killed, as TimeLock does,
+/// so an operator can tell a restarted server from the killed one.
+async fn force_kill_time_lock_server(State(state): State<AppState>) -> Response {
+    state.killed.kill();
+    state.leadership.close();
+    tracing::error!(
+        lifecycle_id = %state.lifecycle_id,
+        "forceKillTimeLockServer: this server now refuses every client request and reports not ready; restart it to serve again"
+    );
+    json(&state.lifecycle_id)
 }
 
 async fn no_content_ignoring_body() -> Response {

@@ -61,6 +61,9 @@ pub struct Shared {
     pub lifecycle_id: uuid::Uuid,
     /// Set when graceful shutdown begins; readiness turns red.
     pub shutting_down: Arc<AtomicBool>,
+    /// Set by `forceKillTimeLockServer`: every client request is refused (503) and readiness
+    /// is red until the process is restarted; nothing clears it.
+    pub killed: Arc<overload::KillSwitch>,
     /// Who may do what (`[auth]`); open unless configured.
     pub access: Arc<crate::auth::AccessPolicy>,
     /// The legacy (v1) lock service's blocking limit and request permits.
@@ -92,13 +95,17 @@ impl std::ops::Deref for AppState {
 /// wraps the router, everything else through [`app`]'s router.
 pub fn service(state: AppState, settings: &Settings) -> direct::Dispatch {
     let (router, layers) = build(state.clone(), settings);
+    let bodies = direct::BodyLimits {
+        max_bytes: settings.server.max_body_bytes,
+        read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
+    };
     let direct_applies = settings.server.direct_dispatch
         && !state.access.is_enforcing()
         && settings.cluster.mode != ClusterMode::Etcd;
     if direct_applies {
-        direct::Dispatch::new(router, state, &settings.server.path_prefix, layers)
+        direct::Dispatch::new(router, state, &settings.server.path_prefix, layers, bodies)
     } else {
-        direct::Dispatch::router_only(router)
+        direct::Dispatch::router_only(router, bodies)
     }
 }
 
@@ -118,6 +125,7 @@ fn build(state: AppState, settings: &Settings) -> (Router, direct::DirectLayers)
     let limit = overload::InFlightLimit::new(
         settings.server.max_in_flight_requests,
         state.metrics.guard.shed.with_label_values(&["in_flight"]),
+        state.killed.clone(),
     );
     let timed_client = timed.clone().with_limit(limit.clone());
     let untimed_client = ops::TrackingLayer::new(state.metrics.clone(), None).with_limit(limit);

@@ -60,15 +60,17 @@ async fn live() -> Response {
 async fn ready(State(state): State<AppState>) -> Response {
     let role = state.leadership.role();
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
+    let killed = state.killed.is_killed();
     let (fail_stopped, fenced) = match state.namespaces() {
         Ok(namespaces) => (namespaces.fail_stopped(), namespaces.fenced()),
         Err(_) => (Vec::new(), Vec::new()),
     };
-    let ok = fail_stopped.is_empty() && !shutting_down && role != Role::NoQuorum;
+    let ok = fail_stopped.is_empty() && !shutting_down && !killed && role != Role::NoQuorum;
     let mut body = json!({
         "status": if ok { "READY" } else { "NOT_READY" },
         "role": role.as_str(),
         "shuttingDown": shutting_down,
+        "forceKilled": killed,
         "failStoppedNamespaces": fail_stopped,
         "fencedNamespaces": fenced,
     });
@@ -217,8 +219,8 @@ impl<S> Tracking<S> {
     ) -> TrackingFuture<F> {
         let admitted = match &shared.limit {
             Some(limit) => {
-                if !limit.admit() {
-                    return TrackingFuture::shed(shared.clone());
+                if let Err(refusal) = limit.admit() {
+                    return TrackingFuture::refused(shared.clone(), refusal);
                 }
                 true
             }
@@ -233,6 +235,7 @@ impl<S> Tracking<S> {
             method,
             deadline: None,
             admitted,
+            refusal: super::overload::Refusal::Overloaded,
         }
     }
 
@@ -257,6 +260,8 @@ pub struct TrackingFuture<F> {
     /// Whether this request holds an in-flight slot of `shared.limit`, given back when the
     /// future is dropped (after the response is produced, or with the request).
     admitted: bool,
+    /// Why a request with no `inner` was refused.
+    refusal: super::overload::Refusal,
 }
 
 impl<F> Drop for TrackingFuture<F> {
@@ -270,7 +275,7 @@ impl<F> Drop for TrackingFuture<F> {
 }
 
 impl<F> TrackingFuture<F> {
-    fn shed(shared: Arc<RouteMetrics>) -> Self {
+    fn refused(shared: Arc<RouteMetrics>, refusal: super::overload::Refusal) -> Self {
         TrackingFuture {
             inner: None,
             shared,
@@ -278,6 +283,7 @@ impl<F> TrackingFuture<F> {
             method: Method::GET,
             deadline: None,
             admitted: false,
+            refusal,
         }
     }
 }
@@ -291,7 +297,7 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Ok(super::overload::too_many_requests()));
+            return Poll::Ready(Ok(this.refusal.response()));
         };
         let response = match Pin::new(inner).poll(cx) {
             Poll::Ready(Ok(response)) => response,
@@ -435,6 +441,7 @@ mod tests {
             metrics,
             lifecycle_id: uuid::Uuid::new_v4(),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            killed: Default::default(),
             access: Default::default(),
             lock_v1: crate::http::lock_v1::V1Limits::from(&crate::config::LockV1Settings::default()),
         })

@@ -13,7 +13,7 @@
 //! `/metrics` and `/health/*` are outside the limit, so an overloaded server can still be
 //! observed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -36,32 +36,96 @@ pub fn too_many_requests() -> Response {
 /// The in-flight limit, shared by every client route. Applied by the request tracking layer
 /// ([`super::ops::TrackingLayer::with_limit`]) rather than as a layer of its own: one fewer
 /// boxed service (and its per-request clone) between the router and a handler.
+///
+/// It is also where a server taken out of service by `forceKillTimeLockServer` refuses client
+/// requests: the one check every client route already makes, so the kill switch costs the hot
+/// path a load of a flag that never changes in normal operation.
 #[derive(Clone)]
 pub struct InFlightLimit {
     in_flight: Arc<AtomicUsize>,
     max: usize,
     shed: IntCounter,
+    killed: Arc<KillSwitch>,
+}
+
+/// Set by `forceKillTimeLockServer` and never cleared: the process refuses every client request
+/// until it is restarted. A flag for the per-request check, and a notification for the few
+/// tasks that must act on it (cluster mode hands leadership over).
+#[derive(Default)]
+pub struct KillSwitch {
+    killed: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl KillSwitch {
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    #[inline]
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// Completes once [`Self::kill`] was called.
+    pub async fn killed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a kill between the two is not missed.
+            notified.as_mut().enable();
+            if self.is_killed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The limit is reached: 429, retry after a second.
+    Overloaded,
+    /// The server was force-killed: 503 until it is restarted.
+    Killed,
+}
+
+impl Refusal {
+    pub fn response(self) -> Response {
+        match self {
+            Refusal::Overloaded => too_many_requests(),
+            Refusal::Killed => crate::error::TimelockError::ForceKilled.into_response(),
+        }
+    }
 }
 
 impl InFlightLimit {
-    /// At most `max` requests inside handlers; `shed` counts the refused ones.
-    pub fn new(max: usize, shed: IntCounter) -> Self {
+    /// At most `max` requests inside handlers; `shed` counts the refused ones; none at all
+    /// once `killed` is set.
+    pub fn new(max: usize, shed: IntCounter, killed: Arc<KillSwitch>) -> Self {
         Self {
             in_flight: Arc::new(AtomicUsize::new(0)),
             max,
             shed,
+            killed,
         }
     }
 
-    /// Takes a slot for one request, or answers `false` when the limit is reached (the refusal
-    /// is counted). A taken slot must be given back with [`Self::release`].
-    pub fn admit(&self) -> bool {
+    /// Takes a slot for one request, or refuses it when the limit is reached (the refusal is
+    /// counted) or the server was killed. A taken slot must be given back with
+    /// [`Self::release`].
+    pub fn admit(&self) -> Result<(), Refusal> {
+        if self.killed.is_killed() {
+            return Err(Refusal::Killed);
+        }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.shed.inc();
-            return false;
+            return Err(Refusal::Overloaded);
         }
-        true
+        Ok(())
     }
 
     /// Gives back a slot taken by [`Self::admit`]. (The request tracking layer holds the limit
@@ -97,7 +161,7 @@ mod tests {
             )
             .route_layer(
                 crate::http::ops::TrackingLayer::new(crate::metrics::Metrics::new(), None)
-                    .with_limit(InFlightLimit::new(2, shed.clone())),
+                    .with_limit(InFlightLimit::new(2, shed.clone(), Default::default())),
             );
         let call = |router: axum::Router| async move {
             router

@@ -54,7 +54,16 @@ pub async fn leader_only(
     next: Next,
 ) -> Response {
     let new_protocol = speaks_new_protocol(request.headers());
-    if !state.leadership.serves() && !answered_by_every_node(request.uri().path(), &prefix) {
+    let path = request.uri().path();
+    if state.killed.is_killed()
+        && !answered_by_every_node(path, &prefix)
+        && !path.starts_with("/admin/")
+    {
+        // Force-killed: refused as everywhere else, not redirected to a leader this node no
+        // longer follows (it stopped campaigning, so what it knows of the leader goes stale).
+        return crate::error::TimelockError::ForceKilled.into_response();
+    }
+    if !state.leadership.serves() && !answered_by_every_node(path, &prefix) {
         return not_leader(&state, new_protocol);
     }
     let response = next.run(request).await;

@@ -194,6 +194,10 @@ impl RocksStore {
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError(format!("cannot create data dir {}: {e}", path.display())))?;
+        // Opening writes (a new log, a manifest, the recovered log flushed to a table), and a
+        // write that hits ENOSPC aborts inside Debian's RocksDB (assertions on): a full disk
+        // must be refused here, with a reason an operator can act on, not become a crash loop.
+        check_free_space_to_open(path, min_free_bytes)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_keep_log_file_num(5);
@@ -289,6 +293,27 @@ fn check_free_space(path: &Path, min_free: u64) -> Result<(), StoreError> {
     if available < min_free {
         return Err(StoreError(format!(
             "file system of {} has only {available} bytes available (storage.min_free_bytes = {min_free}); refusing to write the bound",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to open the data dir at `path` when its file system has fewer than `min_free`
+/// bytes available (see [`RocksStore::open`]).
+fn check_free_space_to_open(path: &Path, min_free: u64) -> Result<(), StoreError> {
+    if min_free == 0 {
+        return Ok(());
+    }
+    let available = available_bytes(path).map_err(|e| {
+        StoreError(format!(
+            "cannot check free space of data dir {}: {e}",
+            path.display()
+        ))
+    })?;
+    if available < min_free {
+        return Err(StoreError(format!(
+            "not starting: the file system holding data dir {} has {available} bytes available, below storage.min_free_bytes = {min_free}; opening the data dir on a full disk could crash inside RocksDB. Free space on that file system (or move the data dir to a larger one), then start again",
             path.display()
         )));
     }

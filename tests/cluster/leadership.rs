@@ -801,3 +801,53 @@ fn cluster_mode_needs_an_address_others_can_reach() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cluster.advertise_url"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_killed_leader_hands_over_and_refuses_clients() {
+    let cluster = Cluster::start(2, 1_000).await;
+    let bases = cluster.bases();
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let other = 1 - leader;
+    let (before, _) = fresh(&bases, "killed").await;
+    let killed = http()
+        .post(format!(
+            "{}/tl/management/forceKillTimeLockServer",
+            bases[leader]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(killed.status(), 200);
+    // The other node takes over (the killed one revoked its lease) and timestamps go on rising.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while role_of(&bases[other]).await.as_deref() != Some("leader") {
+        assert!(
+            Instant::now() < deadline,
+            "no hand-over; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (after, node) = fresh(&bases, "killed").await;
+    assert!(after > before, "{after} after {before}");
+    assert_eq!(node, bases[other]);
+    // The killed node refuses clients, old and new protocol alike, and is not ready.
+    for agent in [NEW_PROTOCOL, "curl/8"] {
+        let r = http()
+            .post(format!(
+                "{}/killed/timestamp/fresh-timestamp",
+                bases[leader]
+            ))
+            .header("User-Agent", agent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{agent}");
+    }
+    let ready = http()
+        .get(format!("{}/health/ready", bases[leader]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+}

@@ -283,3 +283,50 @@ fn literal_or_missing_secrets_refuse_to_start() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the secret file"));
 }
+
+#[tokio::test]
+async fn force_kill_is_admin_only_when_an_admin_credential_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let kill = "/tl/management/forceKillTimeLockServer";
+    let ts = |server: &TestServer| {
+        let url = server.url("/alpha/timestamp/fresh-timestamp");
+        async move {
+            send(
+                client()
+                    .post(url)
+                    .header("authorization", format!("Bearer {ALPHA}")),
+            )
+            .await
+        }
+    };
+    assert_eq!(ts(&server).await.status, 200);
+    // Without a credential, with a namespace token, with a wrong one: refused, nothing killed.
+    let r = call(&server, kill, None, None).await;
+    r.assert_conjure_error(401, "UNAUTHORIZED");
+    let r = call(&server, kill, Some(ALPHA), None).await;
+    assert!(r.status == 401 || r.status == 403, "{r:?}");
+    let r = call(&server, &format!("/timelock/api{kill}"), Some("nope"), None).await;
+    assert!(r.status == 401 || r.status == 403, "{r:?}");
+    assert_eq!(
+        ts(&server).await.status,
+        200,
+        "a refused kill changed nothing"
+    );
+    assert_eq!(get(&server, "/health/ready").await.status, 200);
+    // The admin credential kills: the answer is the lifecycle id, then every client request
+    // is refused and readiness is red.
+    let id = call(
+        &server,
+        "/tl/management/getServerLifecycleId",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(id.status, 200, "{id:?}");
+    let killed = call(&server, kill, Some(ADMIN), None).await;
+    assert_eq!(killed.status, 200, "{killed:?}");
+    assert_eq!(killed.json(), id.json());
+    assert_eq!(ts(&server).await.status, 503);
+    assert_eq!(get(&server, "/health/ready").await.status, 503);
+}

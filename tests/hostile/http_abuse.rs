@@ -249,3 +249,187 @@ async fn thousands_of_idle_connections_neither_block_service_nor_leak() {
 fn server_pid(server: &TestServer) -> u32 {
     server.pid().expect("running")
 }
+
+/// Reads until the server closes the connection; `None` if it neither closed nor finished
+/// within `limit` (it kept the connection open).
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&out).into_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// One path per route family (timestamps, transactions, v2 locks and lock watches, the v1 lock
+/// service, the legacy `/{ns}/timelock/*` and `/{ns}/lock/*` routes, management), at the root
+/// and under the prefix, with direct dispatch on and off.
+const SLOW_BODY_PATHS: &[&str] = &[
+    "/slow/timestamp/fresh-timestamp",
+    "/slow/timestamp/fresh-timestamps?number=2",
+    "/tl/ts/slow",
+    "/tl/st/slow",
+    "/tl/gct/slow",
+    "/tl/l/slow",
+    "/tl/ul2/slow",
+    "/tl/rl2/slow",
+    "/tl/wl/slow",
+    "/lw/sw/slow",
+    "/lk/laghl/slow",
+    "/lk/rlrt/slow",
+    "/lk/us/slow",
+    "/slow/timelock/lock",
+    "/slow/timelock/lock-v2",
+    "/slow/timelock/unlock",
+    "/slow/lock/lock/client",
+    "/slow/lock/lock-with-full-response",
+    "/slow/lock/unlock",
+    "/slow/lock/refresh-lock-tokens",
+    "/tl/multi/sts",
+    "/slow/timestamp-management/fast-forward?currentTimestamp=5",
+    "/tl/management/achieveConsensus",
+    "/timelock/api/tl/l/slow",
+    "/timelock/api/tl/st/slow",
+    "/timelock/api/slow/timelock/lock",
+    "/timelock/api/slow/lock/lock/client",
+];
+
+#[tokio::test]
+async fn slow_bodies_are_cut_off_on_every_route_family() {
+    for direct in ["true", "false"] {
+        let (_dir, data) = temp_data_dir();
+        let server = TestServer::start(
+            &data,
+            &[
+                ("TIMELOCK__SERVER__BODY_READ_TIMEOUT_MS", "700"),
+                ("TIMELOCK__SERVER__DIRECT_DISPATCH", direct),
+            ],
+        );
+        // Every client declares 100 bytes, sends 4 and stops.
+        let mut clients: Vec<(&str, TcpStream)> = SLOW_BODY_PATHS
+            .iter()
+            .map(|path| {
+                let mut s = connect(&server);
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\""
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                (*path, s)
+            })
+            .collect();
+        let started = Instant::now();
+        for (path, s) in &mut clients {
+            let reply = read_until_closed(s, Duration::from_secs(6)).unwrap_or_else(|| {
+                panic!(
+                    "{path} (direct dispatch {direct}): connection still open {:?} after 4 of 100 body bytes",
+                    started.elapsed()
+                )
+            });
+            assert!(
+                reply.is_empty() || status_of(&reply) == Some(408),
+                "{path} (direct dispatch {direct}): {reply}"
+            );
+            if !reply.is_empty() {
+                assert!(reply.contains("server.body_read_timeout_ms"), "{reply}");
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        // A body that arrives in pieces within the deadline is served as usual.
+        let mut s = connect(&server);
+        s.write_all(b"POST /tl/ts/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 19\r\nConnection: close\r\n\r\n{\"numTi")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(b"mestamps\":2}").unwrap();
+        let reply = read_until_closed(&mut s, Duration::from_secs(5)).expect("answered");
+        assert_eq!(status_of(&reply), Some(200), "{reply}");
+        still_serves(&server).await;
+        assert!(!server.log().contains("panicked"), "{}", server.log());
+    }
+}
+
+/// A thousand clients that declare a lock request's body and never finish it, ten times the
+/// in-flight limit: fresh timestamps are served throughout, nothing is shed, and the server
+/// closes every one of those connections once the body timeout has passed (the clients keep
+/// them open), giving its sockets back.
+#[tokio::test]
+async fn a_thousand_unfinished_bodies_neither_starve_timestamps_nor_keep_sockets() {
+    let (_dir, data) = temp_data_dir();
+    let server = TestServer::start(
+        &data,
+        &[
+            ("TIMELOCK__SERVER__MAX_IN_FLIGHT_REQUESTS", "100"),
+            ("TIMELOCK__SERVER__BODY_READ_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let pid = server_pid(&server);
+    still_serves(&server).await;
+    let fds_before = open_fds(pid);
+    let paths = [
+        "/tl/l/many",
+        "/many/timelock/lock",
+        "/lk/laghl/many",
+        "/tl/ts/many",
+    ];
+    let mut unfinished = Vec::new();
+    for i in 0..1000 {
+        let mut s = connect(&server);
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"requestId\"",
+            paths[i % paths.len()]
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        unfinished.push(s);
+    }
+    for _ in 0..20 {
+        still_serves(&server).await;
+    }
+    let metrics = get(&server, "/metrics").await.body;
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("timelock_shed_total{limit=\"in_flight\"}") && !l.ends_with(" 0")
+        ),
+        "requests were shed: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("timelock_shed_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The server, not the clients, closes them once the body timeout has passed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = open_fds(pid);
+        if now <= fds_before + 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fds {fds_before} -> {now}: unfinished bodies still hold their connections"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for s in &mut unfinished[..10] {
+        let reply = read_until_closed(s, Duration::from_secs(2)).expect("closed by the server");
+        assert!(
+            reply.is_empty() || status_of(&reply) == Some(408),
+            "{reply}"
+        );
+    }
+    drop(unfinished);
+    still_serves(&server).await;
+}

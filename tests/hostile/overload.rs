@@ -264,3 +264,90 @@ async fn under_overload_answers_stay_correct_and_service_recovers_at_once() {
         recovered.elapsed()
     );
 }
+
+/// Clients that declare a body and drip it cannot fill the in-flight limit: a slot is taken only
+/// once the whole body is in, so `fresh-timestamp` stays served throughout, and each dripping
+/// client is served once it has finished sending.
+#[tokio::test]
+async fn clients_dripping_their_bodies_cannot_starve_fresh_timestamps() {
+    const LIMIT: usize = 6;
+    let (_dir, data) = temp_data_dir();
+    let limit = LIMIT.to_string();
+    let server = TestServer::start(
+        &data,
+        &[
+            ("TIMELOCK__SERVER__MAX_IN_FLIGHT_REQUESTS", limit.as_str()),
+            ("TIMELOCK__SERVER__BODY_READ_TIMEOUT_MS", "20000"),
+        ],
+    );
+    // Twice the limit's worth, on the lock, unlock, lock-watch, v1 and timestamp routes.
+    let paths = [
+        "/tl/l/drip",
+        "/drip/timelock/lock",
+        "/tl/ts/drip",
+        "/lk/laghl/drip",
+        "/lw/sw/drip",
+        "/drip/lock/lock/client",
+    ];
+    let port = server.port;
+    let drippers: Vec<_> = (0..2 * LIMIT)
+        .map(|i| {
+            let path = paths[i % paths.len()];
+            let body = if path == "/tl/ts/drip" {
+                r#"{"numTimestamps":1}"#.to_string()
+            } else {
+                lock_body(&format!("D{i}"), 0)
+            };
+            tokio::task::spawn_blocking(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                // A few bytes every 100 ms: about two seconds for the whole body.
+                let bytes = body.as_bytes();
+                let step = bytes.len().div_ceil(20);
+                for piece in bytes.chunks(step) {
+                    s.write_all(piece).unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                (path, reply)
+            })
+        })
+        .collect();
+    // While they drip, fresh timestamps keep coming, none refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut last = 0;
+    for _ in 0..20 {
+        let r = post(&server, "/other/timestamp/fresh-timestamp").await;
+        assert_eq!(
+            r.status, 200,
+            "fresh-timestamp refused while clients drip their bodies: {r:?}"
+        );
+        let ts = r.number();
+        assert!(ts > last);
+        last = ts;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for dripper in drippers {
+        let (path, reply) = dripper.await.unwrap();
+        // Served by its handler: 200 where the body is that route's request, else its 4xx for
+        // a body of the wrong shape; never shed, never timed out.
+        let status = reply.get(9..12).unwrap_or("");
+        if path == "/tl/l/drip" || path == "/tl/ts/drip" {
+            assert_eq!(status, "200", "{path}: {reply}");
+        }
+        assert!(
+            !status.is_empty() && status != "429" && status != "408",
+            "{path}: a client that finished its body was not served: {reply}"
+        );
+    }
+    assert_eq!(
+        metric(&server, "timelock_shed_total{limit=\"in_flight\"}").await,
+        0.0
+    );
+}
