@@ -7,7 +7,8 @@
 //! than a second, possibly different, parse of the raw path. The multi-namespace routes
 //! (`/tl/multi/*`) name their namespaces in the body, which is read (within
 //! `server.max_body_bytes`), checked, and handed on unchanged. A refusal happens before any
-//! handler runs: no side effects.
+//! handler runs: no side effects. The hot endpoints' direct dispatch ([`super::direct`]) asks
+//! the policy the same question through [`refuse_namespace`].
 
 use std::sync::Arc;
 
@@ -69,11 +70,11 @@ fn door(template: &str, prefix: &str) -> Door {
 }
 
 fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    bearer_of(request.headers())
+}
+
+fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -141,6 +142,21 @@ pub async fn authorize(
     match decision {
         Decision::Allow => next.run(request).await,
         refused => refuse(&guard, refused),
+    }
+}
+
+/// The direct dispatch's check of a hot endpoint (a `{ns}` route): the same decision as
+/// [`authorize`] makes for [`Door::Namespace`], from the same credentials, and the same refusal.
+pub(super) fn refuse_namespace<B>(
+    guard: &AuthGuard,
+    request: &axum::http::Request<B>,
+    ns: &str,
+) -> Option<Response> {
+    let certificate = request.extensions().get::<CertificateIdentity>();
+    let credentials = Credentials::new(bearer_of(request.headers()), certificate.map(|c| &*c.0));
+    match guard.policy_source.authorize_namespace(ns, &credentials) {
+        Decision::Allow => None,
+        refused => Some(refuse(guard, refused)),
     }
 }
 

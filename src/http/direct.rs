@@ -13,8 +13,9 @@
 //! route template, the same in-flight limit and request timeout). Everything else goes to the
 //! router, which stays the definition of behaviour: other methods, any path that is not plain
 //! (a namespace with percent-escapes or characters outside `[A-Za-z0-9_.-]`, a trailing slash,
-//! a legacy namespace equal to a fixed first segment such as `tl`), and every request when
-//! access control or cluster mode is on (their layers wrap the router only).
+//! a legacy namespace equal to a fixed first segment such as `tl`). The router's outer layers
+//! — leader routing in cluster mode, access control — are per-request checks ([`Guards`]) made
+//! here by the same functions before a hot handler runs, so every deployment gets this path.
 //! `server.direct_dispatch = false` sends every request through the router; the test
 //! `tests/api/direct_dispatch.rs` runs the same requests both ways and compares the answers.
 
@@ -238,21 +239,77 @@ struct Direct {
     prefix: Box<str>,
     prefix_first_segment: Box<str>,
     services: Vec<[Tracking<HotService>; 2]>,
+    guards: Guards,
+}
+
+/// The per-request checks the router's outer layers make, made here the same way and in the
+/// same order for the hot endpoints: leader routing (cluster mode), then access control. Each is
+/// `None` where the router has no such layer, so a single open node pays nothing.
+pub(super) struct Guards {
+    /// Cluster mode: only the leader serves (see [`super::routing`]).
+    pub leader: Option<AppState>,
+    /// Access control is enforcing (see [`super::auth`]).
+    pub access: Option<Arc<super::auth::AuthGuard>>,
+}
+
+impl Guards {
+    /// The answer that ends the request before its handler, if any: a non-leader's 308 or 503,
+    /// or access control's 401 or 403. `ns` is the route's namespace: [`classify`] matched only
+    /// plain segments, so it is what the router's percent-decoded `{ns}` would be.
+    fn refuse<B>(&self, request: &axum::http::Request<B>, ns: &str) -> Option<Response> {
+        if let Some(state) = &self.leader {
+            if !state.leadership.serves() {
+                let new_protocol = super::routing::speaks_new_protocol(request.headers());
+                return Some(super::routing::not_leader(state, new_protocol));
+            }
+        }
+        let guard = self.access.as_ref()?;
+        super::auth::refuse_namespace(guard, request, ns)
+    }
+
+    /// What the router's leader routing does with a response: a term that ended while the
+    /// request ran is answered as a non-leader would answer.
+    fn after(&self, new_protocol: bool) -> Option<LeaderAfter> {
+        self.leader.as_ref().map(|state| LeaderAfter {
+            state: state.clone(),
+            new_protocol,
+        })
+    }
+}
+
+/// See [`Guards::after`].
+pub struct LeaderAfter {
+    state: AppState,
+    new_protocol: bool,
+}
+
+impl LeaderAfter {
+    fn apply(&self, response: Response) -> Response {
+        if response
+            .extensions()
+            .get::<super::routing::NotCurrentLeaderResponse>()
+            .is_some()
+        {
+            super::routing::not_leader(&self.state, self.new_protocol)
+        } else {
+            response
+        }
+    }
 }
 
 impl Direct {
-    /// The tracked service for `path`, if it is a hot endpoint.
-    fn route(&self, path: &str) -> Option<&Tracking<HotService>> {
+    /// The tracked service for `path` and the namespace it names, if it is a hot endpoint.
+    fn route_with_namespace<'a>(&self, path: &'a str) -> Option<(&Tracking<HotService>, &'a str)> {
         if !self.prefix.is_empty() {
             if let Some(rest) = path.strip_prefix(&*self.prefix) {
                 if rest.starts_with('/') {
-                    let (hot, _) = classify(rest, &self.prefix_first_segment)?;
-                    return Some(&self.services[hot as usize][1]);
+                    let (hot, ns) = classify(rest, &self.prefix_first_segment)?;
+                    return Some((&self.services[hot as usize][1], ns));
                 }
             }
         }
-        let (hot, _) = classify(path, &self.prefix_first_segment)?;
-        Some(&self.services[hot as usize][0])
+        let (hot, ns) = classify(path, &self.prefix_first_segment)?;
+        Some((&self.services[hot as usize][0], ns))
     }
 }
 
@@ -303,6 +360,7 @@ impl Dispatch {
         prefix: &str,
         layers: DirectLayers,
         bodies: BodyLimits,
+        guards: Guards,
     ) -> Self {
         let prefix_first_segment: Box<str> = Box::from(
             prefix
@@ -341,6 +399,7 @@ impl Dispatch {
                 prefix: prefix.into(),
                 prefix_first_segment,
                 services,
+                guards,
             })),
             bodies,
         }
@@ -354,11 +413,21 @@ impl Dispatch {
     {
         if let Some(direct) = &self.direct {
             if request.method() == Method::POST {
-                if let Some(service) = direct.route(request.uri().path()) {
+                if let Some((service, ns)) = direct.route_with_namespace(request.uri().path()) {
+                    if let Some(response) = direct.guards.refuse(&request, ns) {
+                        return DispatchFuture::Answered {
+                            response: Some(response),
+                        };
+                    }
+                    let after = direct.guards.after(
+                        direct.guards.leader.is_some()
+                            && super::routing::speaks_new_protocol(request.headers()),
+                    );
                     // Called through the shared reference: cloning the service would add and
                     // drop two reference counts that every request on both workers writes.
                     return DispatchFuture::Direct {
                         future: service.call_ref(request, HotService::handle),
+                        after,
                     };
                 }
             }
@@ -423,7 +492,7 @@ pin_project_lite::pin_project! {
     #[project = DispatchProj]
     pub enum DispatchFuture<B> {
         Router { #[pin] future: RouterFuture },
-        Direct { future: TrackingFuture<Handled> },
+        Direct { future: TrackingFuture<Handled>, after: Option<LeaderAfter> },
         Reading { reading: Box<Reading<B>> },
         Answered { response: Option<Response> },
     }
@@ -439,7 +508,14 @@ where
         loop {
             let next = match self.as_mut().project() {
                 DispatchProj::Router { future } => return future.poll(cx),
-                DispatchProj::Direct { future } => return Pin::new(future).poll(cx),
+                DispatchProj::Direct { future, after } => {
+                    return match (Pin::new(future).poll(cx), after) {
+                        (Poll::Ready(Ok(response)), Some(after)) => {
+                            Poll::Ready(Ok(after.apply(response)))
+                        }
+                        (poll, _) => poll,
+                    }
+                }
                 DispatchProj::Answered { response } => {
                     return Poll::Ready(Ok(response.take().expect("polled after completion")))
                 }
@@ -563,7 +639,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn direct_dispatch_only_where_no_layer_wraps_the_router() {
+    async fn direct_dispatch_unless_switched_off() {
         let direct = |settings: Settings| async move {
             InMemoryApp::new(&settings)
                 .await
@@ -580,14 +656,17 @@ mod tests {
         let token = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(token.path(), "a-long-random-admin-secret\n").unwrap();
         auth.auth.admin_token = format!("file:{}", token.path().display());
-        assert!(!direct(auth).await, "access control wraps the router only");
+        assert!(
+            direct(auth).await,
+            "access control is checked on the direct path too"
+        );
 
         let app = InMemoryApp::new(&Settings::default()).await.unwrap();
         let routes = app.service.direct.as_ref().unwrap();
         let route = |path: &str| {
             routes
-                .route(path)
-                .map(|t| t.route_label().unwrap_or_default().to_string())
+                .route_with_namespace(path)
+                .map(|(t, _)| t.route_label().unwrap_or_default().to_string())
         };
         assert_eq!(route("/tl/st/ns").as_deref(), Some("/tl/st/{ns}"));
         assert_eq!(

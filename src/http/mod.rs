@@ -91,21 +91,34 @@ impl std::ops::Deref for AppState {
 }
 
 /// The complete application as served: the hot client endpoints dispatched directly (see
-/// [`direct`]) when `server.direct_dispatch` is on and neither access control nor cluster mode
-/// wraps the router, everything else through [`app`]'s router.
+/// [`direct`]) when `server.direct_dispatch` is on, with the same leader routing and access
+/// control as the router's layers; everything else through [`app`]'s router.
 pub fn service(state: AppState, settings: &Settings) -> direct::Dispatch {
     let (router, layers) = build(state.clone(), settings);
     let bodies = direct::BodyLimits {
         max_bytes: settings.server.max_body_bytes,
         read_timeout: Duration::from_millis(settings.server.body_read_timeout_ms),
     };
-    let direct_applies = settings.server.direct_dispatch
-        && !state.access.is_enforcing()
-        && settings.cluster.mode != ClusterMode::Etcd;
-    if direct_applies {
-        direct::Dispatch::new(router, state, &settings.server.path_prefix, layers, bodies)
-    } else {
-        direct::Dispatch::router_only(router, bodies)
+    if !settings.server.direct_dispatch {
+        return direct::Dispatch::router_only(router, bodies);
+    }
+    let guards = direct::Guards {
+        leader: (settings.cluster.mode == ClusterMode::Etcd).then(|| state.clone()),
+        access: state
+            .access
+            .is_enforcing()
+            .then(|| Arc::new(auth_guard(&state, settings))),
+    };
+    let prefix = &settings.server.path_prefix;
+    direct::Dispatch::new(router, state, prefix, layers, bodies, guards)
+}
+
+fn auth_guard(state: &AppState, settings: &Settings) -> auth::AuthGuard {
+    auth::AuthGuard {
+        policy_source: state.access.clone(),
+        prefix: settings.server.path_prefix.clone(),
+        max_body_bytes: settings.server.max_body_bytes,
+        metrics: state.metrics.guard.clone(),
     }
 }
 
@@ -155,12 +168,7 @@ fn build(state: AppState, settings: &Settings) -> (Router, direct::DirectLayers)
         router = router.nest(prefix, routes());
     }
     if state.access.is_enforcing() {
-        let guard = Arc::new(auth::AuthGuard {
-            policy_source: state.access.clone(),
-            prefix: settings.server.path_prefix.clone(),
-            max_body_bytes: settings.server.max_body_bytes,
-            metrics: state.metrics.guard.clone(),
-        });
+        let guard = Arc::new(auth_guard(&state, settings));
         router = router.route_layer(axum::middleware::from_fn_with_state(guard, auth::authorize));
     }
     router = router

@@ -8,7 +8,8 @@
 //!
 //! `/metrics` and `/health/*` are answered by every node. A request that started on the leader
 //! but found its term ended (`NotCurrentLeader` from a service) is answered the same way.
-//! Only installed in cluster mode: a single node pays nothing for it.
+//! Only installed in cluster mode: a single node pays nothing for it. The hot endpoints'
+//! direct dispatch ([`super::direct`]) makes the same check with the same functions.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -77,7 +78,7 @@ pub async fn leader_only(
     response
 }
 
-fn not_leader(state: &AppState, new_protocol: bool) -> Response {
+pub(super) fn not_leader(state: &AppState, new_protocol: bool) -> Response {
     let metrics = &state.metrics.cluster;
     if new_protocol {
         if let Some(location) = state

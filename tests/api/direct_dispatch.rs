@@ -148,21 +148,7 @@ async fn direct_and_routed_dispatch_answer_alike() {
             ("POST", p("/tl/ul2/leader"), Some("[]".into())),
         ]);
     }
-    for (method, path, body) in &requests {
-        let mut answers = Vec::new();
-        for server in [&direct, &routed] {
-            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-            let mut request = client().request(method, server.url(path));
-            if let Some(body) = body {
-                request = request
-                    .header("content-type", "application/json")
-                    .body(body.clone());
-            }
-            let reply = send(request).await;
-            answers.push((reply.status, reply.content_type, masked(&reply.body)));
-        }
-        assert_eq!(answers[0], answers[1], "{method} {path} {body:?}");
-    }
+    compare(&direct, &routed, &requests, None).await;
     // Both dispatches answered and counted; the direct one did serve hot paths.
     let (direct_counts, routed_counts) =
         (request_counts(&direct).await, request_counts(&routed).await);
@@ -177,4 +163,141 @@ async fn direct_and_routed_dispatch_answer_alike() {
             "{route} not counted: {direct_counts:#?}"
         );
     }
+}
+
+/// Sends every request to both servers in the same order (with `token` as a bearer token, if
+/// given) and asserts the same status, content type and masked body.
+async fn compare(
+    direct: &TestServer,
+    routed: &TestServer,
+    requests: &[(&str, String, Option<String>)],
+    token: Option<&str>,
+) {
+    for (method, path, body) in requests {
+        let mut answers = Vec::new();
+        for server in [direct, routed] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = client().request(method, server.url(path));
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            if let Some(body) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+            }
+            let reply = send(request).await;
+            answers.push((reply.status, reply.content_type, masked(&reply.body)));
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "{method} {path} {body:?} token {token:?}"
+        );
+    }
+}
+
+/// With access control on, the hot endpoints are still dispatched directly, and the direct
+/// path refuses and admits exactly as the router's middleware does: no credential (401), a
+/// wrong one (401), another namespace's (403), the right one and the admin credential (200),
+/// and an unlisted namespace open to AtlasDB's dummy token — with the same refusals counted.
+#[tokio::test]
+async fn access_control_answers_alike_on_both_paths() {
+    let (_d1, data1) = temp_data_dir();
+    let (_d2, data2) = temp_data_dir();
+    let secrets = tempfile::tempdir().unwrap();
+    let tokens = secrets.path().join("namespace-tokens");
+    std::fs::write(
+        &tokens,
+        "guarded guarded-token-0123456789\nother other-token-0123456789\n",
+    )
+    .unwrap();
+    let tokens = tokens.to_str().unwrap().to_string();
+    let env = [
+        ("TIMELOCK__AUTH__NAMESPACE_TOKENS_FILE", tokens.as_str()),
+        ("TIMELOCK__AUTH__ADMIN_TOKEN", "env:DIRECT_TEST_ADMIN"),
+        ("DIRECT_TEST_ADMIN", "admin-token-0123456789"),
+    ];
+    let direct = TestServer::start(&data1, &env);
+    let routed = TestServer::start(
+        &data2,
+        &[
+            env[0],
+            env[1],
+            env[2],
+            ("TIMELOCK__SERVER__DIRECT_DISPATCH", "false"),
+        ],
+    );
+    let mut requests: Vec<(&str, String, Option<String>)> = Vec::new();
+    for prefix in ["", "/timelock/api"] {
+        for ns in ["guarded", "open"] {
+            let p = |path: &str| format!("{prefix}{path}");
+            requests.extend([
+                ("POST", p(&format!("/{ns}/timestamp/fresh-timestamp")), None),
+                (
+                    "POST",
+                    p(&format!("/{ns}/timestamp/fresh-timestamps?number=3")),
+                    None,
+                ),
+                (
+                    "POST",
+                    p(&format!("/tl/ts/{ns}")),
+                    Some(r#"{"numTimestamps":2}"#.into()),
+                ),
+                (
+                    "POST",
+                    p(&format!("/tl/st/{ns}")),
+                    Some(format!(
+                        r#"{{"requestId":"{}","requestorId":"{}","numTransactions":1}}"#,
+                        id(1),
+                        id(2)
+                    )),
+                ),
+                (
+                    "POST",
+                    p(&format!("/tl/gct/{ns}")),
+                    Some(r#"{"numTimestamps":1}"#.into()),
+                ),
+                (
+                    "POST",
+                    p(&format!("/tl/ul2/{ns}")),
+                    Some(format!(r#"["{}"]"#, id(1))),
+                ),
+            ]);
+        }
+    }
+    for token in [
+        None,
+        Some("omitted"),
+        Some("wrong-token-0123456789"),
+        Some("other-token-0123456789"),
+        Some("guarded-token-0123456789"),
+        Some("admin-token-0123456789"),
+    ] {
+        compare(&direct, &routed, &requests, token).await;
+    }
+    let denied = |text: String| {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("timelock_auth_denied_total{"))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let (d, r) = (
+        denied(get(&direct, "/metrics").await.body),
+        denied(get(&routed, "/metrics").await.body),
+    );
+    assert_eq!(d, r);
+    assert!(
+        d.iter()
+            .any(|l| l.contains(r#"status="401""#) && !l.ends_with(" 0")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter()
+            .any(|l| l.contains(r#"status="403""#) && !l.ends_with(" 0")),
+        "{d:?}"
+    );
+    assert_eq!(request_counts(&direct).await, request_counts(&routed).await);
 }
