@@ -16,6 +16,7 @@ use crate::error::{Result, TimelockError};
 use crate::lock::watch::{IdentifiedVersion, LockWatchStateUpdate};
 use crate::lock::{Lease, LockService};
 use crate::namespaces::Namespace;
+use crate::timestamp::TimestampRange;
 
 pub const NUM_PARTITIONS: i64 = 16;
 
@@ -140,31 +141,65 @@ async fn partitioned_timestamps_at(
     num_transactions: i64,
     now: Instant,
 ) -> Result<PartitionedTimestamps> {
+    let residue = partition_residue(ns, requestor_id, num_transactions, now)?;
+    let wanted = num_transactions.saturating_mul(NUM_PARTITIONS);
+    loop {
+        let range = ns.timestamps.fresh_timestamps(wanted).await?;
+        if let Some(timestamps) = in_partition(range, residue) {
+            return Ok(timestamps);
+        }
+    }
+}
+
+/// The requestor's residue, after checking `num_transactions`.
+fn partition_residue(
+    ns: &Namespace,
+    requestor_id: Uuid,
+    num_transactions: i64,
+    now: Instant,
+) -> Result<i64> {
     if num_transactions <= 0 {
         return Err(TimelockError::InvalidArgument(format!(
             "numTransactions must be positive, got {num_transactions}"
         )));
     }
-    let residue = ns.partitions.lock().residue_at(requestor_id, now);
-    let wanted = num_transactions.saturating_mul(NUM_PARTITIONS);
+    Ok(ns.partitions.lock().residue_at(requestor_id, now))
+}
+
+/// The timestamps of `range` congruent to `residue`; `None` if there are none (a range shorter
+/// than 16, only with a tiny batch cap: the caller tries again).
+fn in_partition(range: TimestampRange, residue: i64) -> Option<PartitionedTimestamps> {
+    let offset = (residue - range.lower).rem_euclid(NUM_PARTITIONS);
+    let start = range.lower + offset;
+    (start <= range.upper).then(|| PartitionedTimestamps {
+        start,
+        interval: NUM_PARTITIONS,
+        count: (range.upper - start) / NUM_PARTITIONS + 1,
+    })
+}
+
+/// `count` fresh timestamps and the lock-watch update for `last_known`, taken in one step no
+/// lock or unlock event falls into (see the module docs). The step holds the lock-watch log's
+/// mutex only while the allocator can answer at once; when the reservation is exhausted it
+/// waits for the bound write outside the mutex and tries again.
+async fn timestamps_with_update(
+    ns: &Namespace,
+    locks: &LockService,
+    count: i64,
+    last_known: Option<&IdentifiedVersion>,
+) -> Result<(TimestampRange, LockWatchStateUpdate)> {
     loop {
-        let range = ns.timestamps.fresh_timestamps(wanted).await?;
-        let offset = (residue - range.lower).rem_euclid(NUM_PARTITIONS);
-        let start = range.lower + offset;
-        if start <= range.upper {
-            let count = (range.upper - start) / NUM_PARTITIONS + 1;
-            return Ok(PartitionedTimestamps {
-                start,
-                interval: NUM_PARTITIONS,
-                count,
-            });
+        let step =
+            locks.issue_with_update(last_known, || ns.timestamps.try_fresh_timestamps(count))?;
+        match step {
+            Some((issued, update)) => return Ok((ns.timestamps.finish(issued), update)),
+            None => ns.timestamps.wait_for_reservation(count).await?,
         }
-        // A range shorter than 16 may miss the residue (only with a tiny batch cap): try again.
     }
 }
 
-/// `startTransactions`: immutable timestamp lock, partitioned start timestamps, lease, and the
-/// lock-watch update computed after the timestamps were issued.
+/// `startTransactions`: immutable timestamp lock, then partitioned start timestamps with the
+/// lock-watch update (one step, see the module docs), and the lease.
 pub async fn start_transactions(
     ns: &Namespace,
     request_id: Uuid,
@@ -172,11 +207,6 @@ pub async fn start_transactions(
     num_transactions: i64,
     last_known: Option<&IdentifiedVersion>,
 ) -> Result<StartTransactionsResponse> {
-    if num_transactions <= 0 {
-        return Err(TimelockError::InvalidArgument(format!(
-            "numTransactions must be positive, got {num_transactions}"
-        )));
-    }
     // The current term's lock service, looked up once (each lookup is a read lock and a
     // reference count on lines both workers write).
     let locks = ns.locks();
@@ -184,16 +214,24 @@ pub async fn start_transactions(
     // were three (under `/tl/st` load the vDSO's clock reads were 1.7% of the server's
     // samples).
     let now = Instant::now();
+    let residue = partition_residue(ns, requestor_id, num_transactions, now)?;
+    // The immutable timestamp lock first: the start timestamps must be above it, and taken
+    // after it is visible to readers of the immutable timestamp (see the module docs).
     let (immutable_timestamp, lease) =
         lock_immutable_timestamp_in(ns, &locks, request_id, now).await?;
-    let timestamps = partitioned_timestamps_at(ns, requestor_id, num_transactions, now).await?;
-    let lock_watch_update = locks.watch_update(last_known);
-    Ok(StartTransactionsResponse {
-        immutable_timestamp,
-        timestamps,
-        lease,
-        lock_watch_update,
-    })
+    let wanted = num_transactions.saturating_mul(NUM_PARTITIONS);
+    loop {
+        let (range, lock_watch_update) =
+            timestamps_with_update(ns, &locks, wanted, last_known).await?;
+        if let Some(timestamps) = in_partition(range, residue) {
+            return Ok(StartTransactionsResponse {
+                immutable_timestamp,
+                timestamps,
+                lease,
+                lock_watch_update,
+            });
+        }
+    }
 }
 
 /// `getCommitTimestamps`: `{"inclusiveLower","inclusiveUpper","lockWatchUpdate"}`.
@@ -205,13 +243,15 @@ pub struct CommitTimestampsResponse {
     pub lock_watch_update: LockWatchStateUpdate,
 }
 
+/// `getCommitTimestamps`: the timestamps and the lock-watch update in one step (see the module
+/// docs).
 pub async fn commit_timestamps(
     ns: &Namespace,
     num_timestamps: i64,
     last_known: Option<&IdentifiedVersion>,
 ) -> Result<CommitTimestampsResponse> {
-    let range = ns.timestamps.fresh_timestamps(num_timestamps).await?;
-    let lock_watch_update = ns.locks().watch_update(last_known);
+    let (range, lock_watch_update) =
+        timestamps_with_update(ns, &ns.locks(), num_timestamps, last_known).await?;
     Ok(CommitTimestampsResponse {
         inclusive_lower: range.lower,
         inclusive_upper: range.upper,
@@ -219,13 +259,27 @@ pub async fn commit_timestamps(
     })
 }
 
-/// The immutable timestamp: the lowest held immutable-timestamp lock, or a fresh timestamp if
-/// none is held.
+/// The immutable timestamp: a fresh timestamp is taken FIRST, then the lowest held
+/// immutable-timestamp lock is read, falling back to that fresh timestamp (see the module docs
+/// for why the order matters).
 pub async fn immutable_timestamp(ns: &Namespace) -> Result<i64> {
-    match ns.locks().immutable_timestamp() {
-        Some(ts) => Ok(ts),
-        None => ns.timestamps.fresh_timestamp().await,
-    }
+    let fresh = ns.timestamps.fresh_timestamp().await?;
+    Ok(ns.locks().immutable_timestamp().unwrap_or(fresh))
+}
+
+/// The minimum leased timestamp of each of `names`, in the same order as
+/// [`immutable_timestamp`]: one fresh timestamp first, then each collection's minimum, falling
+/// back to that fresh timestamp.
+pub async fn min_leased_timestamps<'a>(
+    ns: &Namespace,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<(&'a String, i64)>> {
+    let fresh = ns.timestamps.fresh_timestamp().await?;
+    let locks = ns.locks();
+    Ok(names
+        .into_iter()
+        .map(|name| (name, locks.min_leased_timestamp(name).unwrap_or(fresh)))
+        .collect())
 }
 
 #[cfg(test)]

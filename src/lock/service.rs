@@ -606,12 +606,10 @@ impl LockService {
     pub fn start_watching(&self, references: Vec<LockWatchReference>) -> Result<()> {
         let mut st = self.state.lock();
         st.check_open()?;
-        let State { locks, watches, .. } = &mut *st;
-        let locked = locks
-            .iter()
-            .filter(|(_, e)| e.holder.is_some())
-            .map(|(d, _)| d);
-        watches.start_watching(references, locked);
+        let State {
+            tokens, watches, ..
+        } = &mut *st;
+        watches.start_watching(references, acquired(tokens));
         if watches.has_watches() {
             // Inside the critical section that logged the `created` event: a reader that still
             // sees `false` is ordered before this registration, which has not returned yet.
@@ -626,12 +624,34 @@ impl LockService {
             return self.unwatched_update(last_known);
         }
         let st = self.state.lock();
-        let locked = st
-            .locks
-            .iter()
-            .filter(|(_, e)| e.holder.is_some())
-            .map(|(d, _)| d);
-        st.watches.update(last_known, locked)
+        st.watches.update(last_known, acquired(&st.tokens))
+    }
+
+    /// Runs `issue` (which takes timestamps and must not block: `None` means "could not without
+    /// waiting") and reads the lock-watch update for `last_known` in one hold of the mutex under
+    /// which every lock and unlock is logged, as TimeLock's `LockEventLogImpl.runTask` does. So
+    /// every event at or below the update's version was logged before the timestamps were
+    /// taken, and every later one after (see the `transactions` module for why clients need
+    /// that).
+    ///
+    /// While nothing was ever watched in this term, no event exists and the update is version
+    /// -1 with no events whatever the order, so `issue` runs without the mutex.
+    pub fn issue_with_update<T>(
+        &self,
+        last_known: Option<&IdentifiedVersion>,
+        issue: impl FnOnce() -> Result<Option<T>>,
+    ) -> Result<Option<(T, LockWatchStateUpdate)>> {
+        if !self.watching.load(Ordering::SeqCst) {
+            return Ok(issue()?.map(|value| (value, self.unwatched_update(last_known))));
+        }
+        let st = self.state.lock();
+        let Some(value) = issue()? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            value,
+            st.watches.update(last_known, acquired(&st.tokens)),
+        )))
     }
 
     /// [`Self::watch_update`] while nothing was ever watched in this term: the log then holds no
@@ -655,6 +675,22 @@ impl LockService {
             .filter(|e| e.holder.is_some())
             .count()
     }
+}
+
+/// The descriptors of every completed lock acquisition: what snapshots and `created` events list.
+/// Not the lock table's holders, which include a request still acquiring (holding some of its
+/// locks, or just handed one by a release) that may yet time out and release them without an
+/// unlock event; AtlasDB likewise counts only completed acquisitions
+/// (`HeldLocksCollection.locksHeld`). Read only when an update is a snapshot or a watch is
+/// created.
+fn acquired(tokens: &crate::FastHashMap<Uuid, Token>) -> impl Iterator<Item = &Bytes> {
+    tokens
+        .values()
+        .filter_map(|token| match &token.kind {
+            TokenKind::Locks(descriptors) => Some(descriptors.iter()),
+            _ => None,
+        })
+        .flatten()
 }
 
 impl Drop for LockService {
