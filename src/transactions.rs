@@ -6,6 +6,51 @@
 //! least used one, remembered for 5 minutes after its last use. A start-transactions call takes
 //! `16 × n` fresh timestamps and returns those congruent to the residue, so one client's start
 //! timestamps fall in one partition of AtlasDB's transactions table.
+//!
+//! # Orderings clients depend on (AtlasDB's `AsyncTimelockServiceImpl`)
+//!
+//! **The immutable timestamp and the minimum leased timestamp.** Sweep deletes old versions below
+//! the immutable timestamp (read through the legacy `immutable-timestamp` endpoint), so every
+//! value reported must be below the start timestamp of every transaction still open when it was
+//! answered; a minimum leased timestamp likewise below the fresh timestamps of every lease still
+//! held. Two orders together guarantee it:
+//! * a start locks its immutable timestamp (a fresh timestamp `L`, added to the held minimum)
+//!   *before* taking its start timestamps, so they are above `L` and taken after the lock is
+//!   visible; a timestamp lease likewise (`/tl/multi/atl`: lease a fresh timestamp, then the fresh
+//!   timestamps it protects);
+//! * a reader takes a fresh timestamp `F` *first*, then reads the minimum held, falling back to
+//!   `F`. A transaction whose lock the read saw has a start above its `L >=` the minimum; one whose
+//!   lock the read missed registered after the read, which came after `F` was issued, so its start
+//!   is above `F`. Reading the minimum first (as this server once did) lets a transaction lock,
+//!   start below `F` and answer between the read and `F`: the answer is then above an open
+//!   start. The window is widest while timestamps wait for a bound write (first use, restart, a
+//!   small reservation).
+//!
+//! Every place combining a timestamp with a lock-table read follows this: [`immutable_timestamp`],
+//! [`min_leased_timestamps`], the `immutableTimestamp` of start answers and
+//! `lock-immutable-timestamp` (fresh `L`, then the minimum including `L`), the `minLeased` of
+//! `/tl/multi/atl` (fresh timestamp, lease it, read the minimum including it, then the fresh
+//! timestamps), and the legacy starts (lock, then start timestamps).
+//!
+//! **Timestamps and lock-watch updates.** Start transactions and commit timestamps (`/tl/st`,
+//! `/tl/gct`, `/tl/g1ct` and their `/tl/multi/*` forms) take their timestamps and read their
+//! lock-watch update in one step that no lock or unlock event can fall into: both happen in one
+//! hold of the mutex under which the lock table logs every lock and unlock
+//! ([`LockService::issue_with_update`]), as TimeLock's `LockEventLogImpl.runTask` holds the
+//! monitor that `logLock`/`logUnlock` take. So every event at or below the update's version was
+//! logged before the timestamps were issued. AtlasDB's client relies on it: its value cache keeps
+//! a snapshot per version and lets committed transactions publish values into it, so if a start
+//! at `T` received version `V` containing the unlock of a writer that committed at `C > T`, the
+//! transaction could read from the cache a value committed after it started (a snapshot
+//! isolation violation).
+//!
+//! The allocator normally answers from its reservation with one compare-and-swap, no I/O and no
+//! allocation ([`crate::timestamp::TimestampService::try_fresh_timestamps`]); only that runs
+//! under the mutex, next to the update that was always built there. When the reservation is
+//! exhausted the step gives up the mutex, waits for the bound write outside it, and tries again,
+//! so a disk write never blocks lock and unlock. Starting the background extension and counting
+//! the timestamps happen after the mutex is released. While nothing was ever watched in the
+//! namespace's term the update has no events whatever the order, and no mutex is taken.
 
 use std::time::{Duration, Instant};
 

@@ -13,6 +13,10 @@
 //! * leases: a token not refreshed for `server_lease` is reaped (unlocked), and clients are told
 //!   `client_lease` (shorter) as the validity of what they hold.
 //!
+//! * lock watches: an acquisition is logged (and listed in snapshots) once it completes, an
+//!   unlock when its token is released; timestamps issued with an update are taken under the
+//!   same mutex as the update ([`LockService::issue_with_update`], see the `transactions` module).
+//!
 //! All state sits behind one mutex per namespace; critical sections are short and never await.
 //! Waiting happens outside it on a oneshot channel per waiter. An acquisition that has to wait
 //! runs in its own task, so a client that disconnects does not leave waiters behind; what it was
