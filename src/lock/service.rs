@@ -11,8 +11,7 @@
 //!   success gets the same token, a retry shortly after a timeout times out again;
 //! * wait-for-locks queues like a lock request but passes each lock as soon as it reaches the head;
 //! * leases: a token not refreshed for `server_lease` is reaped (unlocked), and clients are told
-//!   `client_lease` (shorter) as the validity of what they hold.
-//!
+//!   `client_lease` (shorter) as the validity of what they hold;
 //! * lock watches: an acquisition is logged (and listed in snapshots) once it completes, an
 //!   unlock when its token is released; timestamps issued with an update are taken under the
 //!   same mutex as the update ([`LockService::issue_with_update`], see the `transactions` module).
