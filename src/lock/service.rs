@@ -610,9 +610,12 @@ impl LockService {
         let mut st = self.state.lock();
         st.check_open()?;
         let State {
-            tokens, watches, ..
+            locks,
+            tokens,
+            watches,
+            ..
         } = &mut *st;
-        watches.start_watching(references, acquired(tokens));
+        watches.start_watching(references, acquired(locks, tokens));
         if watches.has_watches() {
             // Inside the critical section that logged the `created` event: a reader that still
             // sees `false` is ordered before this registration, which has not returned yet.
@@ -627,7 +630,8 @@ impl LockService {
             return self.unwatched_update(last_known);
         }
         let st = self.state.lock();
-        st.watches.update(last_known, acquired(&st.tokens))
+        st.watches
+            .update(last_known, acquired(&st.locks, &st.tokens))
     }
 
     /// Runs `issue` (which takes timestamps and must not block: `None` means "could not without
@@ -653,7 +657,8 @@ impl LockService {
         };
         Ok(Some((
             value,
-            st.watches.update(last_known, acquired(&st.tokens)),
+            st.watches
+                .update(last_known, acquired(&st.locks, &st.tokens)),
         )))
     }
 
@@ -681,19 +686,30 @@ impl LockService {
 }
 
 /// The descriptors of every completed lock acquisition: what snapshots and `created` events list.
-/// Not the lock table's holders, which include a request still acquiring (holding some of its
-/// locks, or just handed one by a release) that may yet time out and release them without an
-/// unlock event; AtlasDB likewise counts only completed acquisitions
-/// (`HeldLocksCollection.locksHeld`). Read only when an update is a snapshot or a watch is
-/// created.
-fn acquired(tokens: &crate::FastHashMap<Uuid, Token>) -> impl Iterator<Item = &Bytes> {
-    tokens
-        .values()
-        .filter_map(|token| match &token.kind {
-            TokenKind::Locks(descriptors) => Some(descriptors.iter()),
-            _ => None,
+/// A descriptor's holder may be a request still acquiring (holding some of its locks, or just
+/// handed one by a release) that may yet time out and release them without an unlock event:
+/// it has no lock token until it completes, so only holders with one count. AtlasDB likewise
+/// counts only completed acquisitions (`HeldLocksCollection.locksHeld`). The lock table is
+/// walked rather than the tokens, which are mostly immutable-timestamp locks; read only when an
+/// update is a snapshot or a watch is created.
+fn acquired<'a>(
+    locks: &'a crate::FastHashMap<Bytes, LockEntry>,
+    tokens: &'a crate::FastHashMap<Uuid, Token>,
+) -> impl Iterator<Item = &'a Bytes> {
+    locks
+        .iter()
+        .filter(|(_, entry)| {
+            entry.holder.is_some_and(|holder| {
+                matches!(
+                    tokens.get(&holder),
+                    Some(Token {
+                        kind: TokenKind::Locks(_),
+                        ..
+                    })
+                )
+            })
         })
-        .flatten()
+        .map(|(descriptor, _)| descriptor)
 }
 
 impl Drop for LockService {

@@ -18,7 +18,7 @@
 //! when an acquisition completes and [`LockWatchLog::log_unlock`] when a token is unlocked,
 //! inside the critical section that changes them. The `currently_locked` it passes to
 //! [`LockWatchLog::start_watching`] and [`LockWatchLog::update`] is the descriptors of completed
-//! acquisitions (its lock tokens), read in the same critical section: exactly what replaying the
+//! acquisitions (holders with a lock token), read in the same critical section: exactly what replaying the
 //! events gives, so two snapshots at one version agree. A request still acquiring (holding some
 //! locks while it queues for others, or just handed one by a release) is not listed: it logs
 //! its lock event when it completes, and nothing if it times out (AtlasDB counts only completed
