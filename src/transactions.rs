@@ -30,7 +30,11 @@
 //! [`min_leased_timestamps`], the `immutableTimestamp` of start answers and
 //! `lock-immutable-timestamp` (fresh `L`, then the minimum including `L`), the `minLeased` of
 //! `/tl/multi/atl` (fresh timestamp, lease it, read the minimum including it, then the fresh
-//! timestamps), and the legacy starts (lock, then start timestamps).
+//! timestamps), and the legacy starts (lock, then start timestamps). The v1 lock service's
+//! `getMinLockedInVersionId` answers 400, as TimeLock's does, so it combines nothing. A new term
+//! (restart, `invalidateResources`) drops every lock, so the minimum then restarts from fresh
+//! timestamps: transactions of the old term cannot commit, because AtlasDB checks before
+//! committing that its immutable-timestamp lock is still held, and the old term's tokens are gone.
 //!
 //! **Timestamps and lock-watch updates.** Start transactions and commit timestamps (`/tl/st`,
 //! `/tl/gct`, `/tl/g1ct` and their `/tl/multi/*` forms) take their timestamps and read their
