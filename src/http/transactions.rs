@@ -404,14 +404,11 @@ async fn multi_min_leased_timestamps(
     let mut out = BTreeMap::new();
     for (ns, names) in &requests {
         let namespace = state.namespaces()?.get_or_create(ns).await?;
-        let mut per_name = BTreeMap::new();
-        for name in names {
-            let min = match namespace.locks().min_leased_timestamp(name) {
-                Some(ts) => ts,
-                None => namespace.timestamps.fresh_timestamp().await?,
-            };
-            per_name.insert(name.clone(), min);
-        }
+        let per_name: BTreeMap<&String, i64> =
+            transactions::min_leased_timestamps(&namespace, names)
+                .await?
+                .into_iter()
+                .collect();
         out.insert(ns.clone(), per_name);
     }
     Ok(json(&out))

@@ -11,7 +11,10 @@
 //!   success gets the same token, a retry shortly after a timeout times out again;
 //! * wait-for-locks queues like a lock request but passes each lock as soon as it reaches the head;
 //! * leases: a token not refreshed for `server_lease` is reaped (unlocked), and clients are told
-//!   `client_lease` (shorter) as the validity of what they hold.
+//!   `client_lease` (shorter) as the validity of what they hold;
+//! * lock watches: an acquisition is logged (and listed in snapshots) once it completes, an
+//!   unlock when its token is released; timestamps issued with an update are taken under the
+//!   same mutex as the update ([`LockService::issue_with_update`], see the `transactions` module).
 //!
 //! All state sits behind one mutex per namespace; critical sections are short and never await.
 //! Waiting happens outside it on a oneshot channel per waiter. An acquisition that has to wait
@@ -613,12 +616,13 @@ impl LockService {
     pub fn start_watching(&self, references: Vec<LockWatchReference>) -> Result<()> {
         let mut st = self.state.lock();
         st.check_open()?;
-        let State { locks, watches, .. } = &mut *st;
-        let locked = locks
-            .iter()
-            .filter(|(_, e)| e.holder.is_some())
-            .map(|(d, _)| d);
-        watches.start_watching(references, locked);
+        let State {
+            locks,
+            tokens,
+            watches,
+            ..
+        } = &mut *st;
+        watches.start_watching(references, acquired(locks, tokens));
         if watches.has_watches() {
             // Inside the critical section that logged the `created` event: a reader that still
             // sees `false` is ordered before this registration, which has not returned yet.
@@ -633,12 +637,36 @@ impl LockService {
             return self.unwatched_update(last_known);
         }
         let st = self.state.lock();
-        let locked = st
-            .locks
-            .iter()
-            .filter(|(_, e)| e.holder.is_some())
-            .map(|(d, _)| d);
-        st.watches.update(last_known, locked)
+        st.watches
+            .update(last_known, acquired(&st.locks, &st.tokens))
+    }
+
+    /// Runs `issue` (which takes timestamps and must not block: `None` means "could not without
+    /// waiting") and reads the lock-watch update for `last_known` in one hold of the mutex under
+    /// which every lock and unlock is logged, as TimeLock's `LockEventLogImpl.runTask` does. So
+    /// every event at or below the update's version was logged before the timestamps were
+    /// taken, and every later one after (see the `transactions` module for why clients need
+    /// that).
+    ///
+    /// While nothing was ever watched in this term, no event exists and the update is version
+    /// -1 with no events whatever the order, so `issue` runs without the mutex.
+    pub fn issue_with_update<T>(
+        &self,
+        last_known: Option<&IdentifiedVersion>,
+        issue: impl FnOnce() -> Result<Option<T>>,
+    ) -> Result<Option<(T, LockWatchStateUpdate)>> {
+        if !self.watching.load(Ordering::SeqCst) {
+            return Ok(issue()?.map(|value| (value, self.unwatched_update(last_known))));
+        }
+        let st = self.state.lock();
+        let Some(value) = issue()? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            value,
+            st.watches
+                .update(last_known, acquired(&st.locks, &st.tokens)),
+        )))
     }
 
     /// [`Self::watch_update`] while nothing was ever watched in this term: the log then holds no
@@ -662,6 +690,33 @@ impl LockService {
             .filter(|e| e.holder.is_some())
             .count()
     }
+}
+
+/// The descriptors of every completed lock acquisition: what snapshots and `created` events list.
+/// A descriptor's holder may be a request still acquiring (holding some of its locks, or just
+/// handed one by a release) that may yet time out and release them without an unlock event:
+/// it has no lock token until it completes, so only holders with one count. AtlasDB likewise
+/// counts only completed acquisitions (`HeldLocksCollection.locksHeld`). The lock table is
+/// walked rather than the tokens, which are mostly immutable-timestamp locks; read only when an
+/// update is a snapshot or a watch is created.
+fn acquired<'a>(
+    locks: &'a crate::FastHashMap<Bytes, LockEntry>,
+    tokens: &'a crate::FastHashMap<Uuid, Token>,
+) -> impl Iterator<Item = &'a Bytes> {
+    locks
+        .iter()
+        .filter(|(_, entry)| {
+            entry.holder.is_some_and(|holder| {
+                matches!(
+                    tokens.get(&holder),
+                    Some(Token {
+                        kind: TokenKind::Locks(_),
+                        ..
+                    })
+                )
+            })
+        })
+        .map(|(descriptor, _)| descriptor)
 }
 
 impl Drop for LockService {

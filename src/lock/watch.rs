@@ -14,12 +14,18 @@
 //! * the serde wire types, whose JSON is exactly what AtlasDB's Jackson mapper reads and writes.
 //!
 //! It is a pure data structure: no HTTP, no async, no locking. The lock table owns one
-//! [`LockWatchLog`] under the same mutex as its held locks and calls [`LockWatchLog::log_lock`] /
-//! [`LockWatchLog::log_unlock`] inside the critical section that changes them. That makes the
-//! `currently_locked` it passes to [`LockWatchLog::start_watching`] and
-//! [`LockWatchLog::update`] consistent with the event stream (AtlasDB computes it without that
-//! guarantee, see `LockEventLogImpl.calculateOpenLocks`). The log id is the namespace's leadership
-//! id; a new leadership means a new log, and clients holding the old id get a snapshot.
+//! [`LockWatchLog`] under the same mutex as its held locks and calls [`LockWatchLog::log_lock`]
+//! when an acquisition completes and [`LockWatchLog::log_unlock`] when a token is unlocked,
+//! inside the critical section that changes them. The `currently_locked` it passes to
+//! [`LockWatchLog::start_watching`] and [`LockWatchLog::update`] is the descriptors of completed
+//! acquisitions (holders with a lock token), read in the same critical section: exactly what replaying the
+//! events gives, so two snapshots at one version agree. A request still acquiring (holding some
+//! locks while it queues for others, or just handed one by a release) is not listed: it logs
+//! its lock event when it completes, and nothing if it times out (AtlasDB counts only completed
+//! acquisitions too, `HeldLocksCollection.locksHeld`). The lock table also reads updates in one
+//! critical section with the timestamps they accompany (see the `transactions` module). The log
+//! id is the namespace's leadership id; a new leadership means a new log, and clients holding
+//! the old id get a snapshot.
 //!
 //! Sources (palantir/atlasdb 0.1175.0): `lock-api-objects/.../lock/watch/LockWatchReferences.java`,
 //! `LockWatchStateUpdate.java`, `LockWatchEvent.java`, `LockEvent.java`, `UnlockEvent.java`,

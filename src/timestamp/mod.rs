@@ -75,6 +75,16 @@ pub struct TimestampRange {
     pub upper: i64,
 }
 
+/// Timestamps issued by [`TimestampService::try_fresh_timestamps`], to be read out with
+/// [`TimestampService::finish`].
+#[must_use]
+#[derive(Debug)]
+pub struct Issued {
+    range: TimestampRange,
+    /// The reservation fell below the low-water mark: extend it in the background.
+    low: bool,
+}
+
 impl TimestampRange {
     pub fn count(&self) -> i64 {
         self.upper - self.lower + 1
@@ -260,6 +270,21 @@ impl TimestampService {
     /// Between 1 and `min(requested, max_per_request)` fresh timestamps. `requested <= 0` is an
     /// invalid argument.
     pub async fn fresh_timestamps(self: &Arc<Self>, requested: i64) -> Result<TimestampRange> {
+        loop {
+            match self.try_fresh_timestamps(requested)? {
+                Some(issued) => return Ok(self.finish(issued)),
+                None => self.wait_for_reservation(requested).await?,
+            }
+        }
+    }
+
+    /// [`Self::fresh_timestamps`] without waiting: `None` when the reservation cannot cover the
+    /// request, which then needs [`Self::wait_for_reservation`] before trying again. No I/O, no
+    /// allocation, no lock: callers may hold their own lock across it (the lock-watch log's, so
+    /// that no lock event falls between the timestamps and the update they carry). The range is
+    /// issued once this returns `Some`; [`Self::finish`] (outside the caller's lock) reads it out
+    /// and starts a background extension if the reservation runs low.
+    pub fn try_fresh_timestamps(&self, requested: i64) -> Result<Option<Issued>> {
         validate_count(requested)?;
         let n = requested.min(self.limits.max_per_request);
         loop {
@@ -273,25 +298,54 @@ impl TimestampService {
                     })?;
             let durable = self.durable.load(Ordering::Acquire);
             if next > durable {
-                // Reservation exhausted: wait for a bound write, then try again.
-                self.ensure_reserved(next, next).await?;
-                continue;
+                return Ok(None);
             }
             if self
                 .issued
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                if durable - next < self.low_water.load(Ordering::Relaxed) {
-                    self.extend_in_background();
-                }
-                self.metrics.timestamps_issued.inc_by(n as u64);
-                return Ok(TimestampRange {
-                    lower: current + 1,
-                    upper: next,
-                });
+                return Ok(Some(Issued {
+                    range: TimestampRange {
+                        lower: current + 1,
+                        upper: next,
+                    },
+                    low: durable - next < self.low_water.load(Ordering::Relaxed),
+                }));
             }
         }
+    }
+
+    /// The range of an [`Issued`], counted, with the reservation topped up in the background if
+    /// it ran low.
+    pub fn finish(self: &Arc<Self>, issued: Issued) -> TimestampRange {
+        if issued.low {
+            self.extend_in_background();
+        }
+        self.metrics
+            .timestamps_issued
+            .inc_by(issued.range.count() as u64);
+        issued.range
+    }
+
+    /// Waits until the reservation covers `requested` more timestamps than issued so far (a
+    /// bound write, unless another request's write already did it). Another request may take
+    /// them first: callers try again and may have to wait again.
+    pub async fn wait_for_reservation(&self, requested: i64) -> Result<()> {
+        validate_count(requested)?;
+        self.check_state()?;
+        let n = requested.min(self.limits.max_per_request);
+        let next = self
+            .issued
+            .load(Ordering::Acquire)
+            .checked_add(n)
+            .ok_or_else(|| TimelockError::TimestampsExhausted {
+                namespace: self.namespace.clone(),
+            })?;
+        if next > self.durable.load(Ordering::Acquire) {
+            self.ensure_reserved(next, next).await?;
+        }
+        Ok(())
     }
 
     /// Moves the sequence so that every later timestamp is greater than `timestamp`. Never lowers

@@ -13,3 +13,4 @@ mod lock_exclusion;
 mod lock_v1;
 mod locks;
 mod pipelining;
+mod transaction_guarantees;

@@ -22,6 +22,12 @@ pub const BIN: &str = match option_env!("CARGO_BIN_EXE_timelock") {
     },
 };
 
+/// The binary a [`TestServer`] runs: `TIMELOCK_TEST_BIN` if set (to run a test against another
+/// build, such as the code before a fix, and see it fail), else [`BIN`].
+pub fn server_binary() -> String {
+    std::env::var("TIMELOCK_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub struct TestServer {
     child: Option<Child>,
     pub port: u16,
@@ -66,7 +72,7 @@ impl TestServer {
         let port_file = self.work.join("port");
         let _ = std::fs::remove_file(&port_file);
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(server_binary());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
