@@ -215,8 +215,7 @@ pub async fn start_transactions(
     // reference count on lines both workers write).
     let locks = ns.locks();
     // One clock reading for the lease, the token and the requestor's last use, where there
-    // were three (under `/tl/st` load the vDSO's clock reads were 1.7% of the server's
-    // samples).
+    // were three (clock reads showed in profiles of `/tl/st` load).
     let now = Instant::now();
     let residue = partition_residue(ns, requestor_id, num_transactions, now)?;
     // The immutable timestamp lock first: the start timestamps must be above it, and taken

@@ -5,7 +5,7 @@
 //!
 //! Why: serde_json decodes a start-transactions body generically — each key and string is
 //! scanned for escapes and validated as UTF-8, field names are matched through a visitor — which
-//! callgrind puts at about a tenth of the request's work. These bodies are small and always
+//! is a visible share of the request's work in profiles. These bodies are small and always
 //! shaped alike (Jackson writes them compactly, fields in declaration order).
 //!
 //! How it stays right: [`FastDecode::decode_fast`] accepts only a strict subset of JSON — ASCII

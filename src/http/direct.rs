@@ -150,7 +150,7 @@ fn namespace_of(hot: Hot, path: &str) -> &str {
 
 /// A handler's future, boxed: one allocation per request, sized to that endpoint's own state
 /// machine (a single `async` block matching over every endpoint would be as large as the
-/// largest, about 3 KB, and moved whole into its box on every request).
+/// largest, and moved whole into its box on every request).
 type Handled = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// An endpoint whose handler takes its body: the body read from hyper's body directly and
@@ -169,8 +169,8 @@ where
     F: Future<Output = R> + Send,
     R: IntoResponse,
 {
-    // Only the body goes into the future: the request head (about 250 bytes, mostly the URI
-    // and the header map) is dropped here rather than copied into the box and kept beside the
+    // Only the body goes into the future: the request head (mostly the URI and the header
+    // map) is dropped here rather than copied into the box and kept beside the
     // handler's state.
     let body = request.into_body();
     Box::pin(async move {

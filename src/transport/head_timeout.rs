@@ -176,7 +176,7 @@ impl<F: Future> Future for Watched<F> {
 
 /// Polls the watchdog's sleep unless it already holds `cx`'s waker and has not fired: a
 /// connection is polled about twice per request, and each poll of a tokio sleep costs a
-/// cooperative-budget check and a waker registration (callgrind: about 120 instructions) that
+/// cooperative-budget check and a waker registration that
 /// change nothing while the sleep is pending. The sleep leaves the timer wheel when it fires
 /// ([`tokio::time::Sleep::is_elapsed`]), and the poll that follows its wake-up sees that.
 fn poll_watchdog(
