@@ -46,6 +46,10 @@
 //! Output: tables on stdout, raw numbers as JSON and the chart as PNG in `--out DIR` (default
 //! `target/compare`).
 //!
+//! `ALT_BIN=PATH`: `fresh`, `tl/st` and `lock+unlock` also against that build of the server (a
+//! `*-alt` target each, in the same rounds), with their per-round ratios to this build printed:
+//! a change measured on and off in one run.
+//!
 //! `TARGETS=fresh,tl/st` (short names: fresh, batch10k, tl/ts, tl/st, lock+unlock) narrows a run
 //! to those targets and the ceiling (and `ceiling-st` with `tl/st`), for profiling one path.
 //!
@@ -344,10 +348,19 @@ fn start_timelock_in(
     dir: tempfile::TempDir,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(Server, Duration)> {
+    start_binary_in(Path::new(TIMELOCK), dir, env)
+}
+
+/// [`start_timelock_in`] with another build of the server (the `ALT_BIN` targets).
+fn start_binary_in(
+    binary: &Path,
+    dir: tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Server, Duration)> {
     let port_file = dir.path().join("port");
     let _ = std::fs::remove_file(&port_file);
     let started = Instant::now();
-    let mut command = Command::new(TIMELOCK);
+    let mut command = Command::new(binary);
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -671,7 +684,31 @@ enum Kind {
     TlTs,
     StartTransaction,
     LockUnlock,
+    /// One of the server's targets against another build of it (`ALT_BIN`), with default
+    /// settings: a change measured on and off in one run.
+    Alt(AltOf),
     Peer(PeerKind),
+}
+
+/// What an [`Kind::Alt`] target loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AltOf {
+    Fresh,
+    StartTransaction,
+    LockUnlock,
+}
+
+impl AltOf {
+    const ALL: [AltOf; 3] = [AltOf::Fresh, AltOf::StartTransaction, AltOf::LockUnlock];
+
+    /// The target of this server's own build that it is compared with.
+    fn base(self) -> Kind {
+        match self {
+            AltOf::Fresh => Kind::Fresh,
+            AltOf::StartTransaction => Kind::StartTransaction,
+            AltOf::LockUnlock => Kind::LockUnlock,
+        }
+    }
 }
 
 impl Kind {
@@ -691,7 +728,16 @@ impl Kind {
             Kind::TlTs => "timelock /tl/ts (1)".into(),
             Kind::StartTransaction => "timelock /tl/st (1 transaction)".into(),
             Kind::LockUnlock => "timelock /tl/l + /tl/ul2 (per request)".into(),
+            Kind::Alt(of) => format!("{} (ALT_BIN build)", of.base().label()),
             Kind::Peer(p) => p.label().to_string(),
+        }
+    }
+
+    /// The kind whose requests and checks this target uses.
+    fn load(self) -> Kind {
+        match self {
+            Kind::Alt(of) => of.base(),
+            kind => kind,
         }
     }
 
@@ -708,6 +754,7 @@ impl Kind {
             Kind::TlTs => "tl/ts".into(),
             Kind::StartTransaction => "tl/st".into(),
             Kind::LockUnlock => "lock+unlock".into(),
+            Kind::Alt(of) => format!("{}-alt", of.base().short()),
             Kind::Peer(p) => p.label().to_string(),
         }
     }
@@ -769,7 +816,7 @@ impl Conn {
                 last: i64::MIN,
             });
         }
-        let fixed = match target.kind {
+        let fixed = match target.kind.load() {
             Kind::Ceiling
             | Kind::CeilingHyper
             | Kind::Fresh
@@ -787,7 +834,7 @@ impl Conn {
         };
         // Per connection: its own lock descriptor, and a requestor id derived from it.
         let descriptor = base64_of(&format!("row-{tag}-{index}"));
-        let (request, unlock) = match target.kind {
+        let (request, unlock) = match target.kind.load() {
             Kind::StartTransaction | Kind::CeilingStart => (
                 Template::new(
                     ST_PATH,
@@ -812,7 +859,7 @@ impl Conn {
         Ok(Conn::Http {
             http: Http::connect_with(target.addr.expect("http target"), target.tls.as_ref())
                 .await?,
-            kind: target.kind,
+            kind: target.kind.load(),
             last: i64::MIN,
             pending: Vec::new(),
             locked: false,
@@ -1254,6 +1301,29 @@ async fn run(options: Options) -> anyhow::Result<()> {
             tls: None,
         });
     }
+    // `ALT_BIN=path`: the same three loads against another build of the server, each round
+    // beside this build's, so that a change (a transport wrapper replaced by the library's, say)
+    // is measured on and off in one run.
+    let alt = match std::env::var_os("ALT_BIN") {
+        Some(path) => Some(start_binary_in(
+            Path::new(&path),
+            tempfile::tempdir_in(bench_dir())?,
+            &[],
+        )?),
+        None => None,
+    };
+    if let Some((server, _)) = &alt {
+        for of in AltOf::ALL {
+            targets.push(Target {
+                kind: Kind::Alt(of),
+                addr: Some(server.addr),
+                pids: vec![server.pid()],
+                durability: "as this build".into(),
+                peer: None,
+                tls: None,
+            });
+        }
+    }
     // The same fresh-timestamp load against the deployments people run: TLS, access control
     // and a cluster leader, each a server of its own, compared with `fresh` round by round.
     let variants = Variants::start().await?;
@@ -1366,8 +1436,23 @@ async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
 
+    let mut alt_ratios = serde_json::Map::new();
+    for of in AltOf::ALL {
+        let (alt, base) = (Kind::Alt(of).short(), of.base().short());
+        if let Some((median, min, max)) = ratio_between(&windows, &alt, &base, options.rounds) {
+            println!(
+                "{alt} against {base} (ALT_BIN build over this one, median of per-round ratios): **{median:.3}** ({min:.2}–{max:.2})"
+            );
+            alt_ratios.insert(
+                alt,
+                serde_json::json!({"median": median, "min": min, "max": max}),
+            );
+        }
+    }
+
     let mut report = serde_json::json!({
         "machine": machine(),
+        "alt_to_this_build": alt_ratios,
         "variants_to_fresh": variant_ratios,
         "connections": options.connections,
         "window_ms": options.window.as_millis() as u64,
@@ -1407,6 +1492,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
+    drop(alt);
     drop(variants);
     drop(timelock);
     drop(ceiling);
