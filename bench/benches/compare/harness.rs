@@ -994,7 +994,9 @@ impl Conn {
                             values: None,
                         });
                     }
-                    Kind::Peer(_) => unreachable!("peers are not HTTP"),
+                    Kind::Peer(_) | Kind::Alt(_) => {
+                        unreachable!("peers are not HTTP; alt connections load their base kind")
+                    }
                 };
                 ensure!(lo > *last, "{lo} after {last} on one connection");
                 *last = hi;
