@@ -4,7 +4,7 @@
 //!
 //! * [`server`] — wiring: builds every layer from the settings, binds, runs the accept loop,
 //!   schedules backups, shuts down gracefully.
-//! * [`transport`] — connections before HTTP: TLS, the header-read deadline, the drain.
+//! * [`transport`] — connections before HTTP: TLS and the self-waking poll.
 //! * [`http`] — the AtlasDB wire contract (legacy `/{ns}/...` and Conjure `/tl/...` paths):
 //!   routes, decoding and validation, access control, load shedding, and the single place where
 //!   [`error::TimelockError`] becomes an HTTP response.

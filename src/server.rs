@@ -454,8 +454,14 @@ impl ConnectionPolicy {
 /// header-read timeout: a client that does not send a complete request head within
 /// `header_read_timeout` (a slowloris, or a silent or idle connection) is disconnected, so
 /// sockets and memory cannot be pinned for ever. Beyond `max_connections` open connections a
-/// new one is answered 429 and closed (see [`refuse_connection`]; with TLS, closed at once). Accept errors (out of file
-/// descriptors, say) are logged and retried after a pause instead of ending the server.
+/// new one is answered 429 and closed (see [`refuse_connection`]; with TLS, closed at once).
+/// Accept errors (out of file descriptors, say) are logged and retried after a pause instead of
+/// ending the server.
+///
+/// The header-read timeout runs on tokio's timer and graceful shutdown is hyper-util's: our own
+/// versions of both were measured end to end against these and their gain did not stand clear
+/// of the run-to-run spread (docs/performance.md, "Transport"). The self-waking poll
+/// ([`crate::transport::self_wake`]) did, on every request with a body, and stays.
 async fn accept_loop(
     listener: TcpListener,
     router: Dispatch,
@@ -463,23 +469,15 @@ async fn accept_loop(
     tls: Option<Arc<crate::transport::tls::TlsSource>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    use crate::transport::head_timeout::{watched, HeadTimer};
     use crate::transport::self_wake::repolled;
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.header_read_timeout(policy.header_read_timeout)
+        .timer(TokioTimer::new())
         .keep_alive(true);
-    // The header-read timeout's timer, per connection (see `head_timeout`).
-    let timed = move |http: &hyper::server::conn::http1::Builder| {
-        let timer = HeadTimer::new();
-        let mut http = http.clone();
-        http.timer(timer.clone());
-        (http, timer)
-    };
-    let period = policy.header_read_timeout;
-    let graceful = crate::transport::drain::Drain::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = policy.slots.clone();
     let shed_connections = policy.guard.shed.with_label_values(&["connections"]);
     tokio::pin!(shutdown);
@@ -510,14 +508,10 @@ async fn accept_loop(
         open.inc();
         let Some(tls) = &tls else {
             let service = TowerToHyperService::new(router.clone());
-            let (http, timer) = timed(&http);
-            let connection = repolled(watched(
-                graceful.watch(http.serve_connection(TokioIo::new(tcp), service)),
-                &timer,
-                period,
-            ));
+            let connection =
+                repolled(graceful.watch(http.serve_connection(TokioIo::new(tcp), service)));
             tokio::spawn(async move {
-                let _ = connection.await;
+                let _ = repolled(connection).await;
                 open.dec();
                 drop(slot);
             });
@@ -529,7 +523,7 @@ async fn accept_loop(
         let (http, router) = (http.clone(), router.clone());
         let handshake_deadline = policy.header_read_timeout;
         // Counted as open from now: shutdown waits for the handshake as for a request.
-        let hold = graceful.hold();
+        let hold = graceful.watcher();
         tokio::spawn(async move {
             if let Ok(Ok(stream)) =
                 tokio::time::timeout(handshake_deadline, acceptor.accept(tcp)).await
@@ -554,11 +548,10 @@ async fn accept_loop(
                         },
                     )
                     .service(router);
-                let (http, timer) = timed(&http);
                 let connection = hold.watch(
                     http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
                 );
-                let _ = repolled(watched(connection, &timer, handshake_deadline)).await;
+                let _ = connection.await;
             }
             open.dec();
             drop(slot);
