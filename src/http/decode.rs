@@ -8,7 +8,7 @@
 //! is a visible share of the request's work in profiles. These bodies are small and always
 //! shaped alike (Jackson writes them compactly, fields in declaration order).
 //!
-//! How it stays right: [`FastDecode::decode_fast`] accepts only a strict subset of JSON — ASCII
+//! How it stays right: [`Decode::decode_fast`] accepts only a strict subset of JSON — ASCII
 //! only, no escapes, integers without fraction or exponent, each known field at most once and
 //! no unknown ones — and answers `None` for anything else, which then goes to serde unchanged
 //! (so every error message, and every unusual but valid body, is serde's). On the subset both
@@ -18,10 +18,28 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 /// A request type with a strict fast decoder (see the module docs).
-pub trait FastDecode: DeserializeOwned {
-    /// The value, if `body` is in the strict subset; `None` means "ask serde".
-    fn decode_fast(body: &[u8]) -> Option<Self>;
+pub trait Decode: DeserializeOwned {
+    /// The value, if `body` is in the strict subset; `None` means "ask serde" (always, for a
+    /// type without a strict decoder).
+    fn decode_fast(_body: &[u8]) -> Option<Self> {
+        None
+    }
 }
+
+/// Request body types decoded by serde alone.
+macro_rules! decoded_by_serde {
+    ($($t:ty),* $(,)?) => { $(impl $crate::http::decode::Decode for $t {})* };
+}
+pub(crate) use decoded_by_serde;
+
+decoded_by_serde!(
+    i64,
+    Vec<String>,
+    Vec<crate::transactions::LockToken>,
+    std::collections::BTreeMap<String, Vec<String>>,
+    std::collections::BTreeMap<String, Vec<Uuid>>,
+    crate::operations::migration::Migration,
+);
 
 /// A cursor over a body in the strict subset.
 pub struct Scanner<'a> {
@@ -249,7 +267,7 @@ fn hex8(x: u64) -> Option<u32> {
 
 /// `["<uuid>", ...]`: lock tokens (`/tl/ul2`, `/tl/rl2`; a start-transactions client releases
 /// its immutable-timestamp locks 64 at a time).
-impl FastDecode for Vec<Uuid> {
+impl Decode for Vec<Uuid> {
     fn decode_fast(body: &[u8]) -> Option<Self> {
         let mut s = Scanner::new(body);
         // 39 bytes per quoted token and comma.

@@ -29,6 +29,7 @@ use axum::body::HttpBody;
 use axum::extract::{RawQuery, State};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use super::extract::{read_body, BodyReader, Buffered, FromBody, NsName};
@@ -88,6 +89,35 @@ impl Hot {
     fn timed(self) -> bool {
         !matches!(self, Hot::Lock | Hot::UnlockV2 | Hot::RefreshV2)
     }
+
+    /// The endpoint as the router serves it: the same handler as [`serve`] calls directly
+    /// (legacy fresh timestamps also answer `GET`, as TimeLock's do).
+    fn method_router(self) -> MethodRouter<AppState> {
+        use super::{lock, timestamp, transactions};
+        match self {
+            Hot::FreshTimestamp => get(timestamp::fresh_timestamp).post(timestamp::fresh_timestamp),
+            Hot::FreshTimestamps => {
+                get(timestamp::fresh_timestamps).post(timestamp::fresh_timestamps)
+            }
+            Hot::ConjureTimestamps => post(timestamp::conjure_fresh_timestamps),
+            Hot::StartTransactions => post(transactions::start_transactions),
+            Hot::CommitTimestamps => post(transactions::commit_timestamps),
+            Hot::Lock => post(lock::conjure_lock),
+            Hot::UnlockV2 => post(lock::conjure_unlock_v2),
+            Hot::RefreshV2 => post(lock::conjure_refresh_v2),
+        }
+    }
+}
+
+/// The hot endpoints as router routes, the timed or the untimed ones ([`Hot::timed`]): each
+/// declared once, in [`Hot`], for the router and for direct dispatch alike.
+pub(super) fn hot_routes(timed: bool) -> Router<AppState> {
+    Hot::ALL
+        .iter()
+        .filter(|hot| hot.timed() == timed)
+        .fold(Router::new(), |router, hot| {
+            router.route(hot.template(), hot.method_router())
+        })
 }
 
 /// First path segments of fixed routes: a legacy `/{ns}/...` path whose namespace is one of
@@ -154,7 +184,7 @@ fn namespace_of(hot: Hot, path: &str) -> &str {
 type Handled = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// An endpoint whose handler takes its body: the body read from hyper's body directly and
-/// decoded as the handler's `JsonBody`/`FastJsonBody` extractor decodes it, then the handler
+/// decoded as the handler's `JsonBody` extractor decodes it, then the handler
 /// called with the extractor values the router would build.
 fn with_body<E, B, H, F, R>(
     state: AppState,

@@ -10,6 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::decode::Decode;
 use super::AppState;
 use crate::error::TimelockError;
 
@@ -42,13 +43,16 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     }
 }
 
-/// A JSON request body decoded as `T`, at most `server.max_body_bytes` long (413 beyond).
+/// A JSON request body decoded as `T`, at most `server.max_body_bytes` long (413 beyond): the
+/// one body extractor. `T` says how it is decoded ([`Decode`]): by its strict hand-written
+/// decoder where it has one, by serde otherwise and for every body outside the strict subset,
+/// with the same answers either way.
 ///
 /// The limit is enforced here, where a body is read, rather than by a router-wide layer that
 /// would wrap every route (the body-less timestamp hot path included).
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T: Decode> FromRequest<AppState> for JsonBody<T> {
     type Rejection = TimelockError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -72,31 +76,12 @@ where
     E::from_bytes(&bytes)
 }
 
-impl<T: DeserializeOwned> FromBody for JsonBody<T> {
-    fn from_bytes(bytes: &[u8]) -> Result<Self, TimelockError> {
-        from_json(bytes).map(JsonBody)
-    }
-}
-
-impl<T: super::decode::FastDecode> FromBody for FastJsonBody<T> {
+impl<T: Decode> FromBody for JsonBody<T> {
     fn from_bytes(bytes: &[u8]) -> Result<Self, TimelockError> {
         match T::decode_fast(bytes) {
-            Some(value) => Ok(FastJsonBody(value)),
-            None => from_json(bytes).map(FastJsonBody),
+            Some(value) => Ok(JsonBody(value)),
+            None => from_json(bytes).map(JsonBody),
         }
-    }
-}
-
-/// Like [`JsonBody`], for request types with a strict hand-written decoder
-/// ([`super::decode::FastDecode`]); bodies outside its subset are decoded by serde as
-/// [`JsonBody`] does, with the same errors.
-pub struct FastJsonBody<T>(pub T);
-
-impl<T: super::decode::FastDecode> FromRequest<AppState> for FastJsonBody<T> {
-    type Rejection = TimelockError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        read_body(req.into_body(), state.max_body_bytes).await
     }
 }
 

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
-use super::decode::{once, FastDecode, Scanner};
-use super::extract::{FastJsonBody, JsonBody, NsName};
+use super::decode::{decoded_by_serde, once, Decode, Scanner};
+use super::extract::{JsonBody, NsName};
 use super::write::JsonWriter;
 use super::{json, json_number, no_content, AppState};
 use crate::error::TimelockError;
@@ -26,14 +26,14 @@ use crate::lock::{Lease, LockOutcome};
 use crate::namespaces::{validate_name, validate_names, Namespace};
 use crate::transactions::LockToken;
 
+// Request bodies decoded by serde alone (see `JsonBody`).
+decoded_by_serde!(TokensRequest, StartWatchingRequest, LegacyLockRequest);
+
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/tl/l/{ns}", post(conjure_lock))
         .route("/tl/wl/{ns}", post(conjure_wait_for_locks))
         .route("/tl/rl/{ns}", post(conjure_refresh))
-        .route("/tl/rl2/{ns}", post(conjure_refresh_v2))
         .route("/tl/ul/{ns}", post(conjure_unlock))
-        .route("/tl/ul2/{ns}", post(conjure_unlock_v2))
         .route("/tl/lt/{ns}", post(leader_time))
         .route("/lw/sw/{ns}", post(start_watching))
         .route("/lw/diagnostics/logState/{ns}", post(log_state))
@@ -83,7 +83,7 @@ pub struct ConjureLockRequest {
 /// The strict decoder (see [`super::decode`]): the three fields, each once, descriptors as
 /// base64 strings without escapes. Anything else, an unknown field or a descriptor that is not
 /// valid base64 among them, goes to serde, which decides (and words every error).
-impl FastDecode for ConjureLockRequest {
+impl Decode for ConjureLockRequest {
     fn decode_fast(body: &[u8]) -> Option<Self> {
         let mut s = Scanner::new(body);
         let (mut request_id, mut descriptors, mut timeout) = (None, None, None);
@@ -183,7 +183,7 @@ async fn do_lock(
 pub(super) async fn conjure_lock(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    FastJsonBody(request): FastJsonBody<ConjureLockRequest>,
+    JsonBody(request): JsonBody<ConjureLockRequest>,
 ) -> Result<Response, TimelockError> {
     let request_id = request.request_id;
     let outcome = do_lock(&state, &ns, request.into(), false).await?;
@@ -212,7 +212,7 @@ fn conjure_lock_response(request_id: Uuid, outcome: &LockOutcome) -> Response {
 async fn conjure_wait_for_locks(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    FastJsonBody(request): FastJsonBody<ConjureLockRequest>,
+    JsonBody(request): JsonBody<ConjureLockRequest>,
 ) -> Result<Response, TimelockError> {
     let outcome = do_lock(&state, &ns, request.into(), true).await?;
     Ok(json(
@@ -277,7 +277,7 @@ async fn conjure_refresh(
 pub(super) async fn conjure_refresh_v2(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    FastJsonBody(request): FastJsonBody<Vec<Uuid>>,
+    JsonBody(request): JsonBody<Vec<Uuid>>,
 ) -> Result<Response, TimelockError> {
     let (refreshed, lease) = do_refresh(&state, &ns, &request).await?;
     Ok(json(&RefreshResponse {
@@ -298,7 +298,7 @@ async fn conjure_unlock(
 pub(super) async fn conjure_unlock_v2(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    FastJsonBody(request): FastJsonBody<Vec<Uuid>>,
+    JsonBody(request): JsonBody<Vec<Uuid>>,
 ) -> Result<Response, TimelockError> {
     let unlocked = do_unlock(&state, &ns, &request).await?;
     let mut w = JsonWriter::with_capacity(unlocked.len() * 39 + 2);

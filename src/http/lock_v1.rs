@@ -29,6 +29,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use super::decode::decoded_by_serde;
 use super::extract::{JsonBody, NsName};
 use super::lock::LegacyDescriptor;
 use super::routing::speaks_new_protocol;
@@ -59,6 +60,16 @@ impl From<&LockV1Settings> for V1Limits {
         }
     }
 }
+
+// Request bodies decoded by serde alone (see `JsonBody`).
+decoded_by_serde!(
+    ConjureLockV1Request,
+    WireLockRequest,
+    TokenRef,
+    Vec<TokenRef>,
+    GrantRef,
+    LegacyDescriptor
+);
 
 pub fn routes() -> Router<AppState> {
     let mut router = Router::new()

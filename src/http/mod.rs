@@ -150,12 +150,18 @@ fn build(state: AppState, settings: &Settings) -> (Router, direct::DirectLayers)
         Router::new()
             .merge(
                 Router::new()
+                    .merge(direct::hot_routes(true))
                     .merge(timestamp::routes())
                     .merge(management::routes())
                     .merge(transactions::routes())
                     .route_layer(timed_client.clone()),
             )
-            .merge(lock::routes().route_layer(untimed_client.clone()))
+            .merge(
+                Router::new()
+                    .merge(direct::hot_routes(false))
+                    .merge(lock::routes())
+                    .route_layer(untimed_client.clone()),
+            )
             // v1 lock requests are cut off by `lock_v1.blocking_timeout_ms` instead.
             .merge(lock_v1::routes().route_layer(untimed_client.clone()))
             .merge(ops::routes().route_layer(timed.clone()))

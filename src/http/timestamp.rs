@@ -12,22 +12,18 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
+use super::decode::decoded_by_serde;
 use super::extract::{required_i64, JsonBody, NsName};
 use super::write::two_numbers;
 use super::{json_number, AppState};
 use crate::error::TimelockError;
 use crate::timestamp::validate_count;
 
+// Request bodies decoded by serde alone (see `JsonBody`).
+decoded_by_serde!(GetFreshTimestampsRequest);
+
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/{ns}/timestamp/fresh-timestamp",
-            get(fresh_timestamp).post(fresh_timestamp),
-        )
-        .route(
-            "/{ns}/timestamp/fresh-timestamps",
-            get(fresh_timestamps).post(fresh_timestamps),
-        )
         .route(
             "/{ns}/timelock/fresh-timestamp",
             get(fresh_timestamp).post(fresh_timestamp),
@@ -36,7 +32,6 @@ pub fn routes() -> Router<AppState> {
             "/{ns}/timelock/fresh-timestamps",
             get(fresh_timestamps).post(fresh_timestamps),
         )
-        .route("/tl/ts/{ns}", post(conjure_fresh_timestamps))
         .route("/tl/t2/{ns}", post(conjure_fresh_timestamps_v2))
         .route("/tl/ts1/{ns}", post(fresh_timestamp))
 }

@@ -15,8 +15,8 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::decode::{once, FastDecode, Scanner};
-use super::extract::{FastJsonBody, JsonBody, NsName};
+use super::decode::{decoded_by_serde, once, Decode, Scanner};
+use super::extract::{JsonBody, NsName};
 use super::{json, json_number, AppState};
 use crate::error::TimelockError;
 use crate::lock::watch::IdentifiedVersion;
@@ -28,10 +28,18 @@ use crate::transactions::{self, PartitionedTimestamps, StartTransactionsResponse
 /// Lease names reserved for the immutable timestamp (TimeLock's `TimestampLeaseName`).
 const RESERVED_LEASE_PREFIX: &str = "ImmutableTimestamp";
 
+// Request bodies decoded by serde alone (see `JsonBody`).
+decoded_by_serde!(
+    CommitTimestampsRequest,
+    CommitTimestampRequest,
+    IdentifiedRequest,
+    BTreeMap<String, StartTransactionsRequest>,
+    BTreeMap<String, CommitTimestampsRequest>,
+    BTreeMap<String, Vec<TimestampLeaseRequest>>,
+);
+
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/tl/st/{ns}", post(start_transactions))
-        .route("/tl/gct/{ns}", post(commit_timestamps))
         .route("/tl/g1ct/{ns}", post(commit_timestamp))
         .route("/tl/multi/lts", post(multi_leader_times))
         .route("/tl/multi/sts", post(multi_start_transactions))
@@ -81,7 +89,7 @@ impl StartTransactionsRequest {
     /// The body as AtlasDB's client writes it without a known lock-watch version: these three
     /// fields in this order, compact. Compared as literals instead of scanned key by key
     /// (most of the general decoder's work went on the keys). `None` for anything else, which
-    /// [`FastDecode::decode_fast`] then scans.
+    /// [`Decode::decode_fast`] then scans.
     pub(crate) fn decode_usual(body: &[u8]) -> Option<Self> {
         let mut s = Scanner::new(body);
         s.literal(br#"{"requestId":"#)?;
@@ -101,7 +109,7 @@ impl StartTransactionsRequest {
     }
 }
 
-impl FastDecode for StartTransactionsRequest {
+impl Decode for StartTransactionsRequest {
     fn decode_fast(body: &[u8]) -> Option<Self> {
         if let Some(usual) = Self::decode_usual(body) {
             return Some(usual);
@@ -167,7 +175,7 @@ async fn do_start(
 pub(super) async fn start_transactions(
     State(state): State<AppState>,
     NsName(ns): NsName,
-    FastJsonBody(request): FastJsonBody<StartTransactionsRequest>,
+    JsonBody(request): JsonBody<StartTransactionsRequest>,
 ) -> Result<Response, TimelockError> {
     let r = do_start(&state, &ns, &request).await?;
     Ok(start_response(&r).into_response())
