@@ -26,7 +26,7 @@ WORKDIR /src
 # every crate. The placeholders are removed again before the real build.
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
-COPY benches ./benches
+COPY bench ./bench
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
