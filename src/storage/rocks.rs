@@ -281,6 +281,32 @@ impl BoundStore for RocksStore {
 
 /// Refuses when the file system holding `path` has fewer than `min_free` bytes available to us.
 fn check_free_space(path: &Path, min_free: u64) -> Result<(), StoreError> {
+    free_space_at_least(path, min_free, |available| {
+        format!(
+            "file system of {} has only {available} bytes available (storage.min_free_bytes = {min_free}); refusing to write the bound",
+            path.display()
+        )
+    })
+}
+
+/// Refuses to open the data dir at `path` when its file system has fewer than `min_free`
+/// bytes available (see [`RocksStore::open`]).
+fn check_free_space_to_open(path: &Path, min_free: u64) -> Result<(), StoreError> {
+    free_space_at_least(path, min_free, |available| {
+        format!(
+            "not starting: the file system holding data dir {} has {available} bytes available, below storage.min_free_bytes = {min_free}; opening the data dir on a full disk could crash inside RocksDB. Free space on that file system (or move the data dir to a larger one), then start again",
+            path.display()
+        )
+    })
+}
+
+/// Ok when `min_free` is 0 or at least that many bytes are available at `path`; otherwise the
+/// error `refusal` words for the bytes available.
+fn free_space_at_least(
+    path: &Path,
+    min_free: u64,
+    refusal: impl FnOnce(u64) -> String,
+) -> Result<(), StoreError> {
     if min_free == 0 {
         return Ok(());
     }
@@ -291,31 +317,7 @@ fn check_free_space(path: &Path, min_free: u64) -> Result<(), StoreError> {
         ))
     })?;
     if available < min_free {
-        return Err(StoreError(format!(
-            "file system of {} has only {available} bytes available (storage.min_free_bytes = {min_free}); refusing to write the bound",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses to open the data dir at `path` when its file system has fewer than `min_free`
-/// bytes available (see [`RocksStore::open`]).
-fn check_free_space_to_open(path: &Path, min_free: u64) -> Result<(), StoreError> {
-    if min_free == 0 {
-        return Ok(());
-    }
-    let available = available_bytes(path).map_err(|e| {
-        StoreError(format!(
-            "cannot check free space of data dir {}: {e}",
-            path.display()
-        ))
-    })?;
-    if available < min_free {
-        return Err(StoreError(format!(
-            "not starting: the file system holding data dir {} has {available} bytes available, below storage.min_free_bytes = {min_free}; opening the data dir on a full disk could crash inside RocksDB. Free space on that file system (or move the data dir to a larger one), then start again",
-            path.display()
-        )));
+        return Err(StoreError(refusal(available)));
     }
     Ok(())
 }
