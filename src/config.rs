@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "TIMELOCK";
 
 /// The whole configuration.
+/// The longest header- or body-read deadline accepted (one hour).
+pub const MAX_CLIENT_READ_TIMEOUT_MS: u64 = 3_600_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -574,6 +577,24 @@ impl Settings {
                 "server.max_body_bytes, server.request_timeout_ms, server.header_read_timeout_ms and server.body_read_timeout_ms must be positive".into(),
             );
         }
+        // A deadline for a client's head or body exists to free what a slow client holds; one
+        // beyond an hour frees nothing in practice (and 1e20 would be no deadline at all).
+        for (name, ms) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+        ] {
+            if ms > MAX_CLIENT_READ_TIMEOUT_MS {
+                return invalid(format!(
+                    "{name} ({ms}) must be at most {MAX_CLIENT_READ_TIMEOUT_MS} (one hour)"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -755,6 +776,22 @@ mod tests {
             ClusterSettings::default().serving_window(),
             std::time::Duration::from_millis(2_470)
         );
+    }
+
+    #[test]
+    fn client_read_timeouts_are_bounded() {
+        for (header, body, ok) in [
+            (30_000, 30_000, true),
+            (MAX_CLIENT_READ_TIMEOUT_MS, MAX_CLIENT_READ_TIMEOUT_MS, true),
+            (MAX_CLIENT_READ_TIMEOUT_MS + 1, 30_000, false),
+            (30_000, MAX_CLIENT_READ_TIMEOUT_MS + 1, false),
+            (30_000, u64::MAX, false),
+        ] {
+            let mut s = Settings::default();
+            s.server.header_read_timeout_ms = header;
+            s.server.body_read_timeout_ms = body;
+            assert_eq!(s.validate().is_ok(), ok, "{header} {body}");
+        }
     }
 
     #[test]
