@@ -205,6 +205,20 @@ async fn backup_under_load_then_restore_never_reissues() {
     );
 }
 
+/// `timelock backup create` of a stopped server's data dir, which must succeed; its output.
+fn offline_backup(data: &Path, backups: &Path, name: &str) -> String {
+    ok(&cli(&[
+        "backup",
+        "create",
+        "--data-dir",
+        s(data),
+        "--backup-dir",
+        s(backups),
+        "--name",
+        name,
+    ]))
+}
+
 #[tokio::test]
 async fn restore_refuses_what_it_must_and_keeps_old_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,16 +228,7 @@ async fn restore_refuses_what_it_must_and_keeps_old_data() {
     post(&server, "/ns/timestamp/fresh-timestamps?number=100").await;
     server.terminate();
     // Offline backup of a stopped server's data dir.
-    ok(&cli(&[
-        "backup",
-        "create",
-        "--data-dir",
-        s(&data),
-        "--backup-dir",
-        s(&backups),
-        "--name",
-        "b1",
-    ]));
+    offline_backup(&data, &backups, "b1");
     server.restart();
     post(&server, "/newer/timestamp/fresh-timestamp").await;
 
@@ -636,16 +641,7 @@ async fn two_restores_within_a_second_both_keep_the_old_data() {
     let mut server = TestServer::start(&data, &[]);
     post(&server, "/ns/timestamp/fresh-timestamp").await;
     server.terminate();
-    ok(&cli(&[
-        "backup",
-        "create",
-        "--data-dir",
-        s(&data),
-        "--backup-dir",
-        s(&backups),
-        "--name",
-        "b",
-    ]));
+    offline_backup(&data, &backups, "b");
     let mut asides = Vec::new();
     for _ in 0..3 {
         let out = ok(&restore(&backups, "b", &data, &["--fast-forward-to", "10"]));
@@ -714,16 +710,7 @@ async fn pre_upgrade_backup_metadata_describes_the_old_data() {
         "{shown}"
     );
     // An on-demand backup of current data names this server and format 1.
-    let out = ok(&cli(&[
-        "backup",
-        "create",
-        "--data-dir",
-        s(&data),
-        "--backup-dir",
-        s(&backups),
-        "--name",
-        "now",
-    ]));
+    let out = offline_backup(&data, &backups, "now");
     assert!(
         out.contains("formatVersion: 1")
             && out.contains(&format!("serverVersion: {}", timelock::VERSION)),
