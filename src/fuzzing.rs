@@ -10,8 +10,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::http::lock::{ConjureLockRequest, LegacyDescriptor, LegacyLockRequest, B64};
-use crate::http::{lock, timestamp, transactions};
+use crate::http::wire::lock::{ConjureLockRequest, LegacyDescriptor, LegacyLockRequest, B64};
+use crate::http::wire::{lock, timestamp, transactions};
 use crate::lock::watch::{IdentifiedVersion, LockWatchReference};
 use crate::transactions::LockToken;
 

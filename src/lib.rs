@@ -6,7 +6,8 @@
 //!   schedules backups, shuts down gracefully.
 //! * [`transport`] — connections before HTTP: TLS and the self-waking poll.
 //! * [`http`] — the AtlasDB wire contract (legacy `/{ns}/...` and Conjure `/tl/...` paths):
-//!   routes, decoding and validation, access control, load shedding, and the single place where
+//!   routes and handlers, the wire layer ([`http::wire`]: every body type with its decoder and
+//!   writer), access control, load shedding, and the single place where
 //!   [`error::TimelockError`] becomes an HTTP response.
 //! * [`cluster`] — who serves: a single node, or the leader elected through etcd.
 //! * [`operations`] — backups, restores and migrations of a server's data.

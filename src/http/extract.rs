@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::decode::Decode;
+use super::wire::decode::Decode;
 use super::AppState;
 use crate::error::TimelockError;
 

@@ -24,22 +24,23 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use base64::Engine;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+
 use tokio::sync::Semaphore;
 
-use super::decode::decoded_by_serde;
 use super::extract::{JsonBody, NsName};
-use super::lock::LegacyDescriptor;
 use super::routing::speaks_new_protocol;
-use super::{json, json_bytes, json_number, no_content, AppState};
+use super::wire::lock::LegacyDescriptor;
+use super::wire::lock_v1::{
+    boolean, grant, held_locks_token, lock_response, lock_state, refresh_token,
+    ConjureLockV1Request, GrantRef, LockServerOptionsOut, TokenRef, WireLockRequest,
+};
+use super::{json, json_number, no_content, AppState};
 use crate::config::LockV1Settings;
 use crate::error::TimelockError;
 use crate::lock::v1::{
-    wall_clock_ms, BlockingMode, GrantView, LockGroupBehavior, LockMode, LockRequest, LockResult,
-    LockServiceV1, LockStateView, TimeDuration, TimeUnit, TokenView, MAX_LOCK_TIMEOUT,
-    RANDOM_BIT_COUNT,
+    wall_clock_ms, GrantView, LockGroupBehavior, LockRequest, LockResult, LockServiceV1,
+    TimeDuration, TimeUnit, MAX_LOCK_TIMEOUT, RANDOM_BIT_COUNT,
 };
 
 /// The blocking cut-off, the server-wide pool of lock-request permits, and the clock-drift
@@ -60,16 +61,6 @@ impl From<&LockV1Settings> for V1Limits {
         }
     }
 }
-
-// Request bodies decoded by serde alone (see `JsonBody`).
-decoded_by_serde!(
-    ConjureLockV1Request,
-    WireLockRequest,
-    TokenRef,
-    Vec<TokenRef>,
-    GrantRef,
-    LegacyDescriptor
-);
 
 pub fn routes() -> Router<AppState> {
     let mut router = Router::new()
@@ -138,207 +129,6 @@ impl<S: Send + Sync> FromRequestParts<S> for NsClient {
         let client = params.remove("client").unwrap_or_default();
         Ok(Self { ns, client })
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// JSON shapes
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireLockWithMode {
-    lock_descriptor: LegacyDescriptor,
-    lock_mode: LockMode,
-}
-
-/// `LockRequest` as its `SerializationProxy` reads it; missing fields take the defaults.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WireLockRequest {
-    locks: Vec<WireLockWithMode>,
-    lock_timeout: Option<TimeDuration>,
-    lock_group_behavior: Option<LockGroupBehavior>,
-    blocking_mode: Option<BlockingMode>,
-    blocking_duration: Option<TimeDuration>,
-    version_id: Option<i64>,
-    creating_thread_name: Option<String>,
-}
-
-impl WireLockRequest {
-    fn into_request(self) -> Result<LockRequest, TimelockError> {
-        let locks = self
-            .locks
-            .into_iter()
-            .map(|l| (l.lock_descriptor.bytes.0, l.lock_mode))
-            .collect();
-        LockRequest::new(
-            locks,
-            self.lock_timeout,
-            self.lock_group_behavior,
-            self.blocking_mode,
-            self.blocking_duration,
-            self.version_id,
-            self.creating_thread_name,
-        )
-        .map_err(TimelockError::InvalidArgument)
-    }
-}
-
-/// Any token given back by a client; only `tokenId` matters (`LockRefreshToken`,
-/// `SimpleHeldLocksToken`, `HeldLocksToken` all identify a token by it).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TokenRef {
-    token_id: u128,
-}
-
-/// A `HeldLocksGrant` given back by a client; only `grantId` matters.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GrantRef {
-    grant_id: u128,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConjureLockV1Request {
-    lock_client: String,
-    lock_request: WireLockRequest,
-}
-
-#[derive(Serialize)]
-struct DescriptorOut {
-    bytes: String,
-}
-
-fn descriptor(d: &Bytes) -> DescriptorOut {
-    DescriptorOut {
-        bytes: base64::engine::general_purpose::STANDARD.encode(d),
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ClientOut<'a> {
-    client_id: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockWithModeOut {
-    lock_descriptor: DescriptorOut,
-    lock_mode: LockMode,
-}
-
-fn locks_with_mode(locks: &[(Bytes, LockMode)]) -> Vec<LockWithModeOut> {
-    locks
-        .iter()
-        .map(|(d, m)| LockWithModeOut {
-            lock_descriptor: descriptor(d),
-            lock_mode: *m,
-        })
-        .collect()
-}
-
-/// `HeldLocksToken`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HeldLocksTokenOut<'a> {
-    token_id: u128,
-    client: ClientOut<'a>,
-    creation_date_ms: i64,
-    expiration_date_ms: i64,
-    locks: Vec<LockWithModeOut>,
-    lock_timeout: TimeDuration,
-    version_id: Option<i64>,
-    requesting_thread: &'a str,
-}
-
-fn held_locks_token(t: &TokenView) -> HeldLocksTokenOut<'_> {
-    HeldLocksTokenOut {
-        token_id: t.token_id,
-        client: ClientOut {
-            client_id: &t.client,
-        },
-        creation_date_ms: t.creation_date_ms,
-        expiration_date_ms: t.expiration_date_ms,
-        locks: locks_with_mode(&t.locks),
-        lock_timeout: t.lock_timeout,
-        version_id: t.version_id,
-        requesting_thread: &t.requesting_thread,
-    }
-}
-
-/// `LockRefreshToken` (also Conjure's `ConjureLockRefreshToken`).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockRefreshTokenOut {
-    token_id: u128,
-    expiration_date_ms: i64,
-}
-
-fn refresh_token(t: &TokenView) -> LockRefreshTokenOut {
-    LockRefreshTokenOut {
-        token_id: t.token_id,
-        expiration_date_ms: t.expiration_date_ms,
-    }
-}
-
-/// `HeldLocksGrant` (its `getLocksWithMode` is the `locksWithMode` property).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HeldLocksGrantOut {
-    grant_id: u128,
-    creation_date_ms: i64,
-    expiration_date_ms: i64,
-    locks_with_mode: Vec<LockWithModeOut>,
-    lock_timeout: TimeDuration,
-    version_id: Option<i64>,
-}
-
-fn grant(g: &GrantView) -> HeldLocksGrantOut {
-    HeldLocksGrantOut {
-        grant_id: g.grant_id,
-        creation_date_ms: g.creation_date_ms,
-        expiration_date_ms: g.expiration_date_ms,
-        locks_with_mode: locks_with_mode(&g.locks),
-        lock_timeout: g.lock_timeout,
-        version_id: g.version_id,
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockWithClientOut<'a> {
-    lock_descriptor: DescriptorOut,
-    lock_client: ClientOut<'a>,
-}
-
-/// `LockResponse` (v1).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockResponseOut<'a> {
-    token: Option<HeldLocksTokenOut<'a>>,
-    locks: Vec<LockWithClientOut<'a>>,
-    block_and_release: bool,
-}
-
-fn lock_response(r: &LockResult) -> LockResponseOut<'_> {
-    LockResponseOut {
-        token: r.token.as_ref().map(held_locks_token),
-        locks: r
-            .failed
-            .iter()
-            .map(|(d, c)| LockWithClientOut {
-                lock_descriptor: descriptor(d),
-                lock_client: ClientOut { client_id: c },
-            })
-            .collect(),
-        block_and_release: r.block_and_release,
-    }
-}
-
-fn boolean(value: bool) -> Response {
-    json_bytes(Bytes::from_static(if value { b"true" } else { b"false" }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -611,20 +401,6 @@ async fn min_locked_in_version(
 }
 
 /// `LockServerOptions` as TimeLock's `LockServiceImpl.getLockServerOptions` builds it.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockServerOptionsOut {
-    #[serde(rename = "isStandaloneServer")]
-    is_standalone_server: bool,
-    max_allowed_lock_timeout: TimeDuration,
-    max_allowed_clock_drift: TimeDuration,
-    max_allowed_blocking_duration: TimeDuration,
-    max_normal_lock_age: TimeDuration,
-    random_bit_count: u32,
-    stuck_transaction_timeout: TimeDuration,
-    slow_log_trigger_millis: i64,
-}
-
 async fn lock_server_options(
     State(state): State<AppState>,
     NsName(ns): NsName,
@@ -669,81 +445,6 @@ async fn log_current_state(
     Ok(no_content())
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockHolderOut<'a> {
-    client: ClientOut<'a>,
-    creation_date_ms: i64,
-    expiration_date_ms: i64,
-    num_other_locks_held: usize,
-    version_id: Option<i64>,
-    requesting_thread: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockRequesterOut<'a> {
-    client: ClientOut<'a>,
-    lock_group_behavior: LockGroupBehavior,
-    blocking_mode: BlockingMode,
-    blocking_duration: Option<TimeDuration>,
-    version_id: Option<i64>,
-    requesting_thread: &'a str,
-}
-
-/// `LockState` (`get-debugging-lock-state`).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LockStateOut<'a> {
-    #[serde(rename = "isWriteLocked")]
-    is_write_locked: bool,
-    #[serde(rename = "isFrozen")]
-    is_frozen: bool,
-    exact_current_lock_holders: Vec<ClientOut<'a>>,
-    holders: Vec<LockHolderOut<'a>>,
-    requesters: Vec<LockRequesterOut<'a>>,
-}
-
-fn lock_state(s: &LockStateView) -> LockStateOut<'_> {
-    LockStateOut {
-        is_write_locked: s.is_write_locked,
-        is_frozen: s.is_frozen,
-        exact_current_lock_holders: s
-            .exact_current_lock_holders
-            .iter()
-            .map(|c| ClientOut { client_id: c })
-            .collect(),
-        holders: s
-            .holders
-            .iter()
-            .map(|t| LockHolderOut {
-                client: ClientOut {
-                    client_id: &t.client,
-                },
-                creation_date_ms: t.creation_date_ms,
-                expiration_date_ms: t.expiration_date_ms,
-                num_other_locks_held: t.locks.len().saturating_sub(1),
-                version_id: t.version_id,
-                requesting_thread: &t.requesting_thread,
-            })
-            .collect(),
-        requesters: s
-            .requesters
-            .iter()
-            .map(|r| LockRequesterOut {
-                client: ClientOut {
-                    client_id: &r.client,
-                },
-                lock_group_behavior: r.group,
-                blocking_mode: r.blocking,
-                blocking_duration: r.blocking_duration,
-                version_id: r.version_id,
-                requesting_thread: &r.requesting_thread,
-            })
-            .collect(),
-    }
-}
-
 async fn debugging_lock_state(
     State(state): State<AppState>,
     NsName(ns): NsName,
@@ -756,6 +457,8 @@ async fn debugging_lock_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::wire::lock_v1::LockRefreshTokenOut;
+    use crate::lock::v1::LockMode;
 
     #[test]
     fn token_ids_are_exact_json_integers() {

@@ -14,9 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Router;
 
 use crate::cluster::Leadership;
@@ -26,7 +25,6 @@ use crate::namespaces::Namespaces;
 
 pub mod admin;
 pub mod auth;
-pub mod decode;
 pub mod direct;
 pub mod error;
 pub mod extract;
@@ -38,7 +36,9 @@ pub mod overload;
 pub mod routing;
 pub mod timestamp;
 pub mod transactions;
-pub mod write;
+pub mod wire;
+
+pub use wire::write::{json, json_number, no_content};
 
 /// What every handler can reach. One `Arc`, so handing it to a handler costs one reference
 /// count increment.
@@ -209,31 +209,4 @@ async fn method_not_allowed() -> Response {
         "method not allowed on this endpoint (TimeLock endpoints are POST, except ping and leader-time)"
             .to_string(),
     )
-}
-
-/// A bare JSON number, as TimeLock returns single timestamps.
-pub fn json_number(value: i64) -> Response {
-    let mut buf = itoa::Buffer::new();
-    json_bytes(bytes::Bytes::copy_from_slice(buf.format(value).as_bytes()))
-}
-
-/// Any value as a JSON body.
-pub fn json<T: serde::Serialize>(value: &T) -> Response {
-    json_bytes(bytes::Bytes::from(
-        serde_json::to_vec(value).expect("response serialises"),
-    ))
-}
-
-pub(crate) fn json_bytes(body: bytes::Bytes) -> Response {
-    let mut response = Response::new(Body::from(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// 204 No Content (void endpoints).
-pub fn no_content() -> Response {
-    StatusCode::NO_CONTENT.into_response()
 }

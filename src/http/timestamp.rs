@@ -10,17 +10,13 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
 
-use super::decode::decoded_by_serde;
 use super::extract::{required_i64, JsonBody, NsName};
-use super::write::two_numbers;
+use super::wire::timestamp::GetFreshTimestampsRequest;
+use super::wire::write::two_numbers;
 use super::{json_number, AppState};
 use crate::error::TimelockError;
 use crate::timestamp::validate_count;
-
-// Request bodies decoded by serde alone (see `JsonBody`).
-decoded_by_serde!(GetFreshTimestampsRequest);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -60,12 +56,6 @@ pub(super) async fn fresh_timestamps(
         "upperBound",
         range.upper,
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct GetFreshTimestampsRequest {
-    num_timestamps: i64,
 }
 
 pub(super) async fn conjure_fresh_timestamps(

@@ -12,14 +12,16 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::decode::{decoded_by_serde, once, Decode, Scanner};
 use super::extract::{JsonBody, NsName};
+use super::wire::transactions::{
+    start_response, CommitTimestampRequest, CommitTimestampsRequest, ConjureTimestampRange,
+    IdentifiedRequest, LeaseGuarantee, StartTransactionsRequest, TimestampLeaseRequest,
+    TimestampLeaseResponse, TimestampLeaseResponses,
+};
 use super::{json, json_number, AppState};
 use crate::error::TimelockError;
-use crate::lock::watch::IdentifiedVersion;
 use crate::lock::{LeaderTime, Lease};
 use crate::namespaces::validate_names;
 use crate::timestamp::validate_count;
@@ -27,16 +29,6 @@ use crate::transactions::{self, PartitionedTimestamps, StartTransactionsResponse
 
 /// Lease names reserved for the immutable timestamp (TimeLock's `TimestampLeaseName`).
 const RESERVED_LEASE_PREFIX: &str = "ImmutableTimestamp";
-
-// Request bodies decoded by serde alone (see `JsonBody`).
-decoded_by_serde!(
-    CommitTimestampsRequest,
-    CommitTimestampRequest,
-    IdentifiedRequest,
-    BTreeMap<String, StartTransactionsRequest>,
-    BTreeMap<String, CommitTimestampsRequest>,
-    BTreeMap<String, Vec<TimestampLeaseRequest>>,
-);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -75,86 +67,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct StartTransactionsRequest {
-    request_id: Uuid,
-    requestor_id: Uuid,
-    num_transactions: i64,
-    #[serde(default)]
-    last_known_version: Option<IdentifiedVersion>,
-}
-
-impl StartTransactionsRequest {
-    /// The body as AtlasDB's client writes it without a known lock-watch version: these three
-    /// fields in this order, compact. Compared as literals instead of scanned key by key
-    /// (most of the general decoder's work went on the keys). `None` for anything else, which
-    /// [`Decode::decode_fast`] then scans.
-    pub(crate) fn decode_usual(body: &[u8]) -> Option<Self> {
-        let mut s = Scanner::new(body);
-        s.literal(br#"{"requestId":"#)?;
-        let request_id = s.uuid()?;
-        s.literal(br#","requestorId":"#)?;
-        let requestor_id = s.uuid()?;
-        s.literal(br#","numTransactions":"#)?;
-        let num_transactions = s.i64()?;
-        s.literal(b"}")?;
-        s.end()?;
-        Some(Self {
-            request_id,
-            requestor_id,
-            num_transactions,
-            last_known_version: None,
-        })
-    }
-}
-
-impl Decode for StartTransactionsRequest {
-    fn decode_fast(body: &[u8]) -> Option<Self> {
-        if let Some(usual) = Self::decode_usual(body) {
-            return Some(usual);
-        }
-        let mut s = Scanner::new(body);
-        let (mut request_id, mut requestor_id, mut count) = (None, None, None);
-        let mut last_known: Option<Option<IdentifiedVersion>> = None;
-        s.object(|s, key| match key {
-            b"requestId" => once(&mut request_id, s.uuid()),
-            b"requestorId" => once(&mut requestor_id, s.uuid()),
-            b"numTransactions" => once(&mut count, s.i64()),
-            b"lastKnownVersion" => {
-                let version = if s.null().is_some() {
-                    Some(None)
-                } else {
-                    decode_version(s).map(Some)
-                };
-                once(&mut last_known, version)
-            }
-            _ => None,
-        })?;
-        s.end()?;
-        Some(Self {
-            request_id: request_id?,
-            requestor_id: requestor_id?,
-            num_transactions: count?,
-            last_known_version: last_known.flatten(),
-        })
-    }
-}
-
-/// `{"id":"<uuid>","version":<int>}`, both fields once, nothing else.
-fn decode_version(s: &mut Scanner<'_>) -> Option<IdentifiedVersion> {
-    let (mut id, mut version) = (None, None);
-    s.object(|s, key| match key {
-        b"id" => once(&mut id, s.uuid()),
-        b"version" => once(&mut version, s.i64()),
-        _ => None,
-    })?;
-    Some(IdentifiedVersion {
-        id: id?,
-        version: version?,
-    })
-}
-
 async fn do_start(
     state: &AppState,
     ns: &str,
@@ -181,36 +93,6 @@ pub(super) async fn start_transactions(
     Ok(start_response(&r).into_response())
 }
 
-/// Written by hand, in the field order of the `StartTransactionsResponse` derive; only the
-/// lock-watch update goes through serde.
-fn start_response(r: &StartTransactionsResponse) -> super::write::JsonWriter {
-    let mut w = super::write::JsonWriter::with_capacity(512); // typically 419 bytes: no regrowth
-    w.raw(r#"{"immutableTimestamp":{"immutableTimestamp":"#)
-        .i64(r.immutable_timestamp.immutable_timestamp)
-        .raw(r#","lock":{"requestId":"#)
-        .uuid(&r.immutable_timestamp.lock.request_id)
-        .raw(r#"}},"timestamps":{"start":"#)
-        .i64(r.timestamps.start)
-        .raw(r#","interval":"#)
-        .i64(r.timestamps.interval)
-        .raw(r#","count":"#)
-        .i64(r.timestamps.count)
-        .raw(r#"},"lease":"#)
-        .lease(&r.lease)
-        .raw(r#","lockWatchUpdate":"#)
-        .lock_watch_update(&r.lock_watch_update)
-        .raw("}");
-    w
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct CommitTimestampsRequest {
-    num_timestamps: i64,
-    #[serde(default)]
-    last_known_version: Option<IdentifiedVersion>,
-}
-
 async fn do_commit_timestamps(
     state: &AppState,
     ns: &str,
@@ -228,13 +110,6 @@ pub(super) async fn commit_timestamps(
     JsonBody(request): JsonBody<CommitTimestampsRequest>,
 ) -> Result<Response, TimelockError> {
     Ok(json(&do_commit_timestamps(&state, &ns, &request).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct CommitTimestampRequest {
-    #[serde(default)]
-    last_known_version: Option<IdentifiedVersion>,
 }
 
 async fn commit_timestamp(
@@ -301,40 +176,6 @@ async fn multi_unlock(
         out.insert(name.clone(), namespace.locks().unlock(tokens)?);
     }
     Ok(json(&out))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct TimestampLeaseRequest {
-    request_id: Uuid,
-    num_fresh_timestamps: BTreeMap<String, i64>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LeaseGuarantee {
-    identifier: Uuid,
-    lease: Lease,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct TimestampLeaseResponse {
-    min_leased: i64,
-    fresh_timestamps: ConjureTimestampRange,
-}
-
-#[derive(Serialize)]
-struct ConjureTimestampRange {
-    start: i64,
-    count: i64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct TimestampLeaseResponses {
-    lease_guarantee: LeaseGuarantee,
-    timestamp_lease_responses: BTreeMap<String, TimestampLeaseResponse>,
 }
 
 fn validate_lease_name(name: &str) -> Result<(), TimelockError> {
@@ -420,16 +261,6 @@ async fn multi_min_leased_timestamps(
         out.insert(ns.clone(), per_name);
     }
     Ok(json(&out))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct IdentifiedRequest {
-    request_id: Uuid,
-    #[serde(default)]
-    requestor_id: Option<Uuid>,
-    #[serde(default)]
-    num_transactions: Option<i64>,
 }
 
 async fn legacy_lock_immutable_timestamp(
@@ -533,48 +364,4 @@ async fn legacy_start_v4(
     Ok(json(
         &serde_json::json!({"immutableTimestamp": immutable, "timestamps": timestamps, "lease": lease}),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::lock::clock::IsoDuration;
-    use crate::lock::watch::LockWatchStateUpdate;
-    use crate::transactions::LockImmutableTimestampResponse;
-
-    #[test]
-    fn start_response_matches_serde() {
-        let r = StartTransactionsResponse {
-            immutable_timestamp: LockImmutableTimestampResponse {
-                immutable_timestamp: 90,
-                lock: crate::transactions::LockToken {
-                    request_id: Uuid::new_v4(),
-                },
-            },
-            timestamps: PartitionedTimestamps {
-                start: 113,
-                interval: 16,
-                count: 1,
-            },
-            lease: Lease {
-                leader_time: LeaderTime {
-                    id: Uuid::new_v4(),
-                    current_time: 123_456_789,
-                },
-                validity: IsoDuration(Duration::from_secs(8)),
-            },
-            lock_watch_update: LockWatchStateUpdate::Snapshot {
-                log_id: Uuid::new_v4(),
-                last_known_version: -1,
-                locked: Vec::new(),
-                lock_watches: Vec::new(),
-            },
-        };
-        assert_eq!(
-            start_response(&r).as_str(),
-            serde_json::to_string(&r).unwrap()
-        );
-    }
 }

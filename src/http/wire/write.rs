@@ -6,7 +6,9 @@
 
 use std::cell::Cell;
 
-use axum::response::Response;
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use crate::lock::watch::LockWatchStateUpdate;
@@ -135,7 +137,7 @@ impl JsonWriter {
 
     /// The finished `application/json` response.
     pub fn into_response(self) -> Response {
-        super::json_bytes(bytes::Bytes::from(self.0))
+        json_bytes(bytes::Bytes::from(self.0))
     }
 
     #[cfg(test)]
@@ -187,6 +189,36 @@ fn quoted_hyphenated(id: &Uuid) -> [u8; 38] {
         at += 2;
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// A bare JSON number, as TimeLock returns single timestamps.
+pub fn json_number(value: i64) -> Response {
+    let mut buf = itoa::Buffer::new();
+    json_bytes(bytes::Bytes::copy_from_slice(buf.format(value).as_bytes()))
+}
+
+/// Any value as a JSON body.
+pub fn json<T: serde::Serialize>(value: &T) -> Response {
+    json_bytes(bytes::Bytes::from(
+        serde_json::to_vec(value).expect("response serialises"),
+    ))
+}
+
+pub(crate) fn json_bytes(body: bytes::Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// 204 No Content (void endpoints).
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[cfg(test)]

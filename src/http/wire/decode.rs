@@ -1,7 +1,7 @@
 //! Hand-written decoding of the fixed request shapes of the hottest JSON endpoints (`/tl/st`,
-//! every transaction's start; the lock requests of `/tl/l` and `/tl/wl`, whose decoder lives
-//! with them in `lock.rs`; and the token lists of `/tl/ul2` and `/tl/rl2`, which release and
-//! refresh locks), with serde as the definition and the fallback.
+//! every transaction's start, in [`super::transactions`]; the lock requests of `/tl/l` and
+//! `/tl/wl`, in [`super::lock`]; and the token lists of `/tl/ul2` and `/tl/rl2`, here), with
+//! serde as the definition and the fallback.
 //!
 //! Why: serde_json decodes a start-transactions body generically — each key and string is
 //! scanned for escapes and validated as UTF-8, field names are matched through a visitor — which
@@ -28,7 +28,7 @@ pub trait Decode: DeserializeOwned {
 
 /// Request body types decoded by serde alone.
 macro_rules! decoded_by_serde {
-    ($($t:ty),* $(,)?) => { $(impl $crate::http::decode::Decode for $t {})* };
+    ($($t:ty),* $(,)?) => { $(impl $crate::http::wire::decode::Decode for $t {})* };
 }
 pub(crate) use decoded_by_serde;
 
@@ -293,7 +293,7 @@ pub fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::transactions::StartTransactionsRequest;
+    use super::super::transactions::StartTransactionsRequest;
     use proptest::prelude::*;
 
     fn serde_decode<T: DeserializeOwned>(body: &str) -> Option<T> {
