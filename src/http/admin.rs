@@ -8,6 +8,9 @@
 //! * `PUT /admin/migrations/{id}` — `timelock migrate` reports its state after every step to each
 //!   server involved; `GET /admin/migrations[/{id}]` shows it (state, per-namespace progress,
 //!   direction mapping, which side may be written).
+//! * `GET /admin/status` — what the server is doing now ([`crate::status::Status`]): role and
+//!   leader, every namespace's state, last timestamp, bound and locks, the newest backup, the
+//!   migrations in flight. Answered by every node of a cluster (each about itself).
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
@@ -25,6 +28,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/backups", get(list_backups).post(create_backup))
         .route("/backups/{name}", get(show_backup))
+        .route("/status", get(status))
         .route("/migrations", get(list_migrations))
         .route(
             "/migrations/{id}",
@@ -102,4 +106,26 @@ async fn list_migrations(State(state): State<AppState>) -> Result<Response, Time
     Ok(json(&crate::operations::migration::list(
         &state.migrations_dir,
     )))
+}
+
+/// The status snapshot, taken off the async workers (it lists the backup and migration dirs).
+pub(super) async fn snapshot(state: &AppState) -> Result<crate::status::Status, TimelockError> {
+    let leadership = state.leadership.clone();
+    let backups = state.backups_dir.clone();
+    let migrations = state.migrations_dir.clone();
+    let flags = crate::status::Flags {
+        shutting_down: state
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire),
+        force_killed: state.killed.is_killed(),
+    };
+    tokio::task::spawn_blocking(move || {
+        crate::status::collect(&leadership, &backups, &migrations, flags)
+    })
+    .await
+    .map_err(|e| TimelockError::Internal(format!("status task failed: {e}")))
+}
+
+async fn status(State(state): State<AppState>) -> Result<Response, TimelockError> {
+    Ok(json(&snapshot(&state).await?))
 }
