@@ -83,7 +83,16 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<Option<String>> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .collect();
+        .fold(Vec::new(), |mut all, s| {
+            // The same URL twice is one node, not two that both serve.
+            if !all
+                .iter()
+                .any(|a: &String| a.trim_end_matches('/') == s.trim_end_matches('/'))
+            {
+                all.push(s);
+            }
+            all
+        });
     if servers.is_empty() {
         bail!("--server is empty: give the server's base URL, e.g. http://127.0.0.1:8421");
     }
@@ -190,10 +199,20 @@ async fn gather(client: &Arc<Client>, servers: &[String]) -> Report {
     report
 }
 
+/// How long one node may take to answer: a hung node must not hold up the table (or a
+/// `--watch` refresh) for the client's general 60 s.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn ask(client: &Client, server: &str) -> anyhow::Result<Status> {
-    let body = client
-        .call_admin(Method::GET, server, "admin/status")
+    let call = client.call_admin(Method::GET, server, "admin/status");
+    let body = tokio::time::timeout(ASK_TIMEOUT, call)
         .await
+        .map_err(|_| {
+            anyhow!(
+                "{server} did not answer /admin/status within {} s",
+                ASK_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| {
             let text = format!("{e:#}");
             if text.contains("HTTP 401") || text.contains("HTTP 403") {
@@ -272,7 +291,7 @@ pub fn render(report: &Report) -> String {
             }
             (None, error) => vec![
                 clean(&n.server),
-                "UNREACHABLE".to_string(),
+                "ERROR".to_string(),
                 dash(),
                 dash(),
                 clean(error.as_deref().unwrap_or("no answer")),
@@ -280,17 +299,17 @@ pub fn render(report: &Report) -> String {
         })
         .collect();
     let mut out = table(&["SERVER", "ROLE", "NODE ID", "LEADER", "VERSION"], &rows);
-    let serving: Vec<&str> = report
+    let leaders: Vec<&str> = report
         .nodes
         .iter()
-        .filter(|n| n.status.as_ref().is_some_and(|s| s.node.serves))
+        .filter(|n| n.status.as_ref().is_some_and(|s| s.node.role == "leader"))
         .map(|n| n.server.as_str())
         .collect();
-    if serving.len() > 1 && report.nodes.len() > 1 {
+    if leaders.len() > 1 {
         out.push_str(&format!(
-            "\nWARNING: {} nodes say they serve ({}); only one should",
-            serving.len(),
-            clean(&serving.join(", "))
+            "\nWARNING: {} nodes say they lead ({}); a deposed leader stops serving when its lease lapses: ask again",
+            leaders.len(),
+            clean(&leaders.join(", "))
         ));
     }
     out.push_str("\n\n");

@@ -19,8 +19,11 @@ use axum::Router;
 
 use super::extract::{query_str, JsonBody, PathParam};
 use super::{json, no_content, AppState};
+use std::sync::Arc;
+
 use crate::error::TimelockError;
 use crate::operations::backup::{self, BackupError, BackupType};
+use crate::status::Status;
 
 pub const PREFIX: &str = "/admin";
 
@@ -108,8 +111,29 @@ async fn list_migrations(State(state): State<AppState>) -> Result<Response, Time
     )))
 }
 
-/// The status snapshot, taken off the async workers (it lists the backup and migration dirs).
-pub(super) async fn snapshot(state: &AppState) -> Result<crate::status::Status, TimelockError> {
+/// Serialises status snapshots. Taking one lists two directories on a blocking thread, a pool
+/// the bound writes share: requests arriving together (a page left open in many browsers, a
+/// scanner hitting `/`) queue here, on the async side, and use one blocking thread between them.
+/// A request is answered with a snapshot taken after it arrived, never an older one.
+#[derive(Default)]
+pub struct StatusGate(tokio::sync::Mutex<Option<(std::time::Instant, Arc<Status>)>>);
+
+/// The status snapshot, taken off the async workers (see [`StatusGate`]).
+pub(super) async fn snapshot(state: &AppState) -> Result<Arc<Status>, TimelockError> {
+    let arrived = std::time::Instant::now();
+    let mut last = state.status.0.lock().await;
+    if let Some((taken, status)) = &*last {
+        if *taken >= arrived {
+            return Ok(status.clone());
+        }
+    }
+    let taken = std::time::Instant::now();
+    let status = Arc::new(collect(state).await?);
+    *last = Some((taken, status.clone()));
+    Ok(status)
+}
+
+async fn collect(state: &AppState) -> Result<Status, TimelockError> {
     let leadership = state.leadership.clone();
     let backups = state.backups_dir.clone();
     let migrations = state.migrations_dir.clone();
@@ -127,5 +151,5 @@ pub(super) async fn snapshot(state: &AppState) -> Result<crate::status::Status, 
 }
 
 async fn status(State(state): State<AppState>) -> Result<Response, TimelockError> {
-    Ok(json(&snapshot(&state).await?))
+    Ok(json(&*snapshot(&state).await?))
 }

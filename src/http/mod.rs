@@ -70,6 +70,8 @@ pub struct Shared {
     pub access: Arc<crate::auth::AccessPolicy>,
     /// The legacy (v1) lock service's blocking limit and request permits.
     pub lock_v1: lock_v1::V1Limits,
+    /// One status snapshot taken at a time, shared by the requests that wait for it.
+    pub status: admin::StatusGate,
 }
 
 impl AppState {

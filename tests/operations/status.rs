@@ -362,6 +362,27 @@ async fn cli_table_json_several_servers_and_watch() {
     assert_eq!(namespace(&node["status"], "served")["lastIssued"], 42);
     assert_eq!(node["status"]["lastBackup"]["name"], "before");
 
+    // With the client prefix, the admin route is found at the root; the same URL twice is one
+    // node.
+    let o = cli(
+        &[
+            "status",
+            "--server",
+            &format!("{base}/timelock/api"),
+            "--server",
+            &format!("{base}/timelock/api/"),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).lines().filter(|l| l.starts_with(&base)).count(),
+        1,
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("fenced-ns"), "{}", stdout(&o));
+
     // Several servers, one unreachable: the table still shows what answered, names the node
     // that did not and why, and the exit code says something is wrong.
     let down = closed_port_url();
@@ -372,7 +393,7 @@ async fn cli_table_json_several_servers_and_watch() {
         .lines()
         .find(|l| l.starts_with(&down))
         .unwrap_or_else(|| panic!("{table}"));
-    assert!(down_row.contains("UNREACHABLE"), "{table}");
+    assert!(down_row.contains("ERROR"), "{table}");
     assert!(down_row.contains("cannot reach"), "{table}");
     assert!(table.contains("fenced-ns"), "{table}");
     assert!(stderr(&o).contains("1 of 2 servers"), "{}", stderr(&o));
