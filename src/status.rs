@@ -92,7 +92,8 @@ pub struct NamespaceStatus {
     pub last_issued: i64,
     /// Highest bound known durable: nothing above it has been issued.
     pub durable_bound: i64,
-    /// Lock descriptors held through completed v2 lock requests.
+    /// v2 lock descriptors that have a holder (a request still acquiring the rest of its locks
+    /// counts for those it already holds).
     pub locks_held: usize,
     /// Requests queued on v2 locks.
     pub lock_waiters: usize,
