@@ -19,6 +19,9 @@ use crate::client::{
 };
 use crate::operations::write_file_durably;
 
+mod status;
+pub use status::{run_status, StatusArgs};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "timelock",
@@ -43,6 +46,9 @@ pub enum Command {
     /// Back up, list, inspect, verify and restore the server's own state.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Show what a server or a whole cluster is doing: role and leader, every namespace's
+    /// state, last timestamp, durable bound and locks, the last backup, migrations in flight.
+    Status(StatusArgs),
     /// Check a running server's readiness (exit 0 when ready); used by the Docker HEALTHCHECK.
     Health {
         /// Base URL of the server.

@@ -9,6 +9,9 @@
 //!   routes and handlers, the wire layer ([`http::wire`]: every body type with its decoder and
 //!   writer), access control, load shedding, and the single place where
 //!   [`error::TimelockError`] becomes an HTTP response.
+//! * [`status`] — one snapshot of what the server is doing (role, namespaces, backups,
+//!   migrations), read from the layers below for the admin endpoint, the page at `/` and
+//!   `timelock status`.
 //! * [`cluster`] — who serves: a single node, or the leader elected through etcd.
 //! * [`operations`] — backups, restores and migrations of a server's data.
 //! * the core services, which know nothing of HTTP: [`namespaces`] (the registry, creation on
@@ -38,6 +41,7 @@ pub mod namespaces;
 pub mod operations;
 pub mod partitions;
 pub mod server;
+pub mod status;
 pub mod storage;
 pub mod term_gate;
 pub mod timestamp;

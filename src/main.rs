@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Command::Health { server } => run_health(&server).await.map(Some),
             Command::Backup(command) => timelock::cli::run_backup_command(command).await,
             Command::Migrate(command) => timelock::cli::run_migrate_command(command).await,
+            Command::Status(args) => timelock::cli::run_status(args).await,
         }
     });
     match result {

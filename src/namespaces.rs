@@ -287,6 +287,19 @@ impl Namespaces {
         names
     }
 
+    /// Every namespace with its services, sorted by name (for the status view: one short read
+    /// lock on the map, no lookup per name).
+    pub fn entries(&self) -> Vec<(Arc<str>, Arc<Namespace>)> {
+        let mut all: Vec<(Arc<str>, Arc<Namespace>)> = self
+            .map
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Names of namespaces restored from a backup and not yet fast-forwarded.
     pub fn fenced(&self) -> Vec<String> {
         self.names_where(|ns| ns.timestamps.is_fenced())

@@ -390,6 +390,7 @@ fn app_state(
         killed: Default::default(),
         access: Arc::new(access),
         lock_v1: crate::http::lock_v1::V1Limits::from(&settings.lock_v1),
+        status: Default::default(),
     }))
 }
 

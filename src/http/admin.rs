@@ -8,6 +8,9 @@
 //! * `PUT /admin/migrations/{id}` — `timelock migrate` reports its state after every step to each
 //!   server involved; `GET /admin/migrations[/{id}]` shows it (state, per-namespace progress,
 //!   direction mapping, which side may be written).
+//! * `GET /admin/status` — what the server is doing now ([`crate::status::Status`]): role and
+//!   leader, every namespace's state, last timestamp, bound and locks, the newest backup, the
+//!   migrations in flight. Answered by every node of a cluster (each about itself).
 
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
@@ -16,8 +19,11 @@ use axum::Router;
 
 use super::extract::{query_str, JsonBody, PathParam};
 use super::{json, no_content, AppState};
+use std::sync::Arc;
+
 use crate::error::TimelockError;
 use crate::operations::backup::{self, BackupError, BackupType};
+use crate::status::Status;
 
 pub const PREFIX: &str = "/admin";
 
@@ -25,6 +31,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/backups", get(list_backups).post(create_backup))
         .route("/backups/{name}", get(show_backup))
+        .route("/status", get(status))
         .route("/migrations", get(list_migrations))
         .route(
             "/migrations/{id}",
@@ -102,4 +109,47 @@ async fn list_migrations(State(state): State<AppState>) -> Result<Response, Time
     Ok(json(&crate::operations::migration::list(
         &state.migrations_dir,
     )))
+}
+
+/// Serialises status snapshots. Taking one lists two directories on a blocking thread, a pool
+/// the bound writes share: requests arriving together (a page left open in many browsers, a
+/// scanner hitting `/`) queue here, on the async side, and use one blocking thread between them.
+/// A request is answered with a snapshot taken after it arrived, never an older one.
+#[derive(Default)]
+pub struct StatusGate(tokio::sync::Mutex<Option<(std::time::Instant, Arc<Status>)>>);
+
+/// The status snapshot, taken off the async workers (see [`StatusGate`]).
+pub(super) async fn snapshot(state: &AppState) -> Result<Arc<Status>, TimelockError> {
+    let arrived = std::time::Instant::now();
+    let mut last = state.status.0.lock().await;
+    if let Some((taken, status)) = &*last {
+        if *taken >= arrived {
+            return Ok(status.clone());
+        }
+    }
+    let taken = std::time::Instant::now();
+    let status = Arc::new(collect(state).await?);
+    *last = Some((taken, status.clone()));
+    Ok(status)
+}
+
+async fn collect(state: &AppState) -> Result<Status, TimelockError> {
+    let leadership = state.leadership.clone();
+    let backups = state.backups_dir.clone();
+    let migrations = state.migrations_dir.clone();
+    let flags = crate::status::Flags {
+        shutting_down: state
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire),
+        force_killed: state.killed.is_killed(),
+    };
+    tokio::task::spawn_blocking(move || {
+        crate::status::collect(&leadership, &backups, &migrations, flags)
+    })
+    .await
+    .map_err(|e| TimelockError::Internal(format!("status task failed: {e}")))
+}
+
+async fn status(State(state): State<AppState>) -> Result<Response, TimelockError> {
+    Ok(json(&*snapshot(&state).await?))
 }

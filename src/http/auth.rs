@@ -55,6 +55,7 @@ fn door(template: &str, prefix: &str) -> Door {
     };
     if template.starts_with("/admin/")
         || template == "/admin"
+        || template == "/"
         || template.starts_with("/tl/management/")
         || template.ends_with("/timestamp-management/invalidate")
         || template.ends_with("/timestamp-management/revalidate")
@@ -186,6 +187,10 @@ mod tests {
         let p = "/timelock/api";
         assert_eq!(door("/admin/backups", p), Door::Admin);
         assert_eq!(door("/admin/backups/{name}", p), Door::Admin);
+        assert_eq!(door("/admin/status", p), Door::Admin);
+        // The status page shows every namespace: the admin credential's, like /admin/status.
+        assert_eq!(door("/", p), Door::Admin);
+        assert_eq!(door("/", ""), Door::Admin);
         assert_eq!(door("/tl/management/invalidateResources", p), Door::Admin);
         assert_eq!(
             door("/timelock/api/tl/management/fastForward", p),

@@ -8,7 +8,8 @@
 //! Modules: [`timestamp`] (fresh timestamps, legacy and Conjure), [`management`]
 //! (fast-forward, ping, invalidate/revalidate, `/tl/management`, `/tl/feedback`), [`ops`]
 //! (metrics, health, request metrics middleware), [`overload`] (shedding beyond the in-flight
-//! limit), [`lock`] (v2 locks, lock watches) and [`lock_v1`] (the legacy v1 lock service).
+//! limit), [`lock`] (v2 locks, lock watches) and [`lock_v1`] (the legacy v1 lock service),
+//! [`admin`] (backups, migrations, status) and [`page`] (the status page at `/`).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub mod lock_v1;
 pub mod management;
 pub mod ops;
 pub mod overload;
+pub mod page;
 pub mod routing;
 pub mod timestamp;
 pub mod transactions;
@@ -68,6 +70,8 @@ pub struct Shared {
     pub access: Arc<crate::auth::AccessPolicy>,
     /// The legacy (v1) lock service's blocking limit and request permits.
     pub lock_v1: lock_v1::V1Limits,
+    /// One status snapshot taken at a time, shared by the requests that wait for it.
+    pub status: admin::StatusGate,
 }
 
 impl AppState {
@@ -169,6 +173,12 @@ fn build(state: AppState, settings: &Settings) -> (Router, direct::DirectLayers)
     // Admin routes stay apart from client routes, at the root only, under one prefix that an
     // admin credential can protect.
     let mut router = routes().nest(admin::PREFIX, admin::routes().route_layer(timed.clone()));
+    // The status page, for a person with a browser: the exact root path only (every client
+    // route has at least one segment), behind the admin credential like `/admin`.
+    router = router.route(
+        "/",
+        axum::routing::get(page::page).route_layer(timed.clone()),
+    );
     let prefix = settings.server.path_prefix.as_str();
     if !prefix.is_empty() {
         router = router.nest(prefix, routes());

@@ -444,6 +444,7 @@ mod tests {
             killed: Default::default(),
             access: Default::default(),
             lock_v1: crate::http::lock_v1::V1Limits::from(&crate::config::LockV1Settings::default()),
+            status: Default::default(),
         })
     }
 

@@ -6,10 +6,11 @@
 //! * **503** with no body otherwise (leader unknown, or a legacy client such as `curl`: the
 //!   reverse-migration runbook tells operators that a 503 means "try the other nodes").
 //!
-//! `/metrics` and `/health/*` are answered by every node. A request that started on the leader
-//! but found its term ended (`NotCurrentLeader` from a service) is answered the same way.
-//! Only installed in cluster mode: a single node pays nothing for it. The hot endpoints'
-//! direct dispatch ([`super::direct`]) makes the same check with the same functions.
+//! `/metrics`, `/health/*`, `/admin/status` and the status page `/` are answered by every node.
+//! A request that started on the leader but found its term ended (`NotCurrentLeader` from a
+//! service) is answered the same way. Only installed in cluster mode: a single node pays nothing
+//! for it. The hot endpoints' direct dispatch ([`super::direct`]) makes the same check with the
+//! same functions.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -38,8 +39,12 @@ pub fn speaks_new_protocol(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Whether `path` is an operations endpoint every node answers.
+/// Whether `path` is an operations endpoint every node answers. The status endpoint and page
+/// (at the root only) are each node's report on itself, so a follower answers them too.
 fn answered_by_every_node(path: &str, prefix: &str) -> bool {
+    if path == "/" || path == "/admin/status" {
+        return true;
+    }
     let path = if prefix.is_empty() {
         path
     } else {
@@ -131,13 +136,21 @@ mod tests {
 
     #[test]
     fn operations_endpoints_are_answered_everywhere() {
-        for p in ["/metrics", "/health/ready", "/timelock/api/health/live"] {
+        for p in [
+            "/metrics",
+            "/health/ready",
+            "/timelock/api/health/live",
+            "/",
+            "/admin/status",
+        ] {
             assert!(answered_by_every_node(p, "/timelock/api"), "{p}");
         }
         for p in [
             "/ns/timestamp/fresh-timestamp",
             "/tl/ts/ns",
             "/admin/backups",
+            "/admin/status/x",
+            "/timelock/api/admin/status",
             "/metricsx",
         ] {
             assert!(!answered_by_every_node(p, "/timelock/api"), "{p}");

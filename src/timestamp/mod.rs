@@ -237,6 +237,11 @@ impl TimestampService {
         self.state.load(Ordering::Acquire) == FAILED
     }
 
+    /// Why the service fail-stopped, once it has.
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.failure.get().cloned()
+    }
+
     fn check_state(&self) -> Result<()> {
         self.gate.check()?;
         match self.state.load(Ordering::Acquire) {

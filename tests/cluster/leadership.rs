@@ -851,3 +851,108 @@ async fn a_force_killed_leader_hands_over_and_refuses_clients() {
         .unwrap();
     assert_eq!(ready.status(), 503);
 }
+
+/// The status view of a cluster: every node answers `/admin/status` and the page about itself,
+/// followers included (a follower's `/` is not a 503), and `timelock status` with every node
+/// shows their roles and the leader's namespaces, saying which node answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reports_its_status_and_the_cli_shows_the_cluster() {
+    let cluster = Cluster::start(3, 200).await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let bases = cluster.bases();
+    let leader_base = bases[leader].clone();
+    let ts = http()
+        .post(format!(
+            "{leader_base}/seen/timestamp/fresh-timestamps?number=5"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ts.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, base) in bases.iter().enumerate() {
+        let status = loop {
+            let s: Value = http()
+                .get(format!("{base}/admin/status"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            // Followers learn the leader by polling etcd: wait until they know.
+            if s["node"]["leaderUrl"] == json!(leader_base) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{base}: {s:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status["node"]["nodeId"], format!("node{i}"));
+        if i == leader {
+            assert_eq!(status["node"]["role"], "leader");
+            assert_eq!(status["node"]["serves"], true);
+            assert_eq!(status["namespaces"][0]["name"], "seen");
+            assert_eq!(status["namespaces"][0]["lastIssued"], 5);
+        } else {
+            assert_eq!(status["node"]["role"], "follower");
+            assert_eq!(status["node"]["serves"], false);
+            assert_eq!(status["namespaces"], Value::Null, "{status:#}");
+        }
+        let page = http().get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(page.status(), 200, "{base}/");
+        let html = page.text().await.unwrap();
+        let role = if i == leader { "leader" } else { "follower" };
+        assert!(
+            html.contains(&format!("<span id=\"role\">{role}</span>")),
+            "{html}"
+        );
+    }
+
+    let mut args = vec!["status".to_string()];
+    for base in &bases {
+        args.push("--server".into());
+        args.push(base.clone());
+    }
+    let o = std::process::Command::new(common::BIN)
+        .args(&args)
+        .env_remove("TIMELOCK_TOKEN")
+        .env_remove("TIMELOCK_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (i, base) in bases.iter().enumerate() {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(base.as_str()))
+            .unwrap_or_else(|| panic!("no row for {base}:\n{table}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        if i == leader {
+            assert_eq!(
+                cells[1..4],
+                ["leader", &format!("node{i}"), "(this"],
+                "{table}"
+            );
+        } else {
+            assert_eq!(
+                cells[1..4],
+                ["follower", &format!("node{i}"), leader_base.as_str()],
+                "{table}"
+            );
+        }
+    }
+    assert!(
+        table.contains(&format!("namespaces (from {leader_base}):")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("seen ") && l.contains(" serving ")),
+        "{table}"
+    );
+}

@@ -1,4 +1,4 @@
-//! Operator commands end to end: backups and restores, migrations, and the CLI.
+//! Operator commands end to end: backups and restores, migrations, the CLI, and the status view.
 //!
 //! One test binary per theme: each links the server crate once, and the tests inside run in
 //! parallel like any other test binary's.
@@ -10,3 +10,4 @@ mod backup;
 mod cli;
 mod migrate;
 mod restore_property;
+mod status;
