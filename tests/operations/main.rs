@@ -9,4 +9,5 @@ mod common;
 mod backup;
 mod cli;
 mod migrate;
+mod monitoring;
 mod restore_property;
