@@ -168,6 +168,9 @@ pub struct ClusterMetrics {
     pub lease_renewal_age: Gauge,
     /// Seconds this leader may still serve without another renewal.
     pub lease_remaining: Gauge,
+    /// The configured lease TTL (`cluster.lease_ttl_secs`), 0 on a single node: what the
+    /// renewal age is compared with.
+    pub lease_ttl: Gauge,
     /// 308 redirects to the leader served by this node.
     pub redirects: IntCounter,
     /// 503s served because this node is not the leader.
@@ -209,6 +212,11 @@ impl ClusterMetrics {
             "Seconds this node may still serve without another lease renewal",
         )
         .expect("metric");
+        let lease_ttl = Gauge::new(
+            "timelock_cluster_lease_ttl_seconds",
+            "The configured etcd lease TTL (cluster.lease_ttl_secs), 0 on a single node",
+        )
+        .expect("metric");
         let redirects = IntCounter::new(
             "timelock_cluster_redirects_total",
             "308 redirects to the leader served by this node",
@@ -233,6 +241,7 @@ impl ClusterMetrics {
             Box::new(step_downs.clone()),
             Box::new(lease_renewal_age.clone()),
             Box::new(lease_remaining.clone()),
+            Box::new(lease_ttl.clone()),
             Box::new(redirects.clone()),
             Box::new(not_leader.clone()),
             Box::new(takeover_latency.clone()),
@@ -245,6 +254,7 @@ impl ClusterMetrics {
             step_downs,
             lease_renewal_age,
             lease_remaining,
+            lease_ttl,
             redirects,
             not_leader,
             takeover_latency,

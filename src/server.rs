@@ -131,6 +131,7 @@ impl Server {
         settings.validate()?;
         let cluster = settings.cluster.clone();
         let metrics = Metrics::new();
+        metrics.cluster.lease_ttl.set(cluster.lease_ttl_secs as f64);
         let listener = listen(settings).await?;
         let local = listener.local_addr()?;
         let advertise_url = if cluster.advertise_url.is_empty() {
