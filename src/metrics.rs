@@ -84,8 +84,9 @@ impl BackupMetrics {
         }
     }
 
-    /// Records a successful backup taken at `created_at_unix_ms`; never moves the gauge back
-    /// (an older backup found or made later does not make the newest one older).
+    /// Records a successful backup taken at `created_at_unix_ms`; does not move the gauge back
+    /// for an older backup reported later (two backups finishing at once may still race, off by
+    /// the time between them: not worth a lock).
     pub fn succeeded(&self, created_at_unix_ms: u64) {
         let at = created_at_unix_ms as f64 / 1000.0;
         if at > self.last_success.get() {
