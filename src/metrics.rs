@@ -19,6 +19,12 @@ pub struct Metrics {
     pub bound_write_latency: Histogram,
     pub namespaces: IntGauge,
     pub fail_stopped: IntGauge,
+    /// Namespaces restored from a backup and not yet fast-forwarded (set at each scrape).
+    pub fenced: IntGauge,
+    /// Unix time at which this process first saw its oldest still-fenced namespace fenced, or 0
+    /// when none is (set at each scrape): an alert on `time() - this` needs no `for:` state
+    /// that a Prometheus restart or a flapping count could reset.
+    pub oldest_fence_start: Gauge,
     pub locks_held: IntGauge,
     pub lock_waiters: IntGauge,
     pub lock_acquisitions: IntCounterVec,
@@ -26,6 +32,67 @@ pub struct Metrics {
     pub lock_wait_latency: Histogram,
     pub cluster: ClusterMetrics,
     pub guard: GuardMetrics,
+    pub backup: BackupMetrics,
+}
+
+/// Backups: when the newest one was taken, how often they should be, and what failed.
+#[derive(Clone)]
+pub struct BackupMetrics {
+    /// Unix time of the newest successful backup this server knows of (0: none).
+    pub last_success: Gauge,
+    /// The `backup.schedule` interval in seconds, 0 when there is no schedule.
+    pub schedule: Gauge,
+    /// Backups that failed, by type (`scheduled`, `on_demand`).
+    pub failures: IntCounterVec,
+}
+
+impl BackupMetrics {
+    fn new(registry: &Registry) -> Self {
+        let last_success = Gauge::new(
+            "timelock_last_backup_timestamp_seconds",
+            "Unix time of the newest successful backup in the backups dir (0: none)",
+        )
+        .expect("metric");
+        let schedule = Gauge::new(
+            "timelock_backup_schedule_seconds",
+            "The backup.schedule interval in seconds, 0 when no schedule is configured",
+        )
+        .expect("metric");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "timelock_backup_failures_total",
+                "Backups that failed, by type (scheduled, on_demand)",
+            ),
+            &["type"],
+        )
+        .expect("metric");
+        // Exported at 0 from the start, so rate() and alerts see a series before any failure.
+        for kind in ["scheduled", "on_demand"] {
+            failures.with_label_values(&[kind]);
+        }
+        for m in [
+            Box::new(last_success.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(schedule.clone()),
+            Box::new(failures.clone()),
+        ] {
+            registry.register(m).expect("register metric");
+        }
+        Self {
+            last_success,
+            schedule,
+            failures,
+        }
+    }
+
+    /// Records a successful backup taken at `created_at_unix_ms`; does not move the gauge back
+    /// for an older backup reported later (two backups finishing at once may still race, off by
+    /// the time between them: not worth a lock).
+    pub fn succeeded(&self, created_at_unix_ms: u64) {
+        let at = created_at_unix_ms as f64 / 1000.0;
+        if at > self.last_success.get() {
+            self.last_success.set(at);
+        }
+    }
 }
 
 /// Overload shedding and access control: what was refused, and why.
@@ -102,6 +169,9 @@ pub struct ClusterMetrics {
     pub lease_renewal_age: Gauge,
     /// Seconds this leader may still serve without another renewal.
     pub lease_remaining: Gauge,
+    /// The configured lease TTL (`cluster.lease_ttl_secs`), 0 on a single node: what the
+    /// renewal age is compared with.
+    pub lease_ttl: Gauge,
     /// 308 redirects to the leader served by this node.
     pub redirects: IntCounter,
     /// 503s served because this node is not the leader.
@@ -143,6 +213,11 @@ impl ClusterMetrics {
             "Seconds this node may still serve without another lease renewal",
         )
         .expect("metric");
+        let lease_ttl = Gauge::new(
+            "timelock_cluster_lease_ttl_seconds",
+            "The configured etcd lease TTL (cluster.lease_ttl_secs), 0 on a single node",
+        )
+        .expect("metric");
         let redirects = IntCounter::new(
             "timelock_cluster_redirects_total",
             "308 redirects to the leader served by this node",
@@ -167,6 +242,7 @@ impl ClusterMetrics {
             Box::new(step_downs.clone()),
             Box::new(lease_renewal_age.clone()),
             Box::new(lease_remaining.clone()),
+            Box::new(lease_ttl.clone()),
             Box::new(redirects.clone()),
             Box::new(not_leader.clone()),
             Box::new(takeover_latency.clone()),
@@ -179,6 +255,7 @@ impl ClusterMetrics {
             step_downs,
             lease_renewal_age,
             lease_remaining,
+            lease_ttl,
             redirects,
             not_leader,
             takeover_latency,
@@ -239,6 +316,16 @@ impl Metrics {
             "Timestamp services stopped because their bound could not be made durable",
         )
         .expect("metric");
+        let fenced = IntGauge::new(
+            "timelock_fenced_namespaces",
+            "Namespaces restored from a backup and fenced until fast-forwarded",
+        )
+        .expect("metric");
+        let oldest_fence_start = Gauge::new(
+            "timelock_oldest_fence_start_timestamp_seconds",
+            "Unix time this process first saw its oldest still-fenced namespace fenced, 0 when none is",
+        )
+        .expect("metric");
         let locks_held = IntGauge::new(
             "timelock_locks_held",
             "Lock descriptors currently held (v2 locks)",
@@ -280,6 +367,8 @@ impl Metrics {
             Box::new(bound_write_latency.clone()),
             Box::new(namespaces.clone()),
             Box::new(fail_stopped.clone()),
+            Box::new(fenced.clone()),
+            Box::new(oldest_fence_start.clone()),
             Box::new(locks_held.clone()),
             Box::new(lock_waiters.clone()),
             Box::new(lock_acquisitions.clone()),
@@ -290,6 +379,7 @@ impl Metrics {
         }
         let cluster = ClusterMetrics::new(&registry);
         let guard = GuardMetrics::new(&registry);
+        let backup = BackupMetrics::new(&registry);
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -301,6 +391,8 @@ impl Metrics {
             bound_write_latency,
             namespaces,
             fail_stopped,
+            fenced,
+            oldest_fence_start,
             locks_held,
             lock_waiters,
             lock_acquisitions,
@@ -308,6 +400,7 @@ impl Metrics {
             lock_wait_latency,
             cluster,
             guard,
+            backup,
         }
     }
 

@@ -310,6 +310,26 @@ impl Namespaces {
         self.names_where(|ns| ns.timestamps.is_fail_stopped())
     }
 
+    /// Sets the gauges that describe namespace states (fail-stopped, fenced, the oldest fence)
+    /// from the registry: called per scrape, so they cost the request path nothing.
+    pub fn refresh_state_gauges(&self) {
+        let (mut failed, mut fenced, mut oldest) = (0i64, 0i64, f64::INFINITY);
+        for ns in self.map.read().values() {
+            if ns.timestamps.is_fail_stopped() {
+                failed += 1;
+            }
+            if let Some(since) = ns.timestamps.fenced_since() {
+                fenced += 1;
+                oldest = oldest.min(since);
+            }
+        }
+        self.metrics.fail_stopped.set(failed);
+        self.metrics.fenced.set(fenced);
+        self.metrics
+            .oldest_fence_start
+            .set(if oldest.is_finite() { oldest } else { 0.0 });
+    }
+
     fn names_where(&self, keep: impl Fn(&Namespace) -> bool) -> Vec<String> {
         let mut names: Vec<String> = self
             .map

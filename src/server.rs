@@ -103,6 +103,8 @@ impl Server {
         let metrics = Metrics::new();
         let namespaces = InMemoryApp::registry(settings, store.clone(), &metrics).await?;
         let leadership = Arc::new(Leadership::single(namespaces, metrics.clone()));
+        let backup_schedule = settings.backup.schedule_interval()?;
+        init_backup_metrics(&metrics, &settings.storage_backups_dir(), backup_schedule).await;
         let state = app_state(settings, leadership, store.clone(), metrics)?;
         let service = service(state.clone(), settings);
         let connections = ConnectionPolicy::new(settings, &state.metrics);
@@ -118,10 +120,7 @@ impl Server {
             connections,
             tls,
             plain_listener,
-            backup_schedule: settings
-                .backup
-                .schedule_interval()?
-                .map(|every| (every, settings.backup.keep)),
+            backup_schedule: backup_schedule.map(|every| (every, settings.backup.keep)),
             election: None,
         })
     }
@@ -132,6 +131,7 @@ impl Server {
         settings.validate()?;
         let cluster = settings.cluster.clone();
         let metrics = Metrics::new();
+        metrics.cluster.lease_ttl.set(cluster.lease_ttl_secs as f64);
         let listener = listen(settings).await?;
         let local = listener.local_addr()?;
         let advertise_url = if cluster.advertise_url.is_empty() {
@@ -582,9 +582,40 @@ async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_millis(500), exchange).await;
 }
 
+/// Starts the backup gauges from what is on disk, so a restart does not make the newest
+/// backup look missing (and the age alert fire) until the next one is taken.
+async fn init_backup_metrics(
+    metrics: &Metrics,
+    backups_dir: &std::path::Path,
+    schedule: Option<std::time::Duration>,
+) {
+    metrics
+        .backup
+        .schedule
+        .set(schedule.map_or(0.0, |every| every.as_secs_f64()));
+    let dir = backups_dir.to_path_buf();
+    let listed = tokio::task::spawn_blocking(move || crate::operations::backup::list(&dir)).await;
+    match listed {
+        Ok(Ok(backups)) => {
+            if let Some(newest) = backups.iter().map(|b| b.created_at_unix_ms).max() {
+                metrics.backup.succeeded(newest);
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, dir = %backups_dir.display(), "could not list backups: timelock_last_backup_timestamp_seconds starts at 0")
+        }
+        Err(e) => tracing::warn!(error = %e, "backup listing task failed"),
+    }
+}
+
 /// Takes a `scheduled` backup every `every` and keeps the newest `keep` of them. A failed backup
 /// is logged and retried at the next tick; it never affects serving.
 async fn scheduled_backups(state: AppState, every: std::time::Duration, keep: usize) {
+    let failed = state
+        .metrics
+        .backup
+        .failures
+        .with_label_values(&["scheduled"]);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -598,15 +629,22 @@ async fn scheduled_backups(state: AppState, every: std::time::Duration, keep: us
                 |t| store.checkpoint(t),
             )?;
             let pruned = crate::operations::backup::prune_scheduled(&dir, keep)?;
-            Ok::<_, crate::operations::backup::BackupError>((made.name, pruned))
+            Ok::<_, crate::operations::backup::BackupError>((made, pruned))
         })
         .await;
         match result {
-            Ok(Ok((name, pruned))) => {
-                tracing::info!(backup = %name, ?pruned, "scheduled backup taken")
+            Ok(Ok((made, pruned))) => {
+                state.metrics.backup.succeeded(made.created_at_unix_ms);
+                tracing::info!(backup = %made.name, ?pruned, "scheduled backup taken")
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "scheduled backup failed"),
-            Err(e) => tracing::error!(error = %e, "scheduled backup task failed"),
+            Ok(Err(e)) => {
+                failed.inc();
+                tracing::error!(error = %e, "scheduled backup failed")
+            }
+            Err(e) => {
+                failed.inc();
+                tracing::error!(error = %e, "scheduled backup task failed")
+            }
         }
     }
 }

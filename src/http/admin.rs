@@ -59,8 +59,22 @@ async fn create_backup(
         })
     })
     .await
-    .map_err(|e| TimelockError::Storage(format!("backup task failed: {e}")))?
-    .map_err(to_error)?;
+    .map_err(|e| TimelockError::Storage(format!("backup task failed: {e}")));
+    let backups = &state.metrics.backup;
+    let metadata = match metadata {
+        Ok(Ok(metadata)) => metadata,
+        // A refused name is the caller's mistake, not a failed backup.
+        Ok(Err(e @ BackupError::Invalid(_))) => return Err(to_error(e)),
+        Ok(Err(e)) => {
+            backups.failures.with_label_values(&["on_demand"]).inc();
+            return Err(to_error(e));
+        }
+        Err(e) => {
+            backups.failures.with_label_values(&["on_demand"]).inc();
+            return Err(e);
+        }
+    };
+    backups.succeeded(metadata.created_at_unix_ms);
     Ok(json(&metadata))
 }
 

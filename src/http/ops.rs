@@ -35,6 +35,15 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    match state.namespaces() {
+        Ok(namespaces) => namespaces.refresh_state_gauges(),
+        // No term here (a follower, or no quorum): this node serves no namespace.
+        Err(_) => {
+            state.metrics.fail_stopped.set(0);
+            state.metrics.fenced.set(0);
+            state.metrics.oldest_fence_start.set(0.0);
+        }
+    }
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -220,7 +229,7 @@ impl<S> Tracking<S> {
         let admitted = match &shared.limit {
             Some(limit) => {
                 if let Err(refusal) = limit.admit() {
-                    return TrackingFuture::refused(shared.clone(), refusal);
+                    return TrackingFuture::refused(shared.clone(), refusal, request.method());
                 }
                 true
             }
@@ -275,12 +284,16 @@ impl<F> Drop for TrackingFuture<F> {
 }
 
 impl<F> TrackingFuture<F> {
-    fn refused(shared: Arc<RouteMetrics>, refusal: super::overload::Refusal) -> Self {
+    fn refused(
+        shared: Arc<RouteMetrics>,
+        refusal: super::overload::Refusal,
+        method: &Method,
+    ) -> Self {
         TrackingFuture {
             inner: None,
             shared,
             started: Instant::now(),
-            method: Method::GET,
+            method: method.clone(),
             deadline: None,
             admitted: false,
             refusal,
@@ -297,7 +310,19 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Ok(this.refusal.response()));
+            // Shed requests count under their route and status too (429, or 503 once
+            // force-killed), so `timelock_http_requests_total` shows every answer given.
+            let response = this.refusal.response();
+            let route = this.shared.route.get().map_or("unmatched", |r| r);
+            let seconds = this.started.elapsed().as_secs_f64();
+            record(
+                &this.shared.metrics,
+                route,
+                &this.method,
+                response.status(),
+                seconds,
+            );
+            return Poll::Ready(Ok(response));
         };
         let response = match Pin::new(inner).poll(cx) {
             Poll::Ready(Ok(response)) => response,

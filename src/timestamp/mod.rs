@@ -165,6 +165,10 @@ pub struct TimestampService {
     metrics: Metrics,
     /// Open while this node's term may serve (always, on a single node; see [`TermGate`]).
     gate: Arc<TermGate>,
+    /// Unix seconds at which this service was built fenced (0 if it was not). The fence itself
+    /// records no time: a restored namespace is fenced from the restart that follows the
+    /// restore, which is when this process builds it.
+    fenced_since: f64,
 }
 
 impl TimestampService {
@@ -201,6 +205,13 @@ impl TimestampService {
             store,
             metrics,
             gate: TermGate::unbounded(),
+            fenced_since: if record.fenced && !record.invalidated {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            } else {
+                0.0
+            },
         }
     }
 
@@ -231,6 +242,12 @@ impl TimestampService {
     /// Restored from a backup and not yet fast-forwarded.
     pub fn is_fenced(&self) -> bool {
         self.state.load(Ordering::Acquire) == FENCED
+    }
+
+    /// Unix seconds since which this process has seen the namespace fenced; `None` unless it
+    /// is fenced now.
+    pub fn fenced_since(&self) -> Option<f64> {
+        self.is_fenced().then_some(self.fenced_since)
     }
 
     pub fn is_fail_stopped(&self) -> bool {
@@ -544,9 +561,9 @@ impl TimestampService {
                     .with_label_values(&["error"])
                     .inc();
                 let _ = self.failure.set(Arc::from(e.0.as_str()));
-                if self.state.swap(FAILED, Ordering::AcqRel) != FAILED {
-                    self.metrics.fail_stopped.inc();
-                }
+                // `timelock_fail_stopped_services` is counted from the registry at each scrape,
+                // so a later term (cluster mode) does not inherit this one's count.
+                self.state.store(FAILED, Ordering::Release);
                 if self.gate.is_leased() {
                     // Cluster mode: the whole term ends (nothing more is served from it) and a
                     // new one, here or on another node, reloads the bounds from etcd.

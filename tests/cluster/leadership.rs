@@ -352,6 +352,8 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
             "{metrics}"
         );
         assert!(metrics.contains("timelock_cluster_not_leader_total 4"));
+        // What TimelockLeaseRenewalSlow compares the renewal age with.
+        assert!(metrics.contains("timelock_cluster_lease_ttl_seconds 2\n"));
     }
     let ready: Value = http()
         .get(format!("{leader_base}/health/ready"))

@@ -95,6 +95,15 @@ async fn requests_beyond_the_in_flight_limit_get_429_with_retry_after_and_servic
     // Observability stays available at the limit.
     assert_eq!(get(&server, "/health/ready").await.status, 200);
     assert!(metric(&server, "timelock_shed_total{limit=\"in_flight\"}").await >= 2.0);
+    // Shed answers are counted by route and status too, where dashboards look for 429s.
+    assert_eq!(
+        metric(
+            &server,
+            r#"timelock_http_requests_total{method="POST",route="/{ns}/timestamp/fresh-timestamp",status="429"}"#
+        )
+        .await,
+        1.0
+    );
 
     // The waiters time out (their own acquireTimeoutMs); the slots come back.
     for waiter in waiters {

@@ -454,6 +454,17 @@ async fn scheduled_backups_are_taken_and_pruned() {
         "on-demand"
     );
     assert!(server.log().contains("scheduled backup taken"));
+    // The backup-age alert's gauge follows scheduled backups too.
+    let newest = all.iter().map(|b| b.created_at_unix_ms).max().unwrap() as f64 / 1000.0;
+    let metrics = get(&server, "/metrics").await.body;
+    let gauge: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("timelock_last_backup_timestamp_seconds "))
+        .expect("gauge exported")
+        .parse()
+        .unwrap();
+    assert!(gauge >= newest, "{gauge} < newest backup {newest}");
+    assert!(metrics.contains("timelock_backup_schedule_seconds 1\n"));
 }
 
 fn restore(backups: &Path, name: &str, data: &Path, extra: &[&str]) -> Output {

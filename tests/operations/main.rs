@@ -9,5 +9,6 @@ mod common;
 mod backup;
 mod cli;
 mod migrate;
+mod monitoring;
 mod restore_property;
 mod status;
