@@ -17,18 +17,24 @@
 //! compared digest to digest, so the secrets are never logged, never printed by `Debug`, and a
 //! comparison's timing says nothing about them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthSettings;
 
-type TokenDigest = [u8; 32];
+/// The SHA-256 digest of a bearer token: the policy holds only these, never the tokens.
+pub type TokenDigest = [u8; 32];
 
-fn digest(token: &str) -> TokenDigest {
+/// The digest a token is known by.
+pub fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
 }
+
+/// The policy's sets and maps: foldhash, seeded at random per map (as [`crate::FastHashMap`]),
+/// since a request can look up three of them.
+type FastHashSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
 /// The identities of the verified client certificate of a connection (subject CN and DNS
 /// names), attached by the TLS listener to every request on it.
@@ -47,8 +53,13 @@ pub struct Credentials<'a> {
 
 impl<'a> Credentials<'a> {
     pub fn new(bearer: Option<&str>, certificate: Option<&'a [String]>) -> Self {
+        Self::with_digest(bearer.map(digest), certificate)
+    }
+
+    /// From a bearer token's digest already computed (see `http::auth::TokenMemo`).
+    pub fn with_digest(bearer: Option<TokenDigest>, certificate: Option<&'a [String]>) -> Self {
         Self {
-            bearer: bearer.map(digest),
+            bearer,
             certificate,
         }
     }
@@ -69,7 +80,7 @@ pub enum Decision {
 struct Grants {
     admin: bool,
     all_namespaces: bool,
-    namespaces: HashSet<String>,
+    namespaces: FastHashSet<String>,
 }
 
 /// The loaded policy; see the module docs.
@@ -77,11 +88,11 @@ struct Grants {
 pub struct AccessPolicy {
     admin_token: Option<TokenDigest>,
     /// Token digest → the namespaces it opens.
-    namespace_tokens: HashMap<TokenDigest, HashSet<String>>,
+    namespace_tokens: crate::FastHashMap<TokenDigest, FastHashSet<String>>,
     /// Namespaces that need a token.
-    protected: HashSet<String>,
+    protected: FastHashSet<String>,
     /// Certificate identity → grants. Empty: certificates grant nothing by themselves.
-    identities: HashMap<String, Grants>,
+    identities: crate::FastHashMap<String, Grants>,
 }
 
 impl std::fmt::Debug for AccessPolicy {

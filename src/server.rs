@@ -508,7 +508,7 @@ async fn accept_loop(
         let open = policy.guard.connections.clone();
         open.inc();
         let Some(tls) = &tls else {
-            let service = TowerToHyperService::new(router.clone());
+            let service = TowerToHyperService::new(router.for_connection());
             let connection =
                 repolled(graceful.watch(http.serve_connection(TokioIo::new(tcp), service)));
             tokio::spawn(async move {
@@ -521,7 +521,7 @@ async fn accept_loop(
         // TLS: the handshake runs in the connection's own task (a slow client cannot stall
         // the accept loop) and must finish within the header-read timeout.
         let acceptor = tls.acceptor();
-        let (http, router) = (http.clone(), router.clone());
+        let (http, router) = (http.clone(), router.for_connection());
         let handshake_deadline = policy.header_read_timeout;
         // Counted as open from now: shutdown waits for the handshake as for a request.
         let hold = graceful.watcher();

@@ -18,7 +18,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{AccessPolicy, CertificateIdentity, Credentials, Decision};
+use crate::auth::{AccessPolicy, CertificateIdentity, Credentials, Decision, TokenDigest};
 use crate::error::TimelockError;
 use crate::metrics::GuardMetrics;
 
@@ -146,15 +146,41 @@ pub async fn authorize(
     }
 }
 
+/// One connection's last bearer token and its digest. A client sends the same token on every
+/// request of a keep-alive connection, so its digest is computed once per connection instead
+/// of once per request. Only tokens this connection sent are compared with each other, so the
+/// comparison's timing tells a client nothing about anyone else's token.
+#[derive(Default)]
+pub struct TokenMemo(parking_lot::Mutex<Option<(Box<str>, TokenDigest)>>);
+
+impl TokenMemo {
+    fn digest(&self, token: &str) -> TokenDigest {
+        let mut last = self.0.lock();
+        match &*last {
+            Some((seen, digest)) if **seen == *token => *digest,
+            _ => {
+                let digest = crate::auth::digest(token);
+                *last = Some((token.into(), digest));
+                digest
+            }
+        }
+    }
+}
+
 /// The direct dispatch's check of a hot endpoint (a `{ns}` route): the same decision as
 /// [`authorize`] makes for [`Door::Namespace`], from the same credentials, and the same refusal.
 pub(super) fn refuse_namespace<B>(
     guard: &AuthGuard,
     request: &axum::http::Request<B>,
     ns: &str,
+    memo: Option<&TokenMemo>,
 ) -> Option<Response> {
     let certificate = request.extensions().get::<CertificateIdentity>();
-    let credentials = Credentials::new(bearer_of(request.headers()), certificate.map(|c| &*c.0));
+    let bearer = bearer_of(request.headers()).map(|token| match memo {
+        Some(memo) => memo.digest(token),
+        None => crate::auth::digest(token),
+    });
+    let credentials = Credentials::with_digest(bearer, certificate.map(|c| &*c.0));
     match guard.policy_source.authorize_namespace(ns, &credentials) {
         Decision::Allow => None,
         refused => Some(refuse(guard, refused)),

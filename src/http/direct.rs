@@ -286,7 +286,12 @@ impl Guards {
     /// The answer that ends the request before its handler, if any: a non-leader's 308 or 503,
     /// or access control's 401 or 403. `ns` is the route's namespace: [`classify`] matched only
     /// plain segments, so it is what the router's percent-decoded `{ns}` would be.
-    fn refuse<B>(&self, request: &axum::http::Request<B>, ns: &str) -> Option<Response> {
+    fn refuse<B>(
+        &self,
+        request: &axum::http::Request<B>,
+        ns: &str,
+        memo: Option<&super::auth::TokenMemo>,
+    ) -> Option<Response> {
         if let Some(state) = &self.leader {
             if !state.leadership.serves() {
                 let new_protocol = super::routing::speaks_new_protocol(request.headers());
@@ -294,7 +299,7 @@ impl Guards {
             }
         }
         let guard = self.access.as_ref()?;
-        super::auth::refuse_namespace(guard, request, ns)
+        super::auth::refuse_namespace(guard, request, ns, memo)
     }
 
     /// What the router's leader routing does with a response: a term that ended while the
@@ -358,6 +363,9 @@ pub struct Dispatch {
     router: Router,
     direct: Option<Arc<Direct>>,
     bodies: BodyLimits,
+    /// With access control on: the connection's bearer-token memo, shared by the clones hyper
+    /// makes of this service for each request; [`Dispatch::for_connection`] starts a new one.
+    memo: Option<Arc<super::auth::TokenMemo>>,
 }
 
 /// How request bodies are read (see [`Dispatch`]).
@@ -381,6 +389,19 @@ impl Dispatch {
             router,
             direct: None,
             bodies,
+            memo: None,
+        }
+    }
+
+    /// The service for a new connection: shares everything but the token memo.
+    pub fn for_connection(&self) -> Self {
+        let enforcing = self
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.guards.access.is_some());
+        Self {
+            memo: enforcing.then(Default::default),
+            ..self.clone()
         }
     }
 
@@ -432,6 +453,7 @@ impl Dispatch {
                 guards,
             })),
             bodies,
+            memo: None,
         }
     }
 
@@ -444,7 +466,8 @@ impl Dispatch {
         if let Some(direct) = &self.direct {
             if request.method() == Method::POST {
                 if let Some((service, ns)) = direct.route_with_namespace(request.uri().path()) {
-                    if let Some(response) = direct.guards.refuse(&request, ns) {
+                    if let Some(response) = direct.guards.refuse(&request, ns, self.memo.as_deref())
+                    {
                         return DispatchFuture::Answered {
                             response: Some(response),
                         };

@@ -330,3 +330,50 @@ async fn force_kill_is_admin_only_when_an_admin_credential_is_configured() {
     assert_eq!(ts(&server).await.status, 503);
     assert_eq!(get(&server, "/health/ready").await.status, 503);
 }
+
+/// The hot endpoints remember a connection's last token digest (`http::auth::TokenMemo`):
+/// switching tokens on one keep-alive connection must be judged afresh every time — a token
+/// that was good a request ago must not stand in for the one sent now.
+#[tokio::test]
+async fn tokens_switched_on_one_connection_are_each_checked() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let addr = server.base().trim_start_matches("http://").to_string();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut status_of = async |ns: &str, token: &str| -> u16 {
+        let request = format!(
+            "POST /{ns}/timestamp/fresh-timestamp HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {token}\r\ncontent-length: 0\r\n\r\n"
+        );
+        write.write_all(request.as_bytes()).await.unwrap();
+        let mut line = String::new();
+        read.read_line(&mut line).await.unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            read.read_line(&mut header).await.unwrap();
+            if header == "\r\n" {
+                break;
+            }
+            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        read.read_exact(&mut body).await.unwrap();
+        status
+    };
+    // All on the one connection: good, wrong, good again, another namespace's token, unknown.
+    assert_eq!(status_of("alpha", ALPHA).await, 200);
+    assert_eq!(status_of("alpha", BETA).await, 403);
+    assert_eq!(status_of("alpha", ALPHA).await, 200);
+    assert_eq!(status_of("beta", ALPHA).await, 403);
+    assert_eq!(status_of("beta", BETA).await, 200);
+    assert_eq!(status_of("alpha", "not-a-token-at-all-000").await, 401);
+    assert_eq!(status_of("beta", ALPHA).await, 403);
+    assert_eq!(status_of("alpha", ALPHA).await, 200);
+}

@@ -292,8 +292,8 @@ pub fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::transactions::StartTransactionsRequest;
+    use super::*;
     use proptest::prelude::*;
 
     fn serde_decode<T: DeserializeOwned>(body: &str) -> Option<T> {
