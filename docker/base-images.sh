@@ -18,7 +18,8 @@
 #
 # Environment: WORK (scratch directory, default /var/tmp/timelock-base-images), MIRROR (default:
 # the first Debian mirror in this host's apt sources), TOOLCHAIN (a Rust toolchain directory, default
-# `rustc --print sysroot`), FORCE.
+# `rustc --print sysroot`), FORCE, SLIM_ONLY (1: make local/bookworm-slim only, as .ci/deb-smoke
+# needs no Rust image).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,8 +32,9 @@ host_mirror() {
 }
 MIRROR=${MIRROR:-$(host_mirror)}
 [ -n "$MIRROR" ] || { echo "no Debian mirror found in apt sources; set MIRROR" >&2; exit 1; }
-TOOLCHAIN=${TOOLCHAIN:-$(rustc --print sysroot)}
 FORCE=${FORCE:-0}
+SLIM_ONLY=${SLIM_ONLY:-0}
+[ "$SLIM_ONLY" = 1 ] || TOOLCHAIN=${TOOLCHAIN:-$(rustc --print sysroot)}
 
 have_image() { [ "$FORCE" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -87,7 +89,9 @@ APT
     rm -rf "$rootfs"
 fi
 
-if have_image local/rust-bookworm; then
+if [ "$SLIM_ONLY" = 1 ]; then
+    echo "local/rust-bookworm not made (SLIM_ONLY=1)"
+elif have_image local/rust-bookworm; then
     echo "local/rust-bookworm exists (FORCE=1 rebuilds it)"
 else
     ctx="$WORK/rust-context"

@@ -43,9 +43,17 @@ pub struct RocksStore {
 
 fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
     let text = e.to_string();
-    if text.contains("lock") || text.contains("LOCK") {
+    // RocksDB's own wording for a LOCK file held by another process ("While lock file: .../LOCK:
+    // Resource temporarily unavailable") or by this one. Not any "lock" in the text: the error
+    // quotes paths, and every path under /var/lib/timelock contains one.
+    if text.contains("While lock file") || text.contains("lock hold by current process") {
         StoreError(format!(
             "data dir {} is in use by another timelock process ({text})",
+            path.display()
+        ))
+    } else if text.contains("Permission denied") {
+        StoreError(format!(
+            "cannot open RocksDB at {}: {text} (every file in the data dir must belong to the user the server runs as, e.g. after an offline command run as root: chown -R)",
             path.display()
         ))
     } else {

@@ -134,6 +134,35 @@ async fn kill_9_loop_never_goes_backwards() {
     );
 }
 
+/// Only RocksDB's LOCK failure is "in use": other open errors quote the data dir's path, and the
+/// Debian package's (/var/lib/timelock/data) contains "lock", which was once enough to misreport
+/// any of them, a permission problem included, as a second server.
+#[tokio::test]
+async fn an_open_error_under_a_path_with_lock_in_it_is_not_called_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var/lib/timelock/data");
+    let mut server = TestServer::start(&data, &[]);
+    let first = post(&server, "/ns/timestamp/fresh-timestamp")
+        .await
+        .number();
+    assert!(server.terminate().success());
+    // A CURRENT naming a manifest that does not exist: RocksDB cannot open the data dir.
+    std::fs::write(data.join("CURRENT"), "MANIFEST-999999\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open RocksDB at") && stderr.contains("MANIFEST-999999"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("in use by another"), "{stderr}");
+    assert_eq!(first, 1);
+}
+
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_is_refused() {
     let (_dir, data) = temp_data_dir();
