@@ -286,11 +286,17 @@ impl Guards {
     /// The answer that ends the request before its handler, if any: a non-leader's 308 or 503,
     /// or access control's 401 or 403. `ns` is the route's namespace: [`classify`] matched only
     /// plain segments, so it is what the router's percent-decoded `{ns}` would be.
-    fn refuse<B>(&self, request: &axum::http::Request<B>, ns: &str) -> Option<Response> {
+    fn refuse<B>(
+        &self,
+        request: &axum::http::Request<B>,
+        ns: &str,
+        prefix: &str,
+    ) -> Option<Response> {
         if let Some(state) = &self.leader {
             if !state.leadership.serves() {
-                let new_protocol = super::routing::speaks_new_protocol(request.headers());
-                return Some(super::routing::not_leader(state, new_protocol));
+                let redirect =
+                    super::routing::redirects(request.headers(), request.uri().path(), prefix);
+                return Some(super::routing::not_leader(state, redirect));
             }
         }
         let guard = self.access.as_ref()?;
@@ -299,10 +305,10 @@ impl Guards {
 
     /// What the router's leader routing does with a response: a term that ended while the
     /// request ran is answered as a non-leader would answer.
-    fn after(&self, new_protocol: bool) -> Option<LeaderAfter> {
+    fn after<B>(&self, request: &axum::http::Request<B>, prefix: &str) -> Option<LeaderAfter> {
         self.leader.as_ref().map(|state| LeaderAfter {
             state: state.clone(),
-            new_protocol,
+            redirect: super::routing::redirects(request.headers(), request.uri().path(), prefix),
         })
     }
 }
@@ -310,7 +316,7 @@ impl Guards {
 /// See [`Guards::after`].
 pub struct LeaderAfter {
     state: AppState,
-    new_protocol: bool,
+    redirect: bool,
 }
 
 impl LeaderAfter {
@@ -320,7 +326,7 @@ impl LeaderAfter {
             .get::<super::routing::NotCurrentLeaderResponse>()
             .is_some()
         {
-            super::routing::not_leader(&self.state, self.new_protocol)
+            super::routing::not_leader(&self.state, self.redirect)
         } else {
             response
         }
@@ -444,15 +450,12 @@ impl Dispatch {
         if let Some(direct) = &self.direct {
             if request.method() == Method::POST {
                 if let Some((service, ns)) = direct.route_with_namespace(request.uri().path()) {
-                    if let Some(response) = direct.guards.refuse(&request, ns) {
+                    if let Some(response) = direct.guards.refuse(&request, ns, &direct.prefix) {
                         return DispatchFuture::Answered {
                             response: Some(response),
                         };
                     }
-                    let after = direct.guards.after(
-                        direct.guards.leader.is_some()
-                            && super::routing::speaks_new_protocol(request.headers()),
-                    );
+                    let after = direct.guards.after(&request, &direct.prefix);
                     // Called through the shared reference: cloning the service would add and
                     // drop two reference counts that every request on both workers writes.
                     return DispatchFuture::Direct {

@@ -281,10 +281,11 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
         if i == leader {
             continue;
         }
+        // Legacy routes: 503 (no body) to a client without the new protocol, as the
+        // reverse-migration runbook says; 308 to the leader for a new-protocol client.
         for path in [
             "/ha/timestamp/fresh-timestamp",
             "/timelock/api/ha/timestamp/fresh-timestamp",
-            "/timelock/api/tl/ts/ha",
             "/ha/timestamp-management/ping",
         ] {
             let method = if path.ends_with("ping") {
@@ -292,21 +293,15 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
             } else {
                 reqwest::Method::POST
             };
-            // curl (no new-protocol User-Agent): 503, no body, as the reverse-migration runbook says.
-            let plain = http()
-                .request(method.clone(), format!("{base}{path}"))
-                .header("Content-Type", "application/json")
-                .body(if path.contains("/tl/") {
-                    r#"{"numTimestamps":1}"#
-                } else {
-                    ""
-                })
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(plain.status(), 503, "{base}{path} without the new protocol");
-            assert_eq!(plain.text().await.unwrap(), "", "QoS answers have no body");
-            // A new-protocol client: 308 to the leader's advertised URL.
+            for agent in [None, Some("curl/8.0")] {
+                let mut plain = http().request(method.clone(), format!("{base}{path}"));
+                if let Some(agent) = agent {
+                    plain = plain.header("User-Agent", agent);
+                }
+                let plain = plain.send().await.unwrap();
+                assert_eq!(plain.status(), 503, "{base}{path} with agent {agent:?}");
+                assert_eq!(plain.text().await.unwrap(), "", "QoS answers have no body");
+            }
             let modern = http()
                 .request(method, format!("{base}{path}"))
                 .header("User-Agent", NEW_PROTOCOL)
@@ -319,6 +314,33 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
                 leader_base,
                 "Location is the leader's base URL"
             );
+        }
+        // Conjure routes: 308 to the leader whatever the agent, none included (spec section 2:
+        // TimeLock's Conjure endpoints always answer RetryOther), on both dispatch paths (the
+        // hot `/tl/ts` directly, the others through the router).
+        for (path, body) in [
+            ("/timelock/api/tl/ts/ha", r#"{"numTimestamps":1}"#),
+            ("/tl/ts/ha", r#"{"numTimestamps":1}"#),
+            ("/tl/lt/ha", ""),
+            ("/lk/laghl/ha", "{}"),
+            ("/timelock/api/lw/sw/ha", "{}"),
+        ] {
+            for agent in [None, Some("curl/8.0"), Some(NEW_PROTOCOL)] {
+                let mut request = http()
+                    .post(format!("{base}{path}"))
+                    .header("Content-Type", "application/json")
+                    .body(body);
+                if let Some(agent) = agent {
+                    request = request.header("User-Agent", agent);
+                }
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 308, "{base}{path} with agent {agent:?}");
+                assert_eq!(
+                    response.headers()["location"].to_str().unwrap(),
+                    leader_base,
+                    "{base}{path}: Location is the leader's base URL"
+                );
+            }
         }
         // Operations endpoints are every node's own.
         let ready: Value = http()
@@ -347,11 +369,15 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
             .await
             .unwrap();
         assert!(metrics.contains("timelock_cluster_role{role=\"follower\"} 1"));
+        // 3 legacy routes: 2 answers of 503 and 1 of 308 each; 5 Conjure routes, 3 of 308 each.
         assert!(
-            metrics.contains("timelock_cluster_redirects_total 4"),
+            metrics.contains("timelock_cluster_redirects_total 18"),
             "{metrics}"
         );
-        assert!(metrics.contains("timelock_cluster_not_leader_total 4"));
+        assert!(
+            metrics.contains("timelock_cluster_not_leader_total 6"),
+            "{metrics}"
+        );
     }
     let ready: Value = http()
         .get(format!("{leader_base}/health/ready"))
