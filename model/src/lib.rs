@@ -5,9 +5,11 @@
 //! What is modelled, each step one atomic transition that the checker interleaves in every
 //! possible order:
 //! * **etcd**: leases with an expiry time, removed (with every key attached to them) at any
-//!   moment after they expired, as etcd's lessor does lazily; one leadership key per namespace
-//!   carrying its owner, its lease and the revision it was created at; the stored bound of each
-//!   namespace; a revision counter. Every write is a transaction with a condition.
+//!   moment after they expired, as etcd's lessor does lazily, and renewed only before it; one
+//!   leadership key per namespace carrying its owner, its lease and the revision it was created
+//!   at; the stored bound of each namespace. Every write is a transaction with a condition.
+//!   Bound writes travel: sent on the request path, applied by etcd at any later moment (even
+//!   after their sender crashed), and only then is the sender told the outcome.
 //! * **nodes**: each holds at most one lease (shared by every namespace it leads) and its own
 //!   view of that lease, a deadline computed as the renewal's send time plus the TTL less a
 //!   margin; per namespace, at most one *term*: the revision of its key and the timestamps it
@@ -28,13 +30,18 @@
 //!
 //! What is abstracted: clocks run at one rate (the drift allowance is part of the margin), a
 //! renewal is received by etcd when it is sent (a later receipt only extends etcd's expiry
-//! further past the node's deadline), messages other than a lost renewal acknowledgement are
-//! not lost (a lost etcd write is a transaction that did not happen), locks are left out (they
-//! live and die with the term, so they follow from the term's exclusivity).
+//! further past the node's deadline), a lost renewal acknowledgement (`lost_acks`) is explored
+//! in one configuration only (it only makes a node's view more conservative, and doubles the
+//! state space), a lost etcd write is one that never applies, locks are left out (they live and
+//! die with the term, so they follow from the term's exclusivity).
 //!
-//! `lease_check: false` removes the request-path check of the lease deadline (a node serves for
-//! as long as it believes it holds a term, until its background task notices); the checker
-//! then finds two nodes serving one namespace and a timestamp issued below an earlier one.
+//! Three mutants show that each ingredient is needed: `lease_check: false` removes the
+//! request-path check of the lease deadline (a node serves for as long as it believes it holds
+//! a term, until its background task notices): two nodes serve one namespace, and one issues a
+//! timestamp below the other's. `guarded_writes: false` makes bound writes unconditional: a
+//! write still on its way when its term ended lowers the stored bound under a later term.
+//! `stop_before_delete: false` deletes the key at a hand-off before the term stops: two nodes
+//! serve one namespace.
 
 use stateright::{Model, Property};
 
@@ -58,12 +65,19 @@ pub struct Protocol {
     pub reservation: u8,
     /// The highest bound explored.
     pub max_bound: u8,
+    /// Whether a renewal's acknowledgement may be lost (etcd's expiry moves, the node's
+    /// deadline does not).
+    pub lost_acks: bool,
     /// Whether a node checks its lease deadline on every request (the server's `TermGate`).
     pub lease_check: bool,
+    /// Whether a bound write is conditional on the term's key revision.
+    pub guarded_writes: bool,
+    /// Whether a hand-off stops serving before it deletes the key.
+    pub stop_before_delete: bool,
 }
 
 impl Protocol {
-    /// Two nodes, one namespace; a crash and restart, three leases, a hand-off, three
+    /// Two nodes, one namespace; a crash and restart, three leases, a hand-off, two
     /// timestamps, five ticks with a TTL of two.
     pub fn with_crashes() -> Self {
         Protocol {
@@ -76,19 +90,35 @@ impl Protocol {
             max_crashes: 1,
             max_handoffs: 1,
             reservation: 1,
-            max_bound: 3,
+            max_bound: 2,
+            lost_acks: false,
             lease_check: true,
+            guarded_writes: true,
+            stop_before_delete: true,
         }
     }
 
-    /// Two nodes, two namespaces whose terms share each node's lease; no crash (a lost lease
-    /// ends both terms), two leases, a hand-off, two timestamps per namespace.
+    /// Two nodes, two namespaces whose terms share each node's lease (a lost lease ends both);
+    /// no crash, two leases, a hand-off, two timestamps per namespace, four ticks.
     pub fn two_namespaces() -> Self {
         Protocol {
             namespaces: 2,
+            max_time: 3,
             max_leases: 2,
             max_crashes: 0,
-            max_bound: 2,
+            ..Self::with_crashes()
+        }
+    }
+
+    /// Two nodes, one namespace, renewals whose acknowledgement may be lost; no crash, two
+    /// leases, a hand-off, three timestamps, seven ticks.
+    pub fn with_lost_acks() -> Self {
+        Protocol {
+            max_time: 6,
+            max_leases: 2,
+            max_crashes: 0,
+            max_bound: 3,
+            lost_acks: true,
             ..Self::with_crashes()
         }
     }
@@ -97,6 +127,23 @@ impl Protocol {
     pub fn without_lease_check(self) -> Self {
         Protocol {
             lease_check: false,
+            ..self
+        }
+    }
+
+    /// The same protocol with bound writes that do not check the key's revision.
+    pub fn with_unguarded_writes(self) -> Self {
+        Protocol {
+            guarded_writes: false,
+            ..self
+        }
+    }
+
+    /// The same protocol with a hand-off that deletes the key and goes on serving until
+    /// something else ends its term.
+    pub fn deleting_before_stopping(self) -> Self {
+        Protocol {
+            stop_before_delete: false,
             ..self
         }
     }
@@ -124,6 +171,18 @@ pub struct Term {
     pub revision: u8,
     pub next: u8,
     pub limit: u8,
+    /// A bound write of this term is on its way.
+    pub writing: bool,
+}
+
+/// A bound write sent to etcd and not yet applied: the network may hold it for any time, and
+/// it outlives its sender's crash.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Write {
+    pub node: u8,
+    pub ns: u8,
+    pub revision: u8,
+    pub bound: u8,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -143,6 +202,8 @@ pub struct State {
     pub bounds: Vec<u8>,
     /// Per namespace, the last key revision created.
     pub revisions: Vec<u8>,
+    /// Bound writes on their way to etcd, sorted.
+    pub in_flight: Vec<Write>,
     // nodes
     pub nodes: Vec<Node>,
     // budgets
@@ -179,11 +240,13 @@ pub enum Action {
         node: u8,
         ns: u8,
     },
-    /// A bound write, conditional on the term's key revision.
+    /// A bound write sent, conditional on the term's key revision.
     Extend {
         node: u8,
         ns: u8,
     },
+    /// etcd applies the `i`th write on its way, and its sender learns the outcome.
+    Apply(u8),
     /// A client's timestamp request answered.
     Serve {
         node: u8,
@@ -234,6 +297,7 @@ impl Model for Protocol {
             keys: vec![None; ns],
             bounds: vec![0; ns],
             revisions: vec![0; ns],
+            in_flight: Vec::new(),
             nodes: vec![
                 Node {
                     up: true,
@@ -255,6 +319,9 @@ impl Model for Protocol {
     fn actions(&self, state: &State, actions: &mut Vec<Action>) {
         if state.now < self.max_time {
             actions.push(Action::Tick);
+        }
+        for i in 0..state.in_flight.len() {
+            actions.push(Action::Apply(i as u8));
         }
         for lease in &state.leases {
             if lease.expiry <= state.now {
@@ -282,7 +349,9 @@ impl Model for Protocol {
                     let alive = Self::etcd_lease(state, id).is_some_and(|l| state.now < l.expiry);
                     if alive {
                         actions.push(Action::Renew { node, acked: true });
-                        actions.push(Action::Renew { node, acked: false });
+                        if self.lost_acks {
+                            actions.push(Action::Renew { node, acked: false });
+                        }
                     }
                     if !alive || deadline <= state.now {
                         actions.push(Action::LeaseLost(node));
@@ -310,7 +379,9 @@ impl Model for Protocol {
                         if self.can_serve(state, node, ns) {
                             if term.next <= term.limit {
                                 actions.push(Action::Serve { node, ns });
-                            } else if term.limit + self.reservation <= self.max_bound {
+                            } else if !term.writing
+                                && term.limit + self.reservation <= self.max_bound
+                            {
                                 actions.push(Action::Extend { node, ns });
                             }
                         }
@@ -380,17 +451,40 @@ impl Model for Protocol {
                     revision,
                     next: bound + 1,
                     limit: bound,
+                    writing: false,
                 });
             }
             Action::Extend { node, ns } => {
-                let key_revision = s.keys[ns as usize].as_ref().map(|k| k.revision);
                 let term = s.nodes[node as usize].terms[ns as usize].as_mut()?;
-                if key_revision == Some(term.revision) {
-                    term.limit += self.reservation;
-                    s.bounds[ns as usize] = term.limit;
-                } else {
-                    // The condition failed: the term ends.
-                    s.nodes[node as usize].terms[ns as usize] = None;
+                term.writing = true;
+                let write = Write {
+                    node,
+                    ns,
+                    revision: term.revision,
+                    bound: term.limit + self.reservation,
+                };
+                s.in_flight.push(write);
+                s.in_flight.sort();
+            }
+            Action::Apply(i) => {
+                let write = s.in_flight.remove(i as usize);
+                let ns = write.ns as usize;
+                let current = s.keys[ns]
+                    .as_ref()
+                    .is_some_and(|k| k.revision == write.revision);
+                let applied = current || !self.guarded_writes;
+                if applied {
+                    s.bounds[ns] = write.bound;
+                }
+                let term = &mut s.nodes[write.node as usize].terms[ns];
+                if let Some(t) = term.as_mut().filter(|t| t.revision == write.revision) {
+                    if applied {
+                        t.limit = write.bound;
+                        t.writing = false;
+                    } else {
+                        // The condition failed: the term ends.
+                        *term = None;
+                    }
                 }
             }
             Action::Serve { node, ns } => {
@@ -406,6 +500,17 @@ impl Model for Protocol {
                     s.regression = true;
                 }
                 s.issued[i] = s.issued[i].max(ts);
+            }
+            Action::HandOff { node, ns } if !self.stop_before_delete => {
+                // The mutant: the key is deleted while the term goes on.
+                let revision = s.nodes[node as usize].terms[ns as usize].as_ref()?.revision;
+                s.handoffs += 1;
+                if s.keys[ns as usize]
+                    .as_ref()
+                    .is_some_and(|k| k.revision == revision)
+                {
+                    s.keys[ns as usize] = None;
+                }
             }
             Action::HandOff { node, ns } | Action::StepDown { node, ns } => {
                 // Stop serving first ...
