@@ -6,7 +6,8 @@
 //! `kill -9` of the leader elects another and timestamps keep rising, locks die with the term
 //! and the leadership id changes; a leader cut off from etcd stops serving before any other node
 //! starts, and a checker over every client operation across repeated failovers finds no
-//! violation; a rolling restart keeps the service up.
+//! violation; a rolling restart keeps the service up; after etcd is killed and restarted,
+//! service is back within one lease TTL.
 
 use crate::common;
 
