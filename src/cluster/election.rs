@@ -16,6 +16,12 @@
 //!    step down *first* and revoke the lease *second*, so that the next leader can only start
 //!    after this one stopped.
 //!
+//! A lease whose revoke did not reach etcd (etcd down, or the candidacy ended on an error) is
+//! remembered and revoked at the start of the next candidacy, before a new lease is granted.
+//! Otherwise its election key outlives etcd's return by a whole TTL and more (etcd extends
+//! every lease when it restarts) and blocks the election meanwhile. Revoking it is safe: the
+//! candidacy that held it has ended and stepped down, so nothing serves under it.
+//!
 //! Anything unexpected ends the candidacy; the loop starts a new one (new lease, new term).
 
 use std::collections::VecDeque;
@@ -86,12 +92,21 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let pause = Duration::from_millis(settings.renew_interval_ms.min(1_000));
+    let mut unrevoked = Unrevoked::default();
     loop {
         if *shutdown.borrow() {
             leadership.step_down(Role::Follower, "shutdown");
             return;
         }
-        match candidacy(&leadership, &settings, &factory, &mut shutdown).await {
+        let ended = candidacy(
+            &leadership,
+            &settings,
+            &factory,
+            &mut shutdown,
+            &mut unrevoked,
+        )
+        .await;
+        match ended {
             Ok(Exit::Shutdown) => return,
             Ok(Exit::Again) => {}
             Err(reason) => {
@@ -104,6 +119,38 @@ pub async fn run(
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// This node's leases of ended candidacies that may still exist in etcd, oldest first.
+#[derive(Default)]
+struct Unrevoked(Vec<i64>);
+
+impl Unrevoked {
+    /// Leases older than this many candidacies have expired by themselves long ago.
+    const KEPT: usize = 8;
+
+    fn add(&mut self, lease_id: i64) {
+        if self.0.len() == Self::KEPT {
+            self.0.remove(0);
+        }
+        self.0.push(lease_id);
+    }
+
+    fn remove(&mut self, lease_id: i64) {
+        self.0.retain(|l| *l != lease_id);
+    }
+
+    /// Revokes every remembered lease but `current` that etcd still knows; keeps those it
+    /// could not reach.
+    async fn revoke_ended(&mut self, ops: &Client, current: Option<i64>, timeout: Duration) {
+        let mut kept = Vec::new();
+        for lease_id in std::mem::take(&mut self.0) {
+            if Some(lease_id) == current || !revoke(ops, lease_id, timeout).await {
+                kept.push(lease_id);
+            }
+        }
+        self.0 = kept;
     }
 }
 
@@ -150,6 +197,7 @@ async fn candidacy(
     settings: &ClusterSettings,
     factory: &TermFactory,
     shutdown: &mut watch::Receiver<bool>,
+    unrevoked: &mut Unrevoked,
 ) -> Result<Exit, Failure> {
     let endpoints = settings.endpoints();
     let timeout = Duration::from_millis(settings.etcd_timeout_ms);
@@ -170,6 +218,9 @@ async fn candidacy(
     )
     .await?;
 
+    // Earlier candidacies' election keys first, so that they do not block this one's.
+    unrevoked.revoke_ended(&ops, None, timeout).await;
+
     let clock = LeaseClock::expired();
     let sent = Instant::now();
     let grant = with_timeout(
@@ -180,6 +231,8 @@ async fn candidacy(
     )
     .await?;
     let lease_id = grant.id();
+    // Until revoked below: an error return leaves it for the next candidacy to revoke.
+    unrevoked.add(lease_id);
     clock.extend_to(sent + serving_window(settings, grant.ttl()));
     let (keeper, stream) = with_timeout(
         timeout,
@@ -215,10 +268,15 @@ async fn candidacy(
                     .take_leader()
                     .ok_or_else(|| "etcd campaign returned no leader key".to_string())?;
             }
-            _ = poll.tick() => observe_leader(leadership, &ops, &election).await,
+            _ = poll.tick() => {
+                observe_leader(leadership, &ops, &election).await;
+                // The revoke above can fail while etcd is just coming back; an ended
+                // candidacy's key left behind would hold this campaign for a TTL.
+                unrevoked.revoke_ended(&ops, Some(lease_id), timeout).await;
+            }
             _ = &mut renewer.0 => return Err("lease lost while campaigning".into()),
             _ = shutdown.changed() => {
-                revoke(&ops, lease_id, timeout).await;
+                unrevoke(unrevoked, &ops, lease_id, timeout).await;
                 return Ok(Exit::Shutdown);
             }
         }
@@ -239,12 +297,12 @@ async fn candidacy(
         loaded = factory.load(store, gate) => loaded.map_err(|e| format!("loading bounds: {e}"))?,
         _ = &mut renewer.0 => return Err("lease lost while loading bounds".into()),
         _ = shutdown.changed() => {
-            revoke(&ops, lease_id, timeout).await;
+            unrevoke(unrevoked, &ops, lease_id, timeout).await;
             return Ok(Exit::Shutdown);
         }
     };
     if !clock.is_valid() {
-        revoke(&ops, lease_id, timeout).await;
+        unrevoke(unrevoked, &ops, lease_id, timeout).await;
         return Err("lease ran out while taking over".into());
     }
     let namespaces = Arc::new(namespaces);
@@ -293,7 +351,7 @@ async fn candidacy(
         }
     };
     // Stopped serving above; only now let the next leader in.
-    revoke(&ops, lease_id, timeout).await;
+    unrevoke(unrevoked, &ops, lease_id, timeout).await;
     Ok(exit)
 }
 
@@ -330,18 +388,38 @@ async fn observe_leader(leadership: &Leadership, ops: &Client, election: &str) {
     leadership.observe_leader(role, url);
 }
 
+/// Revokes this candidacy's lease, and forgets it once etcd has it no longer.
+async fn unrevoke(unrevoked: &mut Unrevoked, ops: &Client, lease_id: i64, timeout: Duration) {
+    if revoke(ops, lease_id, timeout).await {
+        unrevoked.remove(lease_id);
+    }
+}
+
 /// Revokes the lease (deleting this node's election key) so that another node can lead at
-/// once. Best effort: if etcd cannot be reached, the lease expires by itself.
-async fn revoke(ops: &Client, lease_id: i64, timeout: Duration) {
+/// once. Returns whether etcd no longer has it (revoked now, or expired before); if etcd
+/// cannot be reached, the next candidacy tries again, and meanwhile the lease may expire.
+async fn revoke(ops: &Client, lease_id: i64, timeout: Duration) -> bool {
+    let lease = format!("{lease_id:x}");
     match tokio::time::timeout(timeout, ops.clone().lease_revoke(lease_id)).await {
-        Ok(Ok(_)) => tracing::info!(
-            lease = format_args!("{lease_id:x}"),
-            "election: lease revoked"
-        ),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "election: revoking the lease failed; it will expire")
+        Ok(Ok(_)) => {
+            tracing::info!(lease = %lease, "election: lease revoked");
+            true
         }
-        Err(_) => tracing::warn!("election: revoking the lease timed out; it will expire"),
+        // etcd's ErrLeaseNotFound (the client does not re-export tonic's status codes).
+        Ok(Err(etcd_client::Error::GRpcStatus(status)))
+            if status.message().contains("requested lease not found") =>
+        {
+            tracing::debug!(lease = %lease, "election: lease already gone");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(lease = %lease, error = %e, "election: revoking the lease failed; retried with the next candidacy");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(lease = %lease, "election: revoking the lease timed out; retried with the next candidacy");
+            false
+        }
     }
 }
 

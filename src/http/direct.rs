@@ -290,12 +290,14 @@ impl Guards {
         &self,
         request: &axum::http::Request<B>,
         ns: &str,
+        prefix: &str,
         memo: Option<&super::auth::TokenMemo>,
     ) -> Option<Response> {
         if let Some(state) = &self.leader {
             if !state.leadership.serves() {
-                let new_protocol = super::routing::speaks_new_protocol(request.headers());
-                return Some(super::routing::not_leader(state, new_protocol));
+                let redirect =
+                    super::routing::redirects(request.headers(), request.uri().path(), prefix);
+                return Some(super::routing::not_leader(state, redirect));
             }
         }
         let guard = self.access.as_ref()?;
@@ -304,10 +306,10 @@ impl Guards {
 
     /// What the router's leader routing does with a response: a term that ended while the
     /// request ran is answered as a non-leader would answer.
-    fn after(&self, new_protocol: bool) -> Option<LeaderAfter> {
+    fn after<B>(&self, request: &axum::http::Request<B>, prefix: &str) -> Option<LeaderAfter> {
         self.leader.as_ref().map(|state| LeaderAfter {
             state: state.clone(),
-            new_protocol,
+            redirect: super::routing::redirects(request.headers(), request.uri().path(), prefix),
         })
     }
 }
@@ -315,7 +317,7 @@ impl Guards {
 /// See [`Guards::after`].
 pub struct LeaderAfter {
     state: AppState,
-    new_protocol: bool,
+    redirect: bool,
 }
 
 impl LeaderAfter {
@@ -325,7 +327,7 @@ impl LeaderAfter {
             .get::<super::routing::NotCurrentLeaderResponse>()
             .is_some()
         {
-            super::routing::not_leader(&self.state, self.new_protocol)
+            super::routing::not_leader(&self.state, self.redirect)
         } else {
             response
         }
@@ -466,16 +468,16 @@ impl Dispatch {
         if let Some(direct) = &self.direct {
             if request.method() == Method::POST {
                 if let Some((service, ns)) = direct.route_with_namespace(request.uri().path()) {
-                    if let Some(response) = direct.guards.refuse(&request, ns, self.memo.as_deref())
+                    if let Some(response) =
+                        direct
+                            .guards
+                            .refuse(&request, ns, &direct.prefix, self.memo.as_deref())
                     {
                         return DispatchFuture::Answered {
                             response: Some(response),
                         };
                     }
-                    let after = direct.guards.after(
-                        direct.guards.leader.is_some()
-                            && super::routing::speaks_new_protocol(request.headers()),
-                    );
+                    let after = direct.guards.after(&request, &direct.prefix);
                     // Called through the shared reference: cloning the service would add and
                     // drop two reference counts that every request on both workers writes.
                     return DispatchFuture::Direct {

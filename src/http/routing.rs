@@ -1,10 +1,15 @@
 //! Leader routing in cluster mode (spec section 2): only the leader serves; a non-leader
 //! answers at once, without touching any service, with
-//! * **308** and `Location: <leader's advertised URL>` to clients that speak the new protocol
-//!   (a `User-Agent` agent `atlasdb-http-client/2.0`), when the leader is known; they re-send
-//!   the same request to that base URL, as TimeLock's `RetryOther` makes them do;
-//! * **503** with no body otherwise (leader unknown, or a legacy client such as `curl`: the
-//!   reverse-migration runbook tells operators that a 503 means "try the other nodes").
+//! * **308** and `Location: <leader's advertised URL>`, when the leader is known, on the Conjure
+//!   routes (`/tl/*`, `/lk/*`, `/lw/*`) whatever the client, and on the legacy `/{ns}/...`
+//!   routes to clients that speak the new protocol (a `User-Agent` agent
+//!   `atlasdb-http-client/2.0`); they re-send the same request to that base URL, as TimeLock's
+//!   `RetryOther` makes them do. TimeLock's Conjure endpoints always answer `RetryOther` (the
+//!   agent only picks the answer of its legacy Jersey endpoints), so a Conjure client without
+//!   the agent must be redirected too;
+//! * **503** with no body otherwise (leader unknown, or a legacy client such as `curl` on a
+//!   legacy route: the reverse-migration runbook tells operators that a 503 means "try the other
+//!   nodes").
 //!
 //! `/metrics`, `/health/*`, `/admin/status` and the status page `/` are answered by every node.
 //! A request that started on the leader but found its term ended (`NotCurrentLeader` from a
@@ -39,17 +44,43 @@ pub fn speaks_new_protocol(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Whether a non-leader answers this request with a 308 when it knows the leader: always on
+/// a Conjure route, on a legacy route only for a new-protocol client (spec section 2).
+pub fn redirects(headers: &HeaderMap, path: &str, prefix: &str) -> bool {
+    is_conjure_route(without_prefix(path, prefix)) || speaks_new_protocol(headers)
+}
+
+/// Whether `path` (without the prefix) is one of TimeLock's Conjure routes: `/tl/*` and `/lw/*`
+/// (never a legacy namespace: TimeLock's `{ns}` pattern excludes both), and the lock v1 shim
+/// `/lk/{laghl,rlrt,us}/*` (`lk` alone is a legal legacy namespace).
+fn is_conjure_route(path: &str) -> bool {
+    if path.starts_with("/tl/") || path.starts_with("/lw/") {
+        return true;
+    }
+    path.strip_prefix("/lk/").is_some_and(|rest| {
+        ["laghl/", "rlrt/", "us/"]
+            .iter()
+            .any(|op| rest.starts_with(op))
+    })
+}
+
+fn without_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
+    if prefix.is_empty() {
+        return path;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => path,
+    }
+}
+
 /// Whether `path` is an operations endpoint every node answers. The status endpoint and page
 /// (at the root only) are each node's report on itself, so a follower answers them too.
 fn answered_by_every_node(path: &str, prefix: &str) -> bool {
     if path == "/" || path == "/admin/status" {
         return true;
     }
-    let path = if prefix.is_empty() {
-        path
-    } else {
-        path.strip_prefix(prefix).unwrap_or(path)
-    };
+    let path = without_prefix(path, prefix);
     path == "/metrics" || path.starts_with("/health/")
 }
 
@@ -59,8 +90,8 @@ pub async fn leader_only(
     request: Request,
     next: Next,
 ) -> Response {
-    let new_protocol = speaks_new_protocol(request.headers());
     let path = request.uri().path();
+    let redirect = redirects(request.headers(), path, &prefix);
     if state.killed.is_killed()
         && !answered_by_every_node(path, &prefix)
         && !path.starts_with("/admin/")
@@ -70,7 +101,7 @@ pub async fn leader_only(
         return crate::error::TimelockError::ForceKilled.into_response();
     }
     if !state.leadership.serves() && !answered_by_every_node(path, &prefix) {
-        return not_leader(&state, new_protocol);
+        return not_leader(&state, redirect);
     }
     let response = next.run(request).await;
     if response
@@ -78,14 +109,15 @@ pub async fn leader_only(
         .get::<NotCurrentLeaderResponse>()
         .is_some()
     {
-        return not_leader(&state, new_protocol);
+        return not_leader(&state, redirect);
     }
     response
 }
 
-pub(super) fn not_leader(state: &AppState, new_protocol: bool) -> Response {
+/// A non-leader's answer: 308 to the leader when `redirect` and the leader is known, else 503.
+pub(super) fn not_leader(state: &AppState, redirect: bool) -> Response {
     let metrics = &state.metrics.cluster;
-    if new_protocol {
+    if redirect {
         if let Some(location) = state
             .leadership
             .leader_url()
@@ -132,6 +164,37 @@ mod tests {
         assert!(!speaks_new_protocol(&headers(&[
             "xatlasdb-http-client/2.0"
         ])));
+    }
+
+    #[test]
+    fn conjure_routes_redirect_whatever_the_agent() {
+        let curl = headers(&["curl/8.0"]);
+        for p in [
+            "/tl/ts/ns",
+            "/timelock/api/tl/ts/ns",
+            "/tl/multi/ts",
+            "/lw/ns/lw",
+            "/lk/laghl/ns",
+            "/timelock/api/lk/us/ns",
+            "/lk/rlrt/ns",
+        ] {
+            assert!(redirects(&curl, p, "/timelock/api"), "{p}");
+            assert!(redirects(&headers(&[]), p, "/timelock/api"), "{p}");
+        }
+        for p in [
+            "/ns/timestamp/fresh-timestamp",
+            "/timelock/api/ns/timestamp/fresh-timestamp",
+            "/lk/timestamp/fresh-timestamp",
+            "/tl",
+            "/tlx/timestamp/fresh-timestamp",
+            "/timelock/apitl/ts/ns",
+        ] {
+            assert!(!redirects(&curl, p, "/timelock/api"), "{p}");
+            assert!(
+                redirects(&headers(&["atlasdb-http-client/2.0"]), p, "/timelock/api"),
+                "{p}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `kill -9` of the leader elects another and timestamps keep rising, locks die with the term
 //! and the leadership id changes; a leader cut off from etcd stops serving before any other node
 //! starts, and a checker over every client operation across repeated failovers finds no
-//! violation; a rolling restart keeps the service up.
+//! violation; a rolling restart keeps the service up; after etcd is killed and restarted,
+//! service is back within one lease TTL.
 
 use crate::common;
 
@@ -24,7 +25,7 @@ struct Cluster {
     nodes: Vec<TestServer>,
     proxies: Vec<Proxy>,
     _dirs: Vec<tempfile::TempDir>,
-    _etcd: Etcd,
+    etcd: Etcd,
 }
 
 impl Cluster {
@@ -61,7 +62,7 @@ impl Cluster {
             nodes,
             proxies,
             _dirs: dirs,
-            _etcd: etcd,
+            etcd,
         }
     }
 
@@ -281,10 +282,11 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
         if i == leader {
             continue;
         }
+        // Legacy routes: 503 (no body) to a client without the new protocol, as the
+        // reverse-migration runbook says; 308 to the leader for a new-protocol client.
         for path in [
             "/ha/timestamp/fresh-timestamp",
             "/timelock/api/ha/timestamp/fresh-timestamp",
-            "/timelock/api/tl/ts/ha",
             "/ha/timestamp-management/ping",
         ] {
             let method = if path.ends_with("ping") {
@@ -292,21 +294,15 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
             } else {
                 reqwest::Method::POST
             };
-            // curl (no new-protocol User-Agent): 503, no body, as the reverse-migration runbook says.
-            let plain = http()
-                .request(method.clone(), format!("{base}{path}"))
-                .header("Content-Type", "application/json")
-                .body(if path.contains("/tl/") {
-                    r#"{"numTimestamps":1}"#
-                } else {
-                    ""
-                })
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(plain.status(), 503, "{base}{path} without the new protocol");
-            assert_eq!(plain.text().await.unwrap(), "", "QoS answers have no body");
-            // A new-protocol client: 308 to the leader's advertised URL.
+            for agent in [None, Some("curl/8.0")] {
+                let mut plain = http().request(method.clone(), format!("{base}{path}"));
+                if let Some(agent) = agent {
+                    plain = plain.header("User-Agent", agent);
+                }
+                let plain = plain.send().await.unwrap();
+                assert_eq!(plain.status(), 503, "{base}{path} with agent {agent:?}");
+                assert_eq!(plain.text().await.unwrap(), "", "QoS answers have no body");
+            }
             let modern = http()
                 .request(method, format!("{base}{path}"))
                 .header("User-Agent", NEW_PROTOCOL)
@@ -319,6 +315,33 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
                 leader_base,
                 "Location is the leader's base URL"
             );
+        }
+        // Conjure routes: 308 to the leader whatever the agent, none included (spec section 2:
+        // TimeLock's Conjure endpoints always answer RetryOther), on both dispatch paths (the
+        // hot `/tl/ts` directly, the others through the router).
+        for (path, body) in [
+            ("/timelock/api/tl/ts/ha", r#"{"numTimestamps":1}"#),
+            ("/tl/ts/ha", r#"{"numTimestamps":1}"#),
+            ("/tl/lt/ha", ""),
+            ("/lk/laghl/ha", "{}"),
+            ("/timelock/api/lw/sw/ha", "{}"),
+        ] {
+            for agent in [None, Some("curl/8.0"), Some(NEW_PROTOCOL)] {
+                let mut request = http()
+                    .post(format!("{base}{path}"))
+                    .header("Content-Type", "application/json")
+                    .body(body);
+                if let Some(agent) = agent {
+                    request = request.header("User-Agent", agent);
+                }
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 308, "{base}{path} with agent {agent:?}");
+                assert_eq!(
+                    response.headers()["location"].to_str().unwrap(),
+                    leader_base,
+                    "{base}{path}: Location is the leader's base URL"
+                );
+            }
         }
         // Operations endpoints are every node's own.
         let ready: Value = http()
@@ -347,13 +370,20 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
             .await
             .unwrap();
         assert!(metrics.contains("timelock_cluster_role{role=\"follower\"} 1"));
+        // 3 legacy routes: 2 answers of 503 and 1 of 308 each; 5 Conjure routes, 3 of 308 each.
         assert!(
-            metrics.contains("timelock_cluster_redirects_total 4"),
+            metrics.contains("timelock_cluster_redirects_total 18"),
             "{metrics}"
         );
-        assert!(metrics.contains("timelock_cluster_not_leader_total 4"));
+        assert!(
+            metrics.contains("timelock_cluster_not_leader_total 6"),
+            "{metrics}"
+        );
         // What TimelockLeaseRenewalSlow compares the renewal age with.
-        assert!(metrics.contains("timelock_cluster_lease_ttl_seconds 2\n"));
+        assert!(metrics.contains(
+            "timelock_cluster_lease_ttl_seconds 2
+"
+        ));
     }
     let ready: Value = http()
         .get(format!("{leader_base}/health/ready"))
@@ -718,6 +748,79 @@ async fn a_leader_cut_off_from_etcd_stops_serving_before_another_starts() {
         failures, 0,
         "every operation eventually succeeded on some node"
     );
+    check(&ops).unwrap();
+}
+
+/// etcd killed (SIGKILL) under load for longer than the lease, then started again: service is
+/// back within one lease TTL of etcd answering again. The deposed leader's lease revoke fails
+/// while etcd is down; unless it is retried once etcd is back, the old election key (its lease
+/// extended by etcd's restart) blocks the election for another TTL and more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_etcd_is_killed_and_restarted_service_is_back_within_one_ttl() {
+    const TTL: Duration = Duration::from_secs(2); // Cluster::start's lease
+    let mut cluster = Cluster::start(3, 200).await;
+    let bases = Arc::new(Mutex::new(cluster.bases()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ops = Arc::new(Mutex::new(Vec::new()));
+    cluster.leader(Duration::from_secs(20)).await;
+    let clients = spawn_clients(3, bases.clone(), stop.clone(), ops.clone());
+    let mut back_ms = Vec::new();
+    for round in 0..2 {
+        cluster.leader(Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.etcd.kill9();
+        // Down for longer than the lease: every node must have stopped serving.
+        tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+        for base in cluster.bases() {
+            let role = role_of(&base).await;
+            assert_eq!(role.as_deref(), Some("no_quorum"), "round {round}: {base}");
+            match attempt(&base, "/lin/timestamp/fresh-timestamp", None).await {
+                Attempt::Unavailable => {}
+                other => panic!("round {round}: {base} answered {other:?} without etcd"),
+            }
+        }
+        let max_before = ops.lock().iter().map(|o| o.value).max().unwrap();
+        cluster.etcd.restart().await;
+        let etcd_back = Instant::now();
+        // The first timestamp any node serves, polled directly.
+        let first = 'served: loop {
+            for base in cluster.bases() {
+                if let Attempt::Ok(v) = attempt(&base, "/lin/timestamp/fresh-timestamp", None).await
+                {
+                    break 'served v.as_i64().unwrap();
+                }
+            }
+            assert!(
+                etcd_back.elapsed() < Duration::from_secs(20),
+                "round {round}: no service 20 s after etcd's return; logs:\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let took = etcd_back.elapsed();
+        back_ms.push(took.as_millis() as u64);
+        assert!(
+            first > max_before,
+            "round {round}: {first} after etcd's return, {max_before} before"
+        );
+        assert!(
+            took <= TTL,
+            "round {round}: service back {took:?} after etcd's return, more than the lease TTL {TTL:?}; logs:\n{}",
+            cluster.logs()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut failures = 0;
+    for c in clients {
+        failures += c.await.unwrap();
+    }
+    let ops = ops.lock().clone();
+    println!(
+        "etcd SIGKILL and restart, twice: service back after etcd answered again, ms: {back_ms:?}; {} operations, {failures} gave up",
+        ops.len()
+    );
+    assert_eq!(failures, 0, "every operation eventually succeeded");
     check(&ops).unwrap();
 }
 

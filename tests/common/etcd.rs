@@ -17,7 +17,8 @@ pub struct Etcd {
     child: Child,
     pub endpoint: String,
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    peer_url: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Etcd {
@@ -35,47 +36,72 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+fn spawn_etcd(dir: &std::path::Path, endpoint: &str, peer_url: &str) -> Child {
+    Command::new("etcd")
+        .args(["--name", "test", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            endpoint,
+            "--advertise-client-urls",
+            endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+        ])
+        .args(["--initial-cluster", &format!("test={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (Debian package etcd-server; ./dev installs it)")
+}
+
 /// Starts a single-member etcd on loopback and waits until it answers.
 pub async fn start_etcd() -> Etcd {
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let endpoint = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "test", "--data-dir"])
-        .arg(dir.path().join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("test={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (Debian package etcd-server; ./dev installs it)");
+    let child = spawn_etcd(dir.path(), &endpoint, &peer_url);
     let etcd = Etcd {
         child,
         addr: format!("127.0.0.1:{client}").parse().unwrap(),
         endpoint,
-        _dir: dir,
+        peer_url,
+        dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await {
-            if c.status().await.is_ok() {
-                return etcd;
+    etcd.wait_until_answering().await;
+    etcd
+}
+
+impl Etcd {
+    async fn wait_until_answering(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint.as_str()], None).await {
+                if c.status().await.is_ok() {
+                    return;
+                }
             }
+            assert!(Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// SIGKILL: etcd stops at once, as in a crash; its data dir stays.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts etcd again on the same ports and data dir (after [`Etcd::kill9`]) and waits until
+    /// it answers.
+    pub async fn restart(&mut self) {
+        self.child = spawn_etcd(self.dir.path(), &self.endpoint, &self.peer_url);
+        self.wait_until_answering().await;
     }
 }
 
