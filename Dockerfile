@@ -23,10 +23,13 @@ RUN apt-get update \
 WORKDIR /src
 
 # Dependencies first, against placeholder sources, so that editing the code does not rebuild
-# every crate. The placeholders are removed again before the real build.
+# every crate. The placeholders are removed again before the real build. The workspace's other
+# members (the comparison harness, the leadership model) are copied whole: cargo reads every
+# member's manifest, though only the server is built here.
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 COPY bench ./bench
+COPY model ./model
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
