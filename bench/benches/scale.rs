@@ -162,12 +162,15 @@ struct NodeGroup {
 }
 
 impl NodeGroup {
-    fn create(name: &str, cores: f64) -> NodeGroup {
+    /// A group limited to `cores`, or unlimited (only accounted for, and removed at exit).
+    fn create(name: &str, cores: Option<f64>) -> NodeGroup {
         let cpu = Path::new(CPU_ROOT).join(name);
         std::fs::create_dir(&cpu).unwrap_or_else(|e| panic!("mkdir {}: {e}", cpu.display()));
-        std::fs::write(cpu.join("cpu.cfs_period_us"), PERIOD_US.to_string()).unwrap();
-        let quota = ((cores * PERIOD_US as f64) as u64).max(1000);
-        std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string()).unwrap();
+        if let Some(cores) = cores {
+            std::fs::write(cpu.join("cpu.cfs_period_us"), PERIOD_US.to_string()).unwrap();
+            let quota = ((cores * PERIOD_US as f64) as u64).max(1000);
+            std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string()).unwrap();
+        }
         let acct = Path::new(CPUACCT_ROOT).join(name);
         let acct = std::fs::create_dir(&acct).ok().map(|_| acct);
         NodeGroup { cpu, acct }
@@ -238,6 +241,25 @@ fn machine_idle_ns() -> u64 {
     idle * 1_000_000_000 / hz
 }
 
+/// The child process of this one running `command` (etcd, started by the test harness).
+fn child_named(command: &str) -> Option<u32> {
+    let me = std::process::id();
+    let tasks = std::fs::read_dir(format!("/proc/{me}/task")).ok()?;
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == command {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
 /// utime + stime of a process, all threads, in ns.
 fn process_cpu_ns(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -303,6 +325,13 @@ impl Node {
         self.server.restart();
         self.group.add(self.server.pid().expect("running"));
     }
+}
+
+/// etcd and its group, in the order they must go.
+struct EtcdInGroup {
+    etcd: common::etcd::Etcd,
+    group: NodeGroup,
+    pid: u32,
 }
 
 struct Cluster {
@@ -604,6 +633,7 @@ struct RoundResult {
     rate: f64,
     /// Cores used by this bench process (the load generator) and left idle on the machine.
     bench_cores: f64,
+    etcd_cores: f64,
     idle_cores: f64,
     nodes: Vec<NodeShare>,
 }
@@ -620,6 +650,7 @@ struct NodeShare {
 
 async fn measure_round(
     cluster: &Cluster,
+    etcd: &EtcdInGroup,
     namespaces: usize,
     per_ns: usize,
     warmup: Duration,
@@ -634,11 +665,13 @@ async fn measure_round(
     }
     let count_before = load.successes.load(Ordering::Relaxed);
     let (bench_before, idle_before) = (process_cpu_ns(std::process::id()), machine_idle_ns());
+    let etcd_before = etcd.group.cpu_ns(Some(etcd.pid));
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let count_after = load.successes.load(Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let (bench_after, idle_after) = (process_cpu_ns(std::process::id()), machine_idle_ns());
+    let etcd_after = etcd.group.cpu_ns(Some(etcd.pid));
     let mut after = Vec::new();
     for n in &cluster.nodes {
         after.push(sample(n).await);
@@ -662,6 +695,7 @@ async fn measure_round(
     RoundResult {
         rate: (count_after - count_before) as f64 / elapsed,
         bench_cores: bench_after.saturating_sub(bench_before) as f64 / 1e9 / elapsed,
+        etcd_cores: etcd_after.saturating_sub(etcd_before) as f64 / 1e9 / elapsed,
         idle_cores: idle_after.saturating_sub(idle_before) as f64 / 1e9 / elapsed,
         nodes: deltas
             .iter()
@@ -748,17 +782,28 @@ async fn run() {
     let me = std::process::id();
 
     let etcd = start_etcd().await;
+    // etcd runs unlimited; its group measures its CPU and lets a later run find it if this one
+    // is killed outright.
+    let etcd_pid = child_named("etcd").expect("etcd is a child of this process");
+    let etcd_group = NodeGroup::create(&format!("{GROUP_PREFIX}{me}-etcd"), None);
+    etcd_group.add(etcd_pid);
+    let etcd = EtcdInGroup {
+        etcd,
+        group: etcd_group,
+        pid: etcd_pid,
+    };
     let mut clusters: Vec<Cluster> = Vec::new();
     for (m, mode) in modes.into_iter().enumerate() {
         let mut nodes = Vec::new();
         for i in 0..3 {
-            let group = NodeGroup::create(&format!("{GROUP_PREFIX}{me}-m{m}-node{i}"), node_cpu);
+            let group =
+                NodeGroup::create(&format!("{GROUP_PREFIX}{me}-m{m}-node{i}"), Some(node_cpu));
             let dir = tempfile::tempdir().unwrap();
             let id = format!("{}-node{i}", mode.name);
             let prefix = format!("/scale-{m}/");
             let mut env: Vec<(&str, &str)> = vec![
                 ("TIMELOCK__CLUSTER__MODE", "etcd"),
-                ("TIMELOCK__CLUSTER__ETCD_ENDPOINTS", &etcd.endpoint),
+                ("TIMELOCK__CLUSTER__ETCD_ENDPOINTS", &etcd.etcd.endpoint),
                 ("TIMELOCK__CLUSTER__ETCD_PREFIX", &prefix),
                 ("TIMELOCK__CLUSTER__NODE_ID", &id),
                 ("TIMELOCK__LOG__LEVEL", "warn"),
@@ -779,7 +824,7 @@ async fn run() {
     for round in 0..rounds {
         for k in 0..clusters.len() {
             let m = (k + round) % clusters.len();
-            let r = measure_round(&clusters[m], namespaces, per_ns, warmup, window).await;
+            let r = measure_round(&clusters[m], &etcd, namespaces, per_ns, warmup, window).await;
             eprintln!(
                 "round {round} {}: {:.0} timestamps/s",
                 clusters[m].mode.name, r.rate
@@ -798,8 +843,8 @@ async fn run() {
         window.as_millis()
     );
     println!();
-    println!("| mode | median timestamps/s | min | max | per round | load generator cores | machine idle cores |");
-    println!("|---|---:|---:|---:|---|---:|---:|");
+    println!("| mode | median timestamps/s | min | max | per round | load generator cores | etcd cores | machine idle cores |");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|");
     let mut medians = Vec::new();
     for (cluster, rs) in clusters.iter().zip(&results) {
         let mut rates: Vec<f64> = rs.iter().map(|r| r.rate).collect();
@@ -812,12 +857,13 @@ async fn run() {
         medians.push(median(&rates));
         let n = rs.len().max(1) as f64;
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {per_round} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {per_round} | {:.2} | {:.2} | {:.2} |",
             cluster.mode.name,
             median(&rates),
             rates[0],
             rates[rates.len() - 1],
             rs.iter().map(|r| r.bench_cores).sum::<f64>() / n,
+            rs.iter().map(|r| r.etcd_cores).sum::<f64>() / n,
             rs.iter().map(|r| r.idle_cores).sum::<f64>() / n,
         );
     }
