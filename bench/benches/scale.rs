@@ -55,11 +55,60 @@ const CPUACCT_ROOT: &str = "/sys/fs/cgroup/cpuacct";
 const GROUP_PREFIX: &str = "timelock-scale-";
 const PERIOD_US: u64 = 100_000;
 
-fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// A setting from the environment; one that is set but is not a `T` in `range` is refused.
+fn env_parse<T>(name: &str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Debug,
+{
+    let value = match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={text:?} is not a number"))?,
+        Err(std::env::VarError::NotPresent) => default,
+        Err(e) => return Err(format!("{name}: {e}")),
+    };
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{name} must be in {range:?}, got {value:?}"))
+    }
+}
+
+/// Everything the run is told, checked before anything is started.
+struct Settings {
+    modes: Vec<Mode>,
+    node_cpu: f64,
+    rounds: usize,
+    namespaces: usize,
+    per_ns: usize,
+    window: Duration,
+    warmup: Duration,
+    failover_window: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings, String> {
+        let ms = |name, default| env_parse(name, default, 100..=600_000).map(Duration::from_millis);
+        let s = Settings {
+            modes: parse_modes(&std::env::var("MODES").unwrap_or_else(|_| "single-leader".into()))?,
+            node_cpu: env_parse("NODE_CPU", 0.25, 0.01..=64.0)?,
+            rounds: env_parse("ROUNDS", 5, 1..=1000)?,
+            namespaces: env_parse("NAMESPACES", 30, 1..=1000)?,
+            per_ns: env_parse("CLIENTS_PER_NS", 2, 1..=64)?,
+            window: ms("WINDOW_MS", 3000)?,
+            warmup: ms("WARMUP_MS", 500)?,
+            failover_window: ms("FAILOVER_WINDOW_MS", 8000)?,
+        };
+        // One connection per client in this process: stay well inside its file limit.
+        if s.namespaces * s.per_ns > 4096 {
+            return Err(format!(
+                "NAMESPACES x CLIENTS_PER_NS = {} clients; at most 4096",
+                s.namespaces * s.per_ns
+            ));
+        }
+        Ok(s)
+    }
 }
 
 fn main() {
@@ -68,6 +117,13 @@ fn main() {
         println!("scale bench: run with `cargo bench -p timelock-bench --bench scale`");
         return;
     }
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("scale bench: {why}");
+            std::process::exit(2);
+        }
+    };
     if let Err(why) = cpu_controller_writable() {
         eprintln!();
         eprintln!(
@@ -99,7 +155,7 @@ fn main() {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         // On Ctrl-C or SIGTERM the run is dropped: its servers are killed, its groups removed.
         tokio::select! {
-            () = run() => {}
+            () = run(settings) => {}
             _ = tokio::signal::ctrl_c() => eprintln!("scale bench: interrupted; cleaning up"),
             _ = term.recv() => eprintln!("scale bench: terminated; cleaning up"),
         }
@@ -284,28 +340,39 @@ struct Mode {
     settings: Vec<(String, String)>,
 }
 
-fn parse_modes(spec: &str) -> Vec<Mode> {
-    spec.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|entry| {
-            let (name, settings) = entry.split_once(':').unwrap_or((entry, ""));
-            let settings = settings
-                .split('+')
-                .filter(|s| !s.is_empty())
-                .map(|kv| {
-                    let (k, v) = kv
-                        .split_once('=')
-                        .unwrap_or_else(|| panic!("MODES: {kv:?} is not KEY=VALUE"));
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
-            Mode {
-                name: name.to_string(),
-                settings,
+fn parse_modes(spec: &str) -> Result<Vec<Mode>, String> {
+    let mut modes: Vec<Mode> = Vec::new();
+    for entry in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, settings) = entry.split_once(':').unwrap_or((entry, ""));
+        // The name goes into node ids and the report.
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "MODES: mode name {name:?} must be letters, digits, '-' or '_'"
+            ));
+        }
+        if modes.iter().any(|m| m.name == name) {
+            return Err(format!("MODES: {name:?} is named twice"));
+        }
+        let mut pairs = Vec::new();
+        for kv in settings.split('+').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => pairs.push((k.to_string(), v.to_string())),
+                _ => return Err(format!("MODES: {kv:?} (in {name}) is not KEY=VALUE")),
             }
-        })
-        .collect()
+        }
+        modes.push(Mode {
+            name: name.to_string(),
+            settings: pairs,
+        });
+    }
+    if modes.is_empty() {
+        return Err("MODES names no mode".into());
+    }
+    Ok(modes)
 }
 
 /// A node: its server, its groups. Field order matters: the server is killed before its
@@ -769,16 +836,17 @@ async fn measure_failover(
     result
 }
 
-async fn run() {
-    let modes = parse_modes(&std::env::var("MODES").unwrap_or_else(|_| "single-leader".into()));
-    assert!(!modes.is_empty(), "MODES names no mode");
-    let node_cpu: f64 = env_parse("NODE_CPU", 0.25);
-    let rounds: usize = env_parse("ROUNDS", 5);
-    let namespaces: usize = env_parse("NAMESPACES", 30);
-    let per_ns: usize = env_parse("CLIENTS_PER_NS", 2);
-    let window = Duration::from_millis(env_parse("WINDOW_MS", 3000));
-    let warmup = Duration::from_millis(env_parse("WARMUP_MS", 500));
-    let failover_window = Duration::from_millis(env_parse("FAILOVER_WINDOW_MS", 8000));
+async fn run(settings: Settings) {
+    let Settings {
+        modes,
+        node_cpu,
+        rounds,
+        namespaces,
+        per_ns,
+        window,
+        warmup,
+        failover_window,
+    } = settings;
     let me = std::process::id();
 
     let etcd = start_etcd().await;
