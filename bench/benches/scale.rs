@@ -25,11 +25,14 @@
 //!    larger than the client's previous one. Reported per mode and round: aggregate timestamps/s,
 //!    and per node its share of the timestamps issued and of all answers (from its `/metrics`),
 //!    its CPU (cores used, share of the cluster's CPU) and how often its quota throttled it.
-//! 2. **unaffected namespaces**: per mode, under the same load with 1 client per namespace,
-//!    `kill -9` the node that served the most namespaces and report, per namespace, the longest
-//!    time without a successful answer over the `FAILOVER_WINDOW_MS` (default 8000) after the
-//!    kill, split by whether the killed node was serving that namespace. With one leader for
-//!    every namespace (today) every namespace sees the failover gap.
+//! 2. **unaffected namespaces**: per mode, 1 client per namespace pausing `FAILOVER_PACE_MS`
+//!    (default 2; 0: none) after each answer, so that no node runs into its quota (a throttled node
+//!    stalls its clients for the rest of the period, which would read as a gap); `kill -9` the
+//!    node that served the most namespaces and report, per namespace, the longest time without
+//!    a successful answer over the `FAILOVER_WINDOW_MS` (default 8000) after the kill, split by
+//!    whether the killed node was serving that namespace, and beside it the worst gap of any
+//!    namespace in 2 s before the kill (the floor of this measure). With one leader for every
+//!    namespace (today) every namespace sees the failover gap.
 //!
 //! Cgroups and processes are removed at exit, also on a panic (a failed check); cgroups left by
 //! a run that was killed outright are removed by the next run.
@@ -85,6 +88,7 @@ struct Settings {
     window: Duration,
     warmup: Duration,
     failover_window: Duration,
+    failover_pace: Duration,
 }
 
 impl Settings {
@@ -99,6 +103,7 @@ impl Settings {
             window: ms("WINDOW_MS", 3000)?,
             warmup: ms("WARMUP_MS", 500)?,
             failover_window: ms("FAILOVER_WINDOW_MS", 8000)?,
+            failover_pace: Duration::from_millis(env_parse("FAILOVER_PACE_MS", 2, 0..=1000)?),
         };
         // One connection per client in this process: stay well inside its file limit.
         if s.namespaces * s.per_ns > 4096 {
@@ -503,7 +508,13 @@ struct Load {
 }
 
 impl Load {
-    fn start(nodes: &[SocketAddr], namespaces: usize, per_ns: usize) -> Load {
+    /// `pace`: a pause after each answer (none: closed loop, as fast as the cluster answers).
+    fn start(
+        nodes: &[SocketAddr],
+        namespaces: usize,
+        per_ns: usize,
+        pace: Option<Duration>,
+    ) -> Load {
         let nodes = Arc::new(nodes.to_vec());
         let successes = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -526,7 +537,9 @@ impl Load {
                     (nodes.clone(), ns.clone(), successes.clone(), stop.clone());
                 // Clients start spread over the nodes; a 308 moves them.
                 let first = (i + c) % nodes.len();
-                tasks.push(tokio::spawn(client(nodes, first, ns, successes, stop)));
+                tasks.push(tokio::spawn(client(
+                    nodes, first, ns, successes, stop, pace,
+                )));
             }
         }
         Load {
@@ -560,6 +573,7 @@ async fn client(
     ns: Arc<NamespaceState>,
     successes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    pace: Option<Duration>,
 ) {
     let request = format!(
         "POST /{}/timestamp/fresh-timestamp HTTP/1.1\r\nHost: bench\r\n\
@@ -599,6 +613,9 @@ async fn client(
                 last = ts;
                 successes.fetch_add(1, Ordering::Relaxed);
                 ns.success(target);
+                if let Some(pace) = pace {
+                    tokio::time::sleep(pace).await;
+                }
             }
             Ok(Ok(Reply::Redirect(to))) => {
                 target = to;
@@ -723,7 +740,7 @@ async fn measure_round(
     warmup: Duration,
     window: Duration,
 ) -> RoundResult {
-    let load = Load::start(&cluster.addrs(), namespaces, per_ns);
+    let load = Load::start(&cluster.addrs(), namespaces, per_ns, None);
     wait_until_served(&load, Duration::from_secs(60)).await;
     tokio::time::sleep(warmup).await;
     let mut before = Vec::new();
@@ -781,6 +798,8 @@ struct FailoverResult {
     victim: usize,
     /// Gaps in ms of the namespaces the killed node served, and of the others.
     led: Vec<f64>,
+    /// The worst gap of any namespace in 2 s before the kill.
+    quiet_worst: f64,
     others: Vec<f64>,
     unrecovered: usize,
 }
@@ -789,11 +808,25 @@ async fn measure_failover(
     cluster: &mut Cluster,
     namespaces: usize,
     window: Duration,
+    pace: Duration,
 ) -> FailoverResult {
     let addrs = cluster.addrs();
-    let load = Load::start(&addrs, namespaces, 1);
+    // Paced, so that no node runs into its quota: a throttled node stalls every client for the
+    // rest of the quota period, and that would be counted as a gap with or without a kill.
+    let load = Load::start(&addrs, namespaces, 1, (!pace.is_zero()).then_some(pace));
     wait_until_served(&load, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same measure with nothing killed: what a gap of "no effect" looks like here.
+    for ns in &load.namespaces {
+        ns.reset_gap();
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let quiet_end = Instant::now();
+    let quiet: Vec<Duration> = load
+        .namespaces
+        .iter()
+        .map(|ns| ns.gap_until(quiet_end))
+        .collect();
     // Which node serves each namespace right now; the victim is the one serving the most.
     let served_by: Vec<Option<SocketAddr>> = load
         .namespaces
@@ -818,6 +851,7 @@ async fn measure_failover(
     let mut result = FailoverResult {
         victim,
         led: Vec::new(),
+        quiet_worst: quiet.iter().max().unwrap().as_secs_f64() * 1000.0,
         others: Vec::new(),
         unrecovered: 0,
     };
@@ -846,6 +880,7 @@ async fn run(settings: Settings) {
         window,
         warmup,
         failover_window,
+        failover_pace,
     } = settings;
     let me = std::process::id();
 
@@ -902,7 +937,7 @@ async fn run(settings: Settings) {
     }
     let mut failovers = Vec::new();
     for cluster in clusters.iter_mut() {
-        failovers.push(measure_failover(cluster, namespaces, failover_window).await);
+        failovers.push(measure_failover(cluster, namespaces, failover_window, failover_pace).await);
     }
 
     println!();
@@ -972,12 +1007,13 @@ async fn run(settings: Settings) {
     }
     println!();
     println!(
-        "Unaffected namespaces: `kill -9` of the node serving the most namespaces under load (1 client per namespace); longest time per namespace without an answer in the {} ms after the kill:",
+        "Unaffected namespaces: `kill -9` of the node serving the most namespaces under load (1 client per namespace, a {} ms pause after each answer); longest time per namespace without an answer in the {} ms after the kill, and the worst of any namespace in 2 s before it:",
+        failover_pace.as_millis(),
         failover_window.as_millis()
     );
     println!();
-    println!("| mode | killed | namespaces it served: n, median ms, worst ms | other namespaces: n, median ms, worst ms | not back by the end |");
-    println!("|---|---|---|---|---:|");
+    println!("| mode | killed | namespaces it served: n, median ms, worst ms | other namespaces: n, median ms, worst ms | not back by the end | worst before the kill, ms |");
+    println!("|---|---|---|---|---:|---:|");
     for (cluster, f) in clusters.iter().zip(&mut failovers) {
         let summary = |v: &mut Vec<f64>| {
             if v.is_empty() {
@@ -987,12 +1023,13 @@ async fn run(settings: Settings) {
             format!("{}, {:.0}, {:.0}", v.len(), median(v), v[v.len() - 1])
         };
         println!(
-            "| {} | node{} | {} | {} | {} |",
+            "| {} | node{} | {} | {} | {} | {:.0} |",
             cluster.mode.name,
             f.victim,
             summary(&mut f.led),
             summary(&mut f.others),
-            f.unrecovered
+            f.unrecovered,
+            f.quiet_worst
         );
     }
     drop(clusters);
