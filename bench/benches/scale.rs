@@ -462,7 +462,7 @@ async fn sample(node: &Node) -> Sample {
 // the load
 
 /// A namespace's record across its clients: when it last got an answer, from which node, and
-/// its longest time without one since `reset_gaps`.
+/// its longest time without one since `reset_gap`.
 struct NamespaceState {
     name: String,
     inner: Mutex<NsInner>,
