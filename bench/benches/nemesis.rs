@@ -25,7 +25,9 @@
 //!   kinds); printed at the start. Timing still differs between runs.
 //! * `NEMESIS_ENV`: extra `KEY=VALUE` settings, comma-separated, given to every node, such as a
 //!   lease (`TIMELOCK__CLUSTER__LEASE_TTL_SECS=2`) or a leadership mode, so the same run works
-//!   against another cluster configuration unchanged.
+//!   against another cluster configuration unchanged. `NEMESIS_ENV_NODE0` (1, 2) adds settings
+//!   for one node only: `NEMESIS_ENV_NODE2=TIMELOCK__CLUSTER__ETCD_PREFIX=/elsewhere/` makes a
+//!   split brain (node2 elects itself in a cluster of its own), which the checker must report.
 //!
 //! The checker (tests/common/checker.rs) runs per namespace over every successful operation:
 //! unique across all clients, per-client strictly increasing, real-time ordered. A violation is
@@ -212,7 +214,10 @@ impl Cluster {
                 ("TIMELOCK__CLUSTER__NODE_ID".into(), format!("node{i}")),
                 ("TIMELOCK__LOG__LEVEL".into(), "info".into()),
             ];
-            for (k, v) in extra_env {
+            for (k, v) in extra_env
+                .iter()
+                .chain(&settings(&format!("NEMESIS_ENV_NODE{i}")))
+            {
                 env.retain(|(key, _)| key != k);
                 env.push((k.clone(), v.clone()));
             }
@@ -521,6 +526,21 @@ fn spawn_clients(
     handles
 }
 
+/// `KEY=VALUE` pairs, comma-separated, from the environment variable `name`.
+fn settings(name: &str) -> Vec<(String, String)> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{name}: {kv:?} is not KEY=VALUE"));
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
 /// Sleeps `d`, or returns early (false) when Ctrl-C arrives.
 async fn sleep_or_interrupt(d: Duration, interrupted: &AtomicBool) -> bool {
     if interrupted.load(Ordering::Acquire) {
@@ -549,17 +569,7 @@ async fn run() -> bool {
                 .unwrap()
                 .as_nanos() as u64
         });
-    let extra_env: Vec<(String, String)> = std::env::var("NEMESIS_ENV")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|kv| {
-            let (k, v) = kv
-                .split_once('=')
-                .unwrap_or_else(|| panic!("NEMESIS_ENV: {kv:?} is not KEY=VALUE"));
-            (k.trim().to_string(), v.trim().to_string())
-        })
-        .collect();
+    let extra_env = settings("NEMESIS_ENV");
     // A pause must outlast the lease, whatever the configured one.
     let ttl = Duration::from_secs(
         extra_env
@@ -594,7 +604,16 @@ async fn run() -> bool {
         events: Mutex::new(Vec::new()),
     };
     let clients = spawn_clients(&load, namespaces, per_namespace, seed, pace);
-    timeline.note("load started".into());
+    timeline.note(format!(
+        "load started; nodes: {}",
+        cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node{i} {}", n.base()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
 
     let mut rng = Rng(seed);
     let mut injected: BTreeMap<Fault, u64> = BTreeMap::new();
@@ -622,7 +641,10 @@ async fn run() -> bool {
                 sleep_or_interrupt(down, &interrupted).await;
                 tokio::task::block_in_place(|| cluster.nodes[target].restart());
                 cluster.publish_bases();
-                timeline.note(format!("restarted node{target}"));
+                timeline.note(format!(
+                    "restarted node{target} at {}",
+                    cluster.nodes[target].base()
+                ));
             }
             Fault::Pause => {
                 cluster.signal(target, libc::SIGSTOP);
@@ -656,6 +678,7 @@ async fn run() -> bool {
                     }
                     tokio::task::block_in_place(|| cluster.nodes[i].restart());
                     cluster.publish_bases();
+                    timeline.note(format!("restarted node{i} at {}", cluster.nodes[i].base()));
                     if !cluster.rejoined(i, Duration::from_secs(30)).await {
                         incidents
                             .push(format!("node{i} did not rejoin within 30 s of its restart"));
