@@ -33,7 +33,9 @@
 //! unique across all clients, per-client strictly increasing, real-time ordered. A violation is
 //! printed with the fault timeline around it, the nodes' data and logs are kept, and the process
 //! exits non-zero. The report: operations checked per kind, faults injected per kind, the
-//! longest gap per namespace without a successful operation, and errors by kind.
+//! longest gap per namespace without a successful operation and per fault kind (the longest
+//! gap in any namespace that began during a fault: median and worst over the faults of that
+//! kind), and errors by kind.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -526,6 +528,21 @@ fn spawn_clients(
     handles
 }
 
+/// The longest interval between consecutive successes (`done`, sorted; the last one runs to
+/// `end`) that began within `[from, to]`.
+fn worst_gap(done: &[Instant], from: Instant, to: Instant, end: Instant) -> Duration {
+    let first = done.partition_point(|t| *t < from);
+    let mut worst = Duration::ZERO;
+    for k in first..done.len() {
+        if done[k] > to {
+            break;
+        }
+        let next = done.get(k + 1).copied().unwrap_or(end);
+        worst = worst.max(next.saturating_duration_since(done[k]));
+    }
+    worst
+}
+
 /// `KEY=VALUE` pairs, comma-separated, from the environment variable `name`.
 fn settings(name: &str) -> Vec<(String, String)> {
     std::env::var(name)
@@ -617,6 +634,8 @@ async fn run() -> bool {
 
     let mut rng = Rng(seed);
     let mut injected: BTreeMap<Fault, u64> = BTreeMap::new();
+    // Each fault's kind and its window, from injection to healed.
+    let mut windows: Vec<(Fault, Instant, Instant)> = Vec::new();
     let faults_end = timeline.start + Duration::from_secs(secs);
     let mut incidents = Vec::new();
     'nemesis: while Instant::now() < faults_end {
@@ -633,6 +652,7 @@ async fn run() -> bool {
         }
         let who = if target_leader { " (leader)" } else { "" };
         *injected.entry(fault).or_default() += 1;
+        let fault_began = Instant::now();
         match fault {
             Fault::Kill => {
                 cluster.nodes[target].kill9();
@@ -692,6 +712,7 @@ async fn run() -> bool {
                 timeline.note("rolling restart done".into());
             }
         }
+        windows.push((fault, fault_began, Instant::now()));
     }
     if interrupted.load(Ordering::Acquire) {
         timeline.note("interrupted (Ctrl-C): healing and stopping".into());
@@ -731,6 +752,7 @@ async fn run() -> bool {
     // The checker, per namespace.
     let mut violations = Vec::new();
     let mut gaps = Vec::new();
+    let mut dones = Vec::new();
     for n in 0..namespaces {
         let ops = std::mem::take(&mut *load.ops[n].lock());
         if let Err(v) = check(&ops) {
@@ -749,6 +771,19 @@ async fn run() -> bool {
             last = t;
         }
         gaps.push((n, ops.len(), gap));
+        dones.push(done);
+    }
+    // Per fault: the longest gap in any namespace that began while the fault lasted (a gap
+    // begins with the last success before it, so a little before the fault itself).
+    let mut by_fault: BTreeMap<Fault, Vec<Duration>> = BTreeMap::new();
+    for (fault, began, healed) in &windows {
+        let from = *began - Duration::from_millis(100);
+        let worst = dones
+            .iter()
+            .map(|done| worst_gap(done, from, *healed, load_end))
+            .max()
+            .unwrap_or_default();
+        by_fault.entry(*fault).or_default().push(worst);
     }
 
     // The report.
@@ -777,6 +812,19 @@ async fn run() -> bool {
         );
     }
     println!("| **total** | **{}** |", injected.values().sum::<u64>());
+    println!();
+    println!("| fault | faults | longest gap in any namespace that began during the fault, ms: median | max |");
+    println!("|---|---:|---:|---:|");
+    for (fault, mut worst) in by_fault {
+        worst.sort();
+        println!(
+            "| {} | {} | {} | {} |",
+            fault.name(),
+            worst.len(),
+            worst[worst.len() / 2].as_millis(),
+            worst[worst.len() - 1].as_millis()
+        );
+    }
     println!();
     println!("| namespace | operations | longest gap without a success, ms | gap began at s | back after the faults, ms |");
     println!("|---|---:|---:|---:|---:|");
