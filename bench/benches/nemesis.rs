@@ -23,6 +23,8 @@
 //!   every namespace must serve again, and the run stops by itself.
 //! * `NEMESIS_SEED`: replays a run's choices (faults, targets, durations, the clients' choice of
 //!   kinds); printed at the start. Timing still differs between runs.
+//! * `NEMESIS_FAULTS`: the kinds to choose from, comma-separated among `kill`, `pause`, `cut`,
+//!   `etcd`, `rolling` (default: all).
 //! * `NEMESIS_ENV`: extra `KEY=VALUE` settings, comma-separated, given to every node, such as a
 //!   lease (`TIMELOCK__CLUSTER__LEASE_TTL_SECS=2`) or a leadership mode, so the same run works
 //!   against another cluster configuration unchanged. `NEMESIS_ENV_NODE0` (1, 2) adds settings
@@ -125,6 +127,17 @@ impl Fault {
         Fault::EtcdKill,
         Fault::Rolling,
     ];
+    /// The short names `NEMESIS_FAULTS` takes.
+    fn key(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::Cut => "cut",
+            Fault::EtcdKill => "etcd",
+            Fault::Rolling => "rolling",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill -9 a node, restart it",
@@ -587,6 +600,20 @@ async fn run() -> bool {
                 .as_nanos() as u64
         });
     let extra_env = settings("NEMESIS_ENV");
+    let kinds: Vec<Fault> = match std::env::var("NEMESIS_FAULTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|k| {
+                Fault::ALL
+                    .into_iter()
+                    .find(|f| f.key() == k.trim())
+                    .unwrap_or_else(|| {
+                        panic!("NEMESIS_FAULTS: {k:?} is none of kill, pause, cut, etcd, rolling")
+                    })
+            })
+            .collect(),
+        Err(_) => Fault::ALL.to_vec(),
+    };
     // A pause must outlast the lease, whatever the configured one.
     let ttl = Duration::from_secs(
         extra_env
@@ -596,7 +623,8 @@ async fn run() -> bool {
             .unwrap_or(3),
     );
     println!(
-        "nemesis: seed {seed} (replay with NEMESIS_SEED={seed}), {secs} s of faults, {namespaces} namespaces x {per_namespace} clients, {NODES} nodes, lease TTL {ttl:?}, extra node settings {extra_env:?}"
+        "nemesis: seed {seed} (replay with NEMESIS_SEED={seed}), {secs} s of faults, {namespaces} namespaces x {per_namespace} clients, {NODES} nodes, lease TTL {ttl:?}, faults {:?}, extra node settings {extra_env:?}",
+        kinds.iter().map(|f| f.key()).collect::<Vec<_>>()
     );
 
     let mut cluster = Cluster::start(&extra_env).await;
@@ -642,7 +670,7 @@ async fn run() -> bool {
         if !sleep_or_interrupt(rng.millis(1_000, 4_000), &interrupted).await {
             break;
         }
-        let fault = Fault::ALL[rng.below(Fault::ALL.len() as u64) as usize];
+        let fault = kinds[rng.below(kinds.len() as u64) as usize];
         let target_leader = rng.below(2) == 0;
         let mut target = rng.below(NODES as u64) as usize;
         if target_leader {
