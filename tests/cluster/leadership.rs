@@ -14,6 +14,7 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::checker::{check, Op};
 use common::etcd::{start_etcd, Etcd, Proxy};
 use common::TestServer;
 use parking_lot::Mutex;
@@ -523,65 +524,6 @@ async fn killing_the_leader_elects_another_timestamps_rise_and_locks_die() {
     );
     // The lease is 2 s here: a kill is noticed when it expires.
     assert!(failover_ms.iter().all(|ms| *ms < 15_000), "{failover_ms:?}");
-}
-
-/// One client operation, for the checker.
-#[derive(Debug, Clone)]
-struct Op {
-    client: usize,
-    invoked: Instant,
-    completed: Instant,
-    value: i64,
-    node: String,
-}
-
-/// Per-client strictly increasing, globally unique, and for operations that do not overlap in
-/// real time, the later one has the larger value (linearizability of a counter).
-fn check(ops: &[Op]) -> Result<(), String> {
-    let mut by_client: std::collections::BTreeMap<usize, Vec<&Op>> = Default::default();
-    for op in ops {
-        by_client.entry(op.client).or_default().push(op);
-    }
-    for (client, list) in &by_client {
-        for pair in list.windows(2) {
-            if pair[1].value <= pair[0].value {
-                return Err(format!(
-                    "client {client}: {} then {} (from {} then {})",
-                    pair[0].value, pair[1].value, pair[0].node, pair[1].node
-                ));
-            }
-        }
-    }
-    let mut values: Vec<i64> = ops.iter().map(|o| o.value).collect();
-    values.sort();
-    if let Some(w) = values.windows(2).find(|w| w[0] == w[1]) {
-        return Err(format!("timestamp {} issued twice", w[0]));
-    }
-    // Sort by completion; a sweep keeps the largest value among operations completed before
-    // each invocation.
-    let mut by_completion: Vec<&Op> = ops.iter().collect();
-    by_completion.sort_by_key(|o| o.completed);
-    let mut by_invocation: Vec<&Op> = ops.iter().collect();
-    by_invocation.sort_by_key(|o| o.invoked);
-    let mut j = 0;
-    let mut max_done: Option<&Op> = None;
-    for op in by_invocation {
-        while j < by_completion.len() && by_completion[j].completed < op.invoked {
-            if max_done.is_none_or(|m| by_completion[j].value > m.value) {
-                max_done = Some(by_completion[j]);
-            }
-            j += 1;
-        }
-        if let Some(m) = max_done {
-            if op.value <= m.value {
-                return Err(format!(
-                    "{} (from {}) was invoked after {} (from {}) completed, but is not larger",
-                    op.value, op.node, m.value, m.node
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[test]

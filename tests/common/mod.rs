@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod checker;
 pub mod etcd;
 
 /// The server binary: cargo's own for this package's tests; the bench crate (bench/, a workspace
