@@ -302,14 +302,7 @@ impl Cluster {
 }
 
 async fn role_of(base: &str) -> Option<String> {
-    let response = http()
-        .get(format!("{base}/health/ready"))
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .ok()?;
-    let body: Value = response.json().await.ok()?;
-    body["role"].as_str().map(str::to_string)
+    common::etcd::role_of(&http(), base, Duration::from_secs(1)).await
 }
 
 fn http() -> reqwest::Client {

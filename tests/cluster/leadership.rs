@@ -125,14 +125,7 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 async fn role_of(base: &str) -> Option<String> {
-    let response = http()
-        .get(format!("{base}/health/ready"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    let body: Value = response.json().await.ok()?;
-    body["role"].as_str().map(str::to_string)
+    common::etcd::role_of(&http(), base, Duration::from_secs(2)).await
 }
 
 fn http() -> reqwest::Client {
@@ -556,6 +549,21 @@ fn the_checker_catches_each_kind_of_violation() {
     );
 }
 
+/// Stops the clients of [`spawn_clients`]: every operation recorded, and how many gave up.
+async fn stop_clients(
+    stop: &std::sync::atomic::AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<u64>>,
+    ops: &Mutex<Vec<Op>>,
+) -> (Vec<Op>, u64) {
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut failures = 0;
+    for c in clients {
+        failures += c.await.unwrap();
+    }
+    let ops = ops.lock().clone();
+    (ops, failures)
+}
+
 /// Runs `clients` clients fetching timestamps until `stop`, recording every success.
 fn spawn_clients(
     clients: usize,
@@ -675,12 +683,7 @@ async fn a_leader_cut_off_from_etcd_stops_serving_before_another_starts() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let mut failures = 0;
-    for c in clients {
-        failures += c.await.unwrap();
-    }
-    let ops = ops.lock().clone();
+    let (ops, failures) = stop_clients(&stop, clients, &ops).await;
     println!(
         "partition: {} operations by 4 clients over 3 failovers, {failures} gave up; (old leader's last answer, new leader's first answer) after the cut, ms: {handovers:?}",
         ops.len()
@@ -752,12 +755,7 @@ async fn after_etcd_is_killed_and_restarted_service_is_back_within_one_ttl() {
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let mut failures = 0;
-    for c in clients {
-        failures += c.await.unwrap();
-    }
-    let ops = ops.lock().clone();
+    let (ops, failures) = stop_clients(&stop, clients, &ops).await;
     println!(
         "etcd SIGKILL and restart, twice: service back after etcd answered again, ms: {back_ms:?}; {} operations, {failures} gave up",
         ops.len()
@@ -792,12 +790,7 @@ async fn a_rolling_restart_of_every_node_keeps_service() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let mut failures = 0;
-    for c in clients {
-        failures += c.await.unwrap();
-    }
-    let ops = ops.lock().clone();
+    let (ops, failures) = stop_clients(&stop, clients, &ops).await;
     let served_by: std::collections::BTreeSet<&str> = ops.iter().map(|o| o.node.as_str()).collect();
     println!(
         "rolling restart: {} operations, {failures} gave up, served by {} distinct node addresses",

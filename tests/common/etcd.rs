@@ -179,3 +179,20 @@ impl Proxy {
         let _ = self.cut.send(false);
     }
 }
+
+/// A node's cluster role from its readiness report (`leader`, `follower`, `no_quorum`), or
+/// `None` when it does not answer within `timeout`.
+pub async fn role_of(
+    client: &reqwest::Client,
+    base: &str,
+    timeout: std::time::Duration,
+) -> Option<String> {
+    let response = client
+        .get(format!("{base}/health/ready"))
+        .timeout(timeout)
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["role"].as_str().map(str::to_string)
+}
