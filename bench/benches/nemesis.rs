@@ -56,11 +56,29 @@ use serde_json::Value;
 const NEW_PROTOCOL: &str = "timelock-nemesis/1.0 atlasdb-http-client/2.0";
 const NODES: usize = 3;
 
-fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// A setting from the environment: `default` when unset; a value that does not parse or is
+/// outside `range` ends the run before anything starts (exit 2), rather than being ignored.
+fn env_setting<T>(name: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let Ok(text) = std::env::var(name) else {
+        return default;
+    };
+    match text.trim().parse::<T>() {
+        Ok(v) if range.contains(&v) => v,
+        _ => refuse(&format!(
+            "{name}={text:?}: expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// Ends the run on a bad setting, before any process is started.
+fn refuse(why: &str) -> ! {
+    eprintln!("nemesis: {why}");
+    std::process::exit(2)
 }
 
 fn main() {
@@ -558,7 +576,7 @@ fn settings(name: &str) -> Vec<(String, String)> {
         .map(|kv| {
             let (k, v) = kv
                 .split_once('=')
-                .unwrap_or_else(|| panic!("{name}: {kv:?} is not KEY=VALUE"));
+                .unwrap_or_else(|| refuse(&format!("{name}: {kv:?} is not KEY=VALUE")));
             (k.trim().to_string(), v.trim().to_string())
         })
         .collect()
@@ -579,20 +597,21 @@ async fn sleep_or_interrupt(d: Duration, interrupted: &AtomicBool) -> bool {
 }
 
 async fn run() -> bool {
-    let secs: u64 = env_parse("NEMESIS_SECS", 600);
-    let namespaces: usize = env_parse("NEMESIS_NAMESPACES", 8);
-    let per_namespace: usize = env_parse("NEMESIS_CLIENTS", 3);
-    let pace = Duration::from_millis(env_parse("NEMESIS_PACE_MS", 10));
-    let seed: u64 = std::env::var("NEMESIS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let secs: u64 = env_setting("NEMESIS_SECS", 600, 1..=86_400);
+    let namespaces: usize = env_setting("NEMESIS_NAMESPACES", 8, 1..=1_000);
+    let per_namespace: usize = env_setting("NEMESIS_CLIENTS", 3, 1..=100);
+    let pace = Duration::from_millis(env_setting("NEMESIS_PACE_MS", 10, 0..=60_000));
+    let now_nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let seed: u64 = env_setting("NEMESIS_SEED", now_nanos, 0..=u64::MAX);
     let extra_env = settings("NEMESIS_ENV");
+    // The per-node settings are read again as each node starts; reading them here first means a
+    // malformed one ends the run before etcd or any node is running.
+    for i in 0..NODES {
+        settings(&format!("NEMESIS_ENV_NODE{i}"));
+    }
     let kinds: Vec<Fault> = match std::env::var("NEMESIS_FAULTS") {
         Ok(list) => list
             .split(',')
@@ -601,7 +620,9 @@ async fn run() -> bool {
                     .into_iter()
                     .find(|f| f.key() == k.trim())
                     .unwrap_or_else(|| {
-                        panic!("NEMESIS_FAULTS: {k:?} is none of kill, pause, cut, etcd, rolling")
+                        refuse(&format!(
+                            "NEMESIS_FAULTS: {k:?} is none of kill, pause, cut, etcd, rolling"
+                        ))
                     })
             })
             .collect(),
