@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn connect(server: &TestServer) -> TcpStream {
+pub(crate) fn connect(server: &TestServer) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
 }
 
 /// Reads until the server closes the connection or stops sending (at most `limit`).
-fn read_reply(stream: &mut TcpStream, limit: Duration) -> String {
+pub(crate) fn read_reply(stream: &mut TcpStream, limit: Duration) -> String {
     stream.set_read_timeout(Some(limit)).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -32,7 +32,7 @@ fn read_reply(stream: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn status_of(reply: &str) -> Option<u16> {
+pub(crate) fn status_of(reply: &str) -> Option<u16> {
     reply.get(9..12)?.parse().ok()
 }
 
