@@ -313,6 +313,30 @@ pub enum ClusterMode {
     Etcd,
 }
 
+/// Which node of a cluster leads which namespaces (`cluster.leader_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaderMode {
+    /// One elected node leads every namespace (TimeLock's `SINGLE_LEADER`).
+    SingleLeader,
+    /// Namespaces are spread over the live nodes in shards, each shard with its own leader
+    /// and term (TimeLock's `LEADER_PER_CLIENT`). See docs/cluster.md.
+    PerNamespace,
+}
+
+impl LeaderMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaderMode::SingleLeader => "single-leader",
+            LeaderMode::PerNamespace => "per-namespace",
+        }
+    }
+}
+
+/// Largest `cluster.shards`: every node keeps one slot per shard, and a cluster start costs
+/// one etcd transaction per shard.
+pub const MAX_SHARDS: u16 = 1024;
+
 /// Cluster mode (`mode = "etcd"`): the nodes elect one leader through an etcd lease; only the
 /// leader serves, with its bounds in etcd. See docs/cluster.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +344,12 @@ pub enum ClusterMode {
 pub struct ClusterSettings {
     /// `single` (the default) or `etcd`.
     pub mode: ClusterMode,
+    /// `single-leader` (the default) or `per-namespace`. Every node of a cluster must use the
+    /// same mode and shard count: a node refuses to lead while the other mode holds etcd.
+    pub leader_mode: LeaderMode,
+    /// Leader per namespace: namespaces are hashed into this many shards, the unit of
+    /// leadership. Fixed for the life of the cluster's etcd prefix (1 to 1024).
+    pub shards: u16,
     /// etcd client URLs, comma-separated: `http://etcd1:2379,http://etcd2:2379`.
     pub etcd_endpoints: String,
     /// Every key this cluster writes in etcd lives under this prefix.
@@ -345,6 +375,8 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         Self {
             mode: ClusterMode::Single,
+            leader_mode: LeaderMode::SingleLeader,
+            shards: 64,
             etcd_endpoints: "http://127.0.0.1:2379".to_string(),
             etcd_prefix: "/timelock/".to_string(),
             node_id: String::new(),
@@ -674,6 +706,12 @@ impl Settings {
             return invalid(
                 "cluster.renew_interval_ms and cluster.etcd_timeout_ms must be positive".into(),
             );
+        }
+        if c.shards == 0 || c.shards > MAX_SHARDS {
+            return invalid(format!(
+                "cluster.shards must be between 1 and {MAX_SHARDS}, got {}",
+                c.shards
+            ));
         }
         if c.max_clock_drift_ppm >= 500_000 {
             return invalid("cluster.max_clock_drift_ppm must be below 500000".into());

@@ -65,6 +65,11 @@ pub enum TimelockError {
     #[error("not the current leader for this namespace")]
     NotCurrentLeader,
 
+    /// Leader per namespace: another node leads this namespace (or nobody yet). Answered as
+    /// [`TimelockError::NotCurrentLeader`], with a 308 to that namespace's leader when known.
+    #[error("this node does not lead namespace {0:?}")]
+    NotLeaderOf(String),
+
     /// A bounded resource (for example lock waiters) is exhausted; retry later (429).
     #[error("{0}")]
     TooManyRequests(String),

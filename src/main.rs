@@ -100,7 +100,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         %addr,
         data_dir = %data_dir.display(),
         store = server.store_description(),
-        namespaces = server.state().namespaces().map(|n| n.names().len()).unwrap_or(0),
+        namespaces = server.state().leadership.registries().iter().map(|r| r.len()).sum::<usize>(),
         role = server.state().leadership.role().as_str(),
         "timelock listening on {}://{addr} with data in {}",
         if settings.tls.enabled() { "https" } else { "http" },

@@ -178,6 +178,13 @@ pub struct ClusterMetrics {
     pub not_leader: IntCounter,
     /// Seconds from winning the election to serving (loading the bounds from etcd).
     pub takeover_latency: Histogram,
+    /// Leader per namespace: shards this node leads now.
+    pub shards_led: IntGauge,
+    /// Leader per namespace: namespaces this node leads now (set at scrape time).
+    pub namespaces_led: IntGauge,
+    /// Leader per namespace: planned moves of a shard, `out` (stepped down and released the
+    /// key for another node) and `in` (took a shard another node released or lost).
+    pub handoffs: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -236,8 +243,29 @@ impl ClusterMetrics {
             .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         )
         .expect("metric");
+        let shards_led = IntGauge::new(
+            "timelock_cluster_shards_led",
+            "Leader per namespace: shards this node leads",
+        )
+        .expect("metric");
+        let namespaces_led = IntGauge::new(
+            "timelock_cluster_namespaces_led",
+            "Namespaces this node leads (all of them on a single node or the single leader)",
+        )
+        .expect("metric");
+        let handoffs = IntCounterVec::new(
+            Opts::new(
+                "timelock_cluster_handoffs_total",
+                "Leader per namespace: shards released to another node (out) or taken (in)",
+            ),
+            &["direction"],
+        )
+        .expect("metric");
         for m in [
-            Box::new(role.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shards_led.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(namespaces_led.clone()),
+            Box::new(handoffs.clone()),
+            Box::new(role.clone()),
             Box::new(terms.clone()),
             Box::new(step_downs.clone()),
             Box::new(lease_renewal_age.clone()),
@@ -259,6 +287,9 @@ impl ClusterMetrics {
             redirects,
             not_leader,
             takeover_latency,
+            shards_led,
+            namespaces_led,
+            handoffs,
         }
     }
 }

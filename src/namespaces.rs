@@ -5,7 +5,7 @@
 //! creation takes the creation mutex and writes to the store. A name is validated once, when it
 //! is created; an existing entry is valid by construction.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,9 @@ pub struct Namespaces {
     limits: AllocatorLimits,
     lock_limits: LockLimits,
     max_namespaces: usize,
+    /// Namespaces held by this registry and the others it shares the cap with (under a leader
+    /// per namespace, every shard this node leads): the cap counts them all.
+    census: Arc<AtomicUsize>,
     metrics: Metrics,
     epoch: Instant,
     /// Open while this registry's term may serve; closed by [`Namespaces::end_term`].
@@ -137,7 +140,7 @@ impl Namespaces {
             store,
             limits,
             lock_limits,
-            max_namespaces,
+            (max_namespaces, Arc::default()),
             metrics,
             TermGate::unbounded(),
         )
@@ -147,14 +150,17 @@ impl Namespaces {
     /// Loads every persisted namespace from `store` for one leadership term: every service
     /// serves only while `gate` is open. Nothing is carried over from an earlier term: the
     /// allocators start at the stored bounds and the lock services get new leadership ids.
+    /// `cap` is the namespace cap and the count it applies to, shared with the registries of
+    /// the node's other shards.
     pub async fn load_term(
         store: Arc<dyn BoundStore>,
         limits: AllocatorLimits,
         lock_limits: LockLimits,
-        max_namespaces: usize,
+        cap: (usize, Arc<AtomicUsize>),
         metrics: Metrics,
         gate: Arc<TermGate>,
     ) -> std::result::Result<Self, StoreError> {
+        let (max_namespaces, census) = cap;
         let new_record = store.new_namespace_record().await?;
         let registry = Self {
             new_record,
@@ -164,6 +170,7 @@ impl Namespaces {
             limits,
             lock_limits,
             max_namespaces,
+            census,
             metrics,
             epoch: Instant::now(),
             gate,
@@ -176,7 +183,8 @@ impl Namespaces {
                 let ns = registry.build(name.clone(), record, 0);
                 map.insert(name, ns);
             }
-            registry.metrics.namespaces.set(map.len() as i64);
+            let total = registry.census.fetch_add(map.len(), Ordering::AcqRel) + map.len();
+            registry.metrics.namespaces.set(total as i64);
         }
         Ok(registry)
     }
@@ -235,7 +243,7 @@ impl Namespaces {
         if let Some(ns) = self.get(name) {
             return Ok(ns);
         }
-        let count = self.map.read().len();
+        let count = self.census.load(Ordering::Acquire);
         if count >= self.max_namespaces {
             return Err(TimelockError::TooManyNamespaces {
                 limit: self.max_namespaces,
@@ -251,9 +259,9 @@ impl Namespaces {
             .map_err(|e| TimelockError::Storage(format!("creating namespace {name:?}: {e}")))?;
         let name: Arc<str> = Arc::from(name);
         let ns = self.build(name.clone(), record, self.now_secs());
-        let mut map = self.map.write();
-        map.insert(name.clone(), ns.clone());
-        self.metrics.namespaces.set(map.len() as i64);
+        self.map.write().insert(name.clone(), ns.clone());
+        let total = self.census.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.namespaces.set(total as i64);
         if record.fenced {
             tracing::warn!(namespace = %name, "namespace created FENCED: the data was restored from a backup that could not know it; fast-forward it past the last timestamp it issued before the restore");
         } else {
@@ -310,9 +318,10 @@ impl Namespaces {
         self.names_where(|ns| ns.timestamps.is_fail_stopped())
     }
 
-    /// Sets the gauges that describe namespace states (fail-stopped, fenced, the oldest fence)
-    /// from the registry: called per scrape, so they cost the request path nothing.
-    pub fn refresh_state_gauges(&self) {
+    /// This registry's part of the namespace-state gauges: (fail-stopped, fenced, the oldest
+    /// fence's start in seconds since the epoch or infinity). Summed over the registries a node
+    /// serves at scrape time, so they cost the request path nothing.
+    pub fn state_counts(&self) -> (i64, i64, f64) {
         let (mut failed, mut fenced, mut oldest) = (0i64, 0i64, f64::INFINITY);
         for ns in self.map.read().values() {
             if ns.timestamps.is_fail_stopped() {
@@ -323,11 +332,17 @@ impl Namespaces {
                 oldest = oldest.min(since);
             }
         }
-        self.metrics.fail_stopped.set(failed);
-        self.metrics.fenced.set(fenced);
-        self.metrics
-            .oldest_fence_start
-            .set(if oldest.is_finite() { oldest } else { 0.0 });
+        (failed, fenced, oldest)
+    }
+
+    /// How many namespaces this registry holds.
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// Whether this registry holds no namespace.
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
     }
 
     fn names_where(&self, keep: impl Fn(&Namespace) -> bool) -> Vec<String> {
@@ -352,6 +367,14 @@ impl Namespaces {
     pub fn end_term(&self) {
         self.gate.close();
         self.close_lock_services();
+        // Its namespaces no longer count against this node's cap. Creation after the gate
+        // closed is refused (the gate is checked first), so the count is final.
+        let held = self.map.read().len();
+        let total = self
+            .census
+            .fetch_sub(held, Ordering::AcqRel)
+            .saturating_sub(held);
+        self.metrics.namespaces.set(total as i64);
     }
 
     /// Ends every namespace's lock term (shutdown): waiters fail with 503, locks are dropped.

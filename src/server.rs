@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::cluster::election::{EtcdBoundsElsewhere, TermFactory};
 use crate::cluster::Leadership;
-use crate::config::{ClusterMode, ClusterSettings, Settings};
+use crate::config::{ClusterMode, ClusterSettings, LeaderMode, Settings};
 use crate::http::direct::Dispatch;
 use crate::http::{service, AppState, Shared};
 use crate::lock::LockLimits;
@@ -148,11 +148,17 @@ impl Server {
         } else {
             cluster.node_id.clone()
         };
-        let leadership = Arc::new(Leadership::clustered(
-            node_id,
-            advertise_url,
-            metrics.clone(),
-        ));
+        let leadership = Arc::new(match cluster.leader_mode {
+            LeaderMode::SingleLeader => {
+                Leadership::clustered(node_id, advertise_url, metrics.clone())
+            }
+            LeaderMode::PerNamespace => Leadership::sharded(
+                usize::from(cluster.shards),
+                node_id,
+                advertise_url,
+                metrics.clone(),
+            ),
+        });
         let store: Arc<dyn BoundStore> = Arc::new(EtcdBoundsElsewhere {
             endpoints: cluster.etcd_endpoints.clone(),
         });
@@ -164,6 +170,7 @@ impl Server {
             limits: AllocatorLimits::from(&settings.timestamp),
             lock_limits: LockLimits::from(settings),
             max_namespaces: settings.namespaces.max,
+            census: Arc::default(),
             metrics,
         };
         Ok(Self {
@@ -172,8 +179,11 @@ impl Server {
             service,
             data_dir: settings.storage.data_dir.clone(),
             store_description: format!(
-                "etcd at {} under {:?} (cluster mode, node {})",
-                cluster.etcd_endpoints, cluster.etcd_prefix, settings.cluster.node_id
+                "etcd at {} under {:?} (cluster mode, {}, node {})",
+                cluster.etcd_endpoints,
+                cluster.etcd_prefix,
+                cluster.leader_mode.as_str(),
+                settings.cluster.node_id
             ),
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
             connections,
@@ -223,8 +233,8 @@ impl Server {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Ok(namespaces) = leadership.namespaces() {
-                    namespaces.reap();
+                for registry in leadership.registries() {
+                    registry.reap();
                 }
             }
         });
@@ -235,12 +245,21 @@ impl Server {
         });
         let (stop_election, election_stopped) = tokio::sync::watch::channel(false);
         let election = self.election.map(|(cluster, factory)| {
-            tokio::spawn(crate::cluster::election::run(
-                self.state.leadership.clone(),
-                cluster,
-                factory,
-                election_stopped,
-            ))
+            let leadership = self.state.leadership.clone();
+            match cluster.leader_mode {
+                LeaderMode::SingleLeader => tokio::spawn(crate::cluster::election::run(
+                    leadership,
+                    cluster,
+                    factory,
+                    election_stopped,
+                )),
+                LeaderMode::PerNamespace => tokio::spawn(crate::cluster::shards::run(
+                    leadership,
+                    cluster,
+                    factory,
+                    election_stopped,
+                )),
+            }
         });
         // Cluster mode: a force-killed leader stops campaigning and revokes its lease, so that
         // another node takes over now (its own clients are refused from the kill on).

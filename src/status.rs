@@ -56,6 +56,104 @@ pub struct NodeStatus {
     pub leader_url: Option<String>,
     pub shutting_down: bool,
     pub force_killed: bool,
+    /// Cluster mode: who leads what, as this node knows it.
+    #[serde(default)]
+    pub leadership: Option<LeadershipStatus>,
+}
+
+/// Cluster mode: the leader mode, this node's terms and lease, and the leaders it knows of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadershipStatus {
+    /// `single-leader` or `per-namespace`.
+    pub mode: String,
+    /// Units of leadership: 1 with a single leader, `cluster.shards` per namespace.
+    pub shards: usize,
+    /// Milliseconds since etcd last acknowledged this node's lease renewal.
+    pub lease_renewal_age_ms: u64,
+    /// Milliseconds this node may still serve without another renewal (0 when leading
+    /// nothing or unknown).
+    pub lease_remaining_ms: u64,
+    /// The terms this node holds: one per shard it leads.
+    pub terms: Vec<TermStatus>,
+    /// Every leader this node knows of (itself included), with the shards each leads.
+    pub leaders: Vec<LeaderStatus>,
+    /// Shards with no known leader now (taken within a renewal interval, normally).
+    pub unled_shards: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TermStatus {
+    pub shard: usize,
+    /// The etcd revision the term began at (its id: a later term has a higher one).
+    pub revision: i64,
+    /// When this node began the term, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// The shard's namespaces this node serves (those created so far).
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderStatus {
+    pub node: String,
+    pub url: String,
+    pub shards: Vec<usize>,
+}
+
+/// Who leads what, as `leadership` knows it; `None` outside cluster mode.
+pub fn leadership_status(leadership: &Leadership) -> Option<LeadershipStatus> {
+    if leadership.role() == Role::Single {
+        return None;
+    }
+    let metrics = &leadership.metrics().cluster;
+    let per_namespace = leadership.per_namespace();
+    let mut terms = Vec::new();
+    let mut leaders: std::collections::BTreeMap<(String, String), Vec<usize>> = Default::default();
+    let mut unled_shards = Vec::new();
+    for (k, view) in leadership.shard_views().into_iter().enumerate() {
+        if let Some(registry) = leadership.registry_for_shard(k) {
+            terms.push(TermStatus {
+                shard: k,
+                revision: view.revision,
+                since_unix_ms: view.since_unix_ms,
+                namespaces: registry.names(),
+            });
+        }
+        match (view.leader_node, view.leader_url) {
+            (node, Some(url)) => leaders
+                .entry((
+                    node.map(|n| n.to_string()).unwrap_or_default(),
+                    url.to_string(),
+                ))
+                .or_default()
+                .push(k),
+            _ => unled_shards.push(k),
+        }
+    }
+    let led_any = !terms.is_empty();
+    Some(LeadershipStatus {
+        mode: if per_namespace {
+            "per-namespace"
+        } else {
+            "single-leader"
+        }
+        .to_string(),
+        shards: leadership.shard_count(),
+        lease_renewal_age_ms: (metrics.lease_renewal_age.get() * 1000.0) as u64,
+        lease_remaining_ms: if led_any {
+            (metrics.lease_remaining.get() * 1000.0) as u64
+        } else {
+            0
+        },
+        terms,
+        leaders: leaders
+            .into_iter()
+            .map(|((node, url), shards)| LeaderStatus { node, url, shards })
+            .collect(),
+        unled_shards,
+    })
 }
 
 /// What a namespace does with a request for timestamps.
@@ -154,6 +252,8 @@ pub fn collect(
     let clustered = role != Role::Single;
     let leader_url = match role {
         Role::Single => None,
+        // Each shard has its own leader: see `leadership`.
+        _ if leadership.per_namespace() => None,
         Role::Leader => Some(leadership.advertise_url().to_string()),
         _ => leadership.leader_url().map(|u| u.to_string()),
     };
@@ -165,18 +265,22 @@ pub fn collect(
         leader_url,
         shutting_down: flags.shutting_down,
         force_killed: flags.force_killed,
+        leadership: leadership_status(leadership),
     };
-    let namespaces = leadership
-        .namespaces()
-        .ok()
-        .filter(|n| n.is_serving())
-        .map(|registry| {
-            registry
-                .entries()
-                .into_iter()
-                .map(|(name, ns)| namespace_status(&name, &ns))
-                .collect()
-        });
+    let registries: Vec<_> = leadership
+        .registries()
+        .into_iter()
+        .filter(|r| r.is_serving())
+        .collect();
+    let namespaces = (!registries.is_empty() || leadership.per_namespace()).then(|| {
+        let mut all: Vec<NamespaceStatus> = registries
+            .iter()
+            .flat_map(|r| r.entries())
+            .map(|(name, ns)| namespace_status(&name, &ns))
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    });
     let (last_backup, backup_error) = match backup::list(backups_dir) {
         Ok(all) => (
             all.last().map(|m| BackupStatus {

@@ -48,11 +48,14 @@ pub struct TermFactory {
     pub limits: AllocatorLimits,
     pub lock_limits: LockLimits,
     pub max_namespaces: usize,
+    /// The count the cap applies to, shared by every registry this node builds: a node holds at
+    /// most `max_namespaces` namespaces whatever the number of shards it leads.
+    pub census: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Metrics,
 }
 
 impl TermFactory {
-    async fn load(
+    pub(super) async fn load(
         &self,
         store: Arc<dyn BoundStore>,
         gate: Arc<TermGate>,
@@ -61,7 +64,7 @@ impl TermFactory {
             store,
             self.limits,
             self.lock_limits,
-            self.max_namespaces,
+            (self.max_namespaces, self.census.clone()),
             self.metrics.clone(),
             gate,
         )
@@ -70,16 +73,16 @@ impl TermFactory {
 }
 
 /// How a candidacy ended.
-enum Exit {
+pub(super) enum Exit {
     /// Start a new candidacy (after a short pause).
     Again,
     /// The server is shutting down.
     Shutdown,
 }
 
-type Failure = String;
+pub(super) type Failure = String;
 
-fn etcd_err(what: &str) -> impl Fn(etcd_client::Error) -> Failure + '_ {
+pub(super) fn etcd_err(what: &str) -> impl Fn(etcd_client::Error) -> Failure + '_ {
     move |e| format!("etcd {what}: {e}")
 }
 
@@ -124,13 +127,13 @@ pub async fn run(
 
 /// This node's leases of ended candidacies that may still exist in etcd, oldest first.
 #[derive(Default)]
-struct Unrevoked(Vec<i64>);
+pub(super) struct Unrevoked(Vec<i64>);
 
 impl Unrevoked {
     /// Leases older than this many candidacies have expired by themselves long ago.
     const KEPT: usize = 8;
 
-    fn add(&mut self, lease_id: i64) {
+    pub(super) fn add(&mut self, lease_id: i64) {
         if self.0.len() == Self::KEPT {
             self.0.remove(0);
         }
@@ -143,7 +146,12 @@ impl Unrevoked {
 
     /// Revokes every remembered lease but `current` that etcd still knows; keeps those it
     /// could not reach.
-    async fn revoke_ended(&mut self, ops: &Client, current: Option<i64>, timeout: Duration) {
+    pub(super) async fn revoke_ended(
+        &mut self,
+        ops: &Client,
+        current: Option<i64>,
+        timeout: Duration,
+    ) {
         let mut kept = Vec::new();
         for lease_id in std::mem::take(&mut self.0) {
             if Some(lease_id) == current || !revoke(ops, lease_id, timeout).await {
@@ -155,7 +163,7 @@ impl Unrevoked {
 }
 
 /// Aborts a spawned task when dropped.
-struct Task(tokio::task::JoinHandle<()>);
+pub(super) struct Task(pub(super) tokio::task::JoinHandle<()>);
 
 impl Drop for Task {
     fn drop(&mut self) {
@@ -163,7 +171,7 @@ impl Drop for Task {
     }
 }
 
-fn connect_options(settings: &ClusterSettings) -> ConnectOptions {
+pub(super) fn connect_options(settings: &ClusterSettings) -> ConnectOptions {
     let timeout = Duration::from_millis(settings.etcd_timeout_ms);
     ConnectOptions::new()
         .with_connect_timeout(timeout)
@@ -173,7 +181,7 @@ fn connect_options(settings: &ClusterSettings) -> ConnectOptions {
 }
 
 /// How long after sending a renewal that etcd acknowledged with `ttl_secs` this node may serve.
-fn serving_window(settings: &ClusterSettings, ttl_secs: i64) -> Duration {
+pub(super) fn serving_window(settings: &ClusterSettings, ttl_secs: i64) -> Duration {
     ClusterSettings {
         lease_ttl_secs: ttl_secs.max(0) as u64,
         ..settings.clone()
@@ -181,7 +189,7 @@ fn serving_window(settings: &ClusterSettings, ttl_secs: i64) -> Duration {
     .serving_window()
 }
 
-async fn with_timeout<T>(
+pub(super) async fn with_timeout<T>(
     limit: Duration,
     what: &str,
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -282,7 +290,14 @@ async fn candidacy(
         }
     };
 
-    // Won: load this term's registry from etcd, guarded by the election key.
+    // Won. A node in the other leader mode (a leader per namespace) may hold shards: this key
+    // now blocks their acquisition, but shards taken before it still serve, so refuse to lead
+    // until they are gone (see `shards`: the two modes exclude each other this way).
+    if let Err(reason) = super::shards::no_shard_leaders(&ops, settings, timeout).await {
+        unrevoke(unrevoked, &ops, lease_id, timeout).await;
+        return Err(reason);
+    }
+    // Load this term's registry from etcd, guarded by the election key.
     let started = Instant::now();
     let guard = LeaderGuard {
         key: won.key().to_vec(),
@@ -389,7 +404,12 @@ async fn observe_leader(leadership: &Leadership, ops: &Client, election: &str) {
 }
 
 /// Revokes this candidacy's lease, and forgets it once etcd has it no longer.
-async fn unrevoke(unrevoked: &mut Unrevoked, ops: &Client, lease_id: i64, timeout: Duration) {
+pub(super) async fn unrevoke(
+    unrevoked: &mut Unrevoked,
+    ops: &Client,
+    lease_id: i64,
+    timeout: Duration,
+) {
     if revoke(ops, lease_id, timeout).await {
         unrevoked.remove(lease_id);
     }
@@ -426,7 +446,7 @@ async fn revoke(ops: &Client, lease_id: i64, timeout: Duration) -> bool {
 /// Keeps the lease alive and moves `clock` forward on every acknowledgement. Returns when the
 /// lease is lost: etcd reports it expired, or no acknowledgement arrived before the clock ran
 /// out.
-async fn renew_lease(
+pub(super) async fn renew_lease(
     streams: Client,
     lease_id: i64,
     keeper: LeaseKeeper,

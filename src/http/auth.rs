@@ -57,6 +57,7 @@ fn door(template: &str, prefix: &str) -> Door {
         || template == "/admin"
         || template == "/"
         || template.starts_with("/tl/management/")
+        || template.starts_with("/tl/paxos/")
         || template.ends_with("/timestamp-management/invalidate")
         || template.ends_with("/timestamp-management/revalidate")
     {
@@ -218,6 +219,11 @@ mod tests {
         assert_eq!(door("/", p), Door::Admin);
         assert_eq!(door("/", ""), Door::Admin);
         assert_eq!(door("/tl/management/invalidateResources", p), Door::Admin);
+        assert_eq!(door("/tl/paxos/takeover/{ns}", p), Door::Admin);
+        assert_eq!(
+            door("/timelock/api/tl/paxos/takeoverNamespaces", p),
+            Door::Admin
+        );
         assert_eq!(
             door("/timelock/api/tl/management/fastForward", p),
             Door::Admin

@@ -294,10 +294,10 @@ impl Guards {
         memo: Option<&super::auth::TokenMemo>,
     ) -> Option<Response> {
         if let Some(state) = &self.leader {
-            if !state.leadership.serves() {
+            if !state.leadership.serves_namespace(ns) {
                 let redirect =
                     super::routing::redirects(request.headers(), request.uri().path(), prefix);
-                return Some(super::routing::not_leader(state, redirect));
+                return Some(super::routing::not_leader(state, redirect, Some(ns)));
             }
         }
         let guard = self.access.as_ref()?;
@@ -322,14 +322,14 @@ pub struct LeaderAfter {
 
 impl LeaderAfter {
     fn apply(&self, response: Response) -> Response {
-        if response
+        match response
             .extensions()
             .get::<super::routing::NotCurrentLeaderResponse>()
-            .is_some()
         {
-            super::routing::not_leader(&self.state, self.redirect)
-        } else {
-            response
+            Some(marker) => {
+                super::routing::not_leader(&self.state, self.redirect, marker.namespace.as_deref())
+            }
+            None => response,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! TimeLock (spec section 2). `parameters.message` carries the human-readable reason and, where
 //! there is one, `parameters.namespace` the namespace concerned.
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -99,7 +101,7 @@ fn classify(err: &TimelockError) -> (StatusCode, &'static str, &'static str, Opt
             "TimeLock:ShuttingDown",
             None,
         ),
-        NotCurrentLeader => (
+        NotCurrentLeader | NotLeaderOf(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "INTERNAL",
             "TimeLock:NotCurrentLeader",
@@ -165,13 +167,18 @@ impl IntoResponse for TimelockError {
     fn into_response(self) -> Response {
         // QoS answers have no body, as conjure-java's `QosException` responses (spec section 2).
         match &self {
-            TimelockError::NotCurrentLeader => {
+            TimelockError::NotCurrentLeader | TimelockError::NotLeaderOf(_) => {
                 tracing::debug!("not the current leader: 503");
                 let mut response = StatusCode::SERVICE_UNAVAILABLE.into_response();
-                // In cluster mode, routing turns this into a redirect to the leader.
+                // In cluster mode, routing turns this into a redirect to the leader (of this
+                // namespace, when the error names it).
+                let namespace = match self {
+                    TimelockError::NotLeaderOf(ns) => Some(Arc::<str>::from(ns)),
+                    _ => None,
+                };
                 response
                     .extensions_mut()
-                    .insert(super::routing::NotCurrentLeaderResponse);
+                    .insert(super::routing::NotCurrentLeaderResponse { namespace });
                 return response;
             }
             TimelockError::ForceKilled => {

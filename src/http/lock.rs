@@ -57,7 +57,7 @@ fn timeout(ms: i64) -> Result<Duration, TimelockError> {
 
 /// Validates the namespace name and request, then finds or creates the namespace.
 async fn namespace(state: &AppState, ns: &str) -> Result<std::sync::Arc<Namespace>, TimelockError> {
-    state.namespaces()?.get_or_create(ns).await
+    state.namespace(ns).await
 }
 
 /// A lock or wait-for-locks request, whichever API it came through.
@@ -242,8 +242,11 @@ async fn invalidate_resources(
     JsonBody(names): JsonBody<Vec<String>>,
 ) -> Result<Response, TimelockError> {
     validate_names(&names)?;
+    state
+        .leadership
+        .check_leads_all(names.iter().map(String::as_str))?;
     for name in &names {
-        if let Some(namespace) = state.namespaces()?.get(name) {
+        if let Some(namespace) = state.registry(name)?.get(name) {
             namespace.invalidate_resources();
             tracing::info!(namespace = %name, "resources invalidated: new leadership id, locks dropped");
         }

@@ -135,7 +135,7 @@ impl<S: Send + Sync> FromRequestParts<S> for NsClient {
 // Shared steps
 
 async fn table(state: &AppState, ns: &str) -> Result<Arc<LockServiceV1>, TimelockError> {
-    Ok(state.namespaces()?.get_or_create(ns).await?.locks_v1())
+    Ok(state.namespace(ns).await?.locks_v1())
 }
 
 /// Runs a lock request with a permit from the pool and the blocking cut-off.

@@ -43,6 +43,8 @@ pub fn routes() -> Router<AppState> {
             post(get_server_lifecycle_id),
         )
         .route("/tl/management/achieveConsensus", post(achieve_consensus))
+        .route("/tl/paxos/takeover/{ns}", post(take_over))
+        .route("/tl/paxos/takeoverNamespaces", post(take_over_namespaces))
         .route(
             "/tl/management/forceKillTimeLockServer",
             post(force_kill_time_lock_server),
@@ -62,8 +64,8 @@ async fn do_fast_forward(
     ns: &str,
     timestamp: i64,
 ) -> Result<Response, TimelockError> {
-    validate_fast_forward(state.namespaces()?.limits(), timestamp)?;
-    let namespace = state.namespaces()?.get_or_create(ns).await?;
+    let namespace = state.namespace(ns).await?;
+    validate_fast_forward(state.registry(ns)?.limits(), timestamp)?;
     namespace.timestamps.fast_forward(timestamp).await?;
     Ok(no_content())
 }
@@ -102,7 +104,7 @@ async fn invalidate(
     State(state): State<AppState>,
     NsName(ns): NsName,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     Ok(json_number(namespace.timestamps.invalidate().await?))
 }
 
@@ -112,18 +114,18 @@ async fn revalidate(
     RawQuery(query): RawQuery,
 ) -> Result<Response, TimelockError> {
     let timestamp = required_i64(query.as_deref(), "currentTimestamp")?;
-    validate_fast_forward(state.namespaces()?.limits(), timestamp)?;
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
+    validate_fast_forward(state.registry(&ns)?.limits(), timestamp)?;
     namespace.timestamps.revalidate(timestamp).await?;
     Ok(no_content())
 }
 
 async fn get_namespaces(State(state): State<AppState>) -> Result<Response, TimelockError> {
-    Ok(json(&state.namespaces()?.names()))
+    Ok(json(&state.leadership.names(false)?))
 }
 
 async fn get_active_namespaces(State(state): State<AppState>) -> Result<Response, TimelockError> {
-    Ok(json(&state.namespaces()?.active_names()))
+    Ok(json(&state.leadership.names(true)?))
 }
 
 async fn get_server_lifecycle_id(State(state): State<AppState>) -> Response {
@@ -135,14 +137,56 @@ async fn achieve_consensus(
     JsonBody(names): JsonBody<Vec<String>>,
 ) -> Result<Response, TimelockError> {
     validate_names(&names)?;
+    state
+        .leadership
+        .check_leads_all(names.iter().map(String::as_str))?;
     for name in &names {
-        let namespace = state.namespaces()?.get_or_create(name).await?;
+        let namespace = state.namespace(name).await?;
         let fresh = namespace.timestamps.fresh_timestamp().await?;
         let target = fresh.saturating_add(CONSENSUS_JUMP);
-        validate_fast_forward(state.namespaces()?.limits(), target)?;
+        validate_fast_forward(state.registry(name)?.limits(), target)?;
         namespace.timestamps.fast_forward(target).await?;
     }
     Ok(no_content())
+}
+
+/// How long a takeover waits for the current leaders to hand off (or, for a dead leader, for
+/// its lease to expire) before it answers with what this node leads by then.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TimeLock's `NamespaceLeadershipTakeoverService.takeover`: asks this node to lead `ns` (with a
+/// leader per namespace, its whole shard, handed off safely by its current leader). `true` once
+/// this node leads it. A single node leads everything; with one leader, only the leader does
+/// (a follower answers `false`: moving the single leadership is a restart of the leader).
+async fn take_over(
+    State(state): State<AppState>,
+    NsName(ns): NsName,
+) -> Result<Response, TimelockError> {
+    validate_name(&ns)?;
+    Ok(json(&!do_take_over(&state, vec![ns]).await.is_empty()))
+}
+
+/// `takeoverNamespaces`: the same for a set of names; answers the set this node leads.
+async fn take_over_namespaces(
+    State(state): State<AppState>,
+    JsonBody(names): JsonBody<Vec<String>>,
+) -> Result<Response, TimelockError> {
+    validate_names(&names)?;
+    Ok(json(&do_take_over(&state, names).await))
+}
+
+async fn do_take_over(state: &AppState, mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names.dedup();
+    if state.killed.is_killed()
+        || state
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+    {
+        // Out of service: leads nothing, takes nothing.
+        return Vec::new();
+    }
+    state.leadership.take_over(&names, TAKEOVER_WAIT).await
 }
 
 /// TimeLock's `forceKillTimeLockServer`: takes this server out of service until an operator

@@ -79,10 +79,20 @@ impl AppState {
         Self(Arc::new(shared))
     }
 
-    /// The registry of the current term, or `NotCurrentLeader` (503, or 308 to the leader).
+    /// The registry that serves `ns`, or `NotCurrentLeader`/`NotLeaderOf` (503, or 308 to
+    /// the namespace's leader).
     #[inline]
-    pub fn namespaces(&self) -> crate::error::Result<Arc<Namespaces>> {
-        self.leadership.namespaces()
+    pub fn registry(&self, ns: &str) -> crate::error::Result<Arc<Namespaces>> {
+        self.leadership.registry_for(ns)
+    }
+
+    /// The namespace `ns`, created on first use, if this node serves it.
+    #[inline]
+    pub async fn namespace(
+        &self,
+        ns: &str,
+    ) -> crate::error::Result<Arc<crate::namespaces::Namespace>> {
+        self.registry(ns)?.get_or_create(ns).await
     }
 }
 

@@ -35,15 +35,20 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.namespaces() {
-        Ok(namespaces) => namespaces.refresh_state_gauges(),
-        // No term here (a follower, or no quorum): this node serves no namespace.
-        Err(_) => {
-            state.metrics.fail_stopped.set(0);
-            state.metrics.fenced.set(0);
-            state.metrics.oldest_fence_start.set(0.0);
-        }
+    // Namespace states, summed over the registries this node serves (none on a follower).
+    let (mut failed, mut fenced, mut oldest, mut led) = (0, 0, f64::INFINITY, 0);
+    for registry in state.leadership.registries() {
+        let (f, n, o) = registry.state_counts();
+        (failed, fenced, oldest) = (failed + f, fenced + n, oldest.min(o));
+        led += registry.len() as i64;
     }
+    state.metrics.fail_stopped.set(failed);
+    state.metrics.fenced.set(fenced);
+    state
+        .metrics
+        .oldest_fence_start
+        .set(if oldest.is_finite() { oldest } else { 0.0 });
+    state.metrics.cluster.namespaces_led.set(led);
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -70,10 +75,13 @@ async fn ready(State(state): State<AppState>) -> Response {
     let role = state.leadership.role();
     let shutting_down = state.shutting_down.load(Ordering::Acquire);
     let killed = state.killed.is_killed();
-    let (fail_stopped, fenced) = match state.namespaces() {
-        Ok(namespaces) => (namespaces.fail_stopped(), namespaces.fenced()),
-        Err(_) => (Vec::new(), Vec::new()),
-    };
+    let (mut fail_stopped, mut fenced) = (Vec::new(), Vec::new());
+    for registry in state.leadership.registries() {
+        fail_stopped.extend(registry.fail_stopped());
+        fenced.extend(registry.fenced());
+    }
+    fail_stopped.sort();
+    fenced.sort();
     let ok = fail_stopped.is_empty() && !shutting_down && !killed && role != Role::NoQuorum;
     let mut body = json!({
         "status": if ok { "READY" } else { "NOT_READY" },
@@ -86,9 +94,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     if role != Role::Single {
         body["nodeId"] = json!(state.leadership.node_id());
         body["leader"] = match role {
+            _ if state.leadership.per_namespace() => json!(null),
             Role::Leader => json!(state.leadership.advertise_url()),
             _ => json!(state.leadership.leader_url().as_deref()),
         };
+        body["leadership"] = json!(crate::status::leadership_status(&state.leadership));
     }
     let mut response = super::json(&body);
     if !ok {

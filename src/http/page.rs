@@ -243,6 +243,7 @@ mod tests {
                 leader_url: Some(format!("http://x/\"><{evil}")),
                 shutting_down: false,
                 force_killed: false,
+                leadership: None,
             },
             namespaces: Some(vec![NamespaceStatus {
                 name: evil.into(),

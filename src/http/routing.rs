@@ -24,10 +24,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
-/// Marks a response produced from `TimelockError::NotCurrentLeader`, so that routing can turn
-/// it into a redirect.
-#[derive(Clone, Copy)]
-pub struct NotCurrentLeaderResponse;
+/// Marks a response produced from `TimelockError::NotCurrentLeader` (or `NotLeaderOf`), so
+/// that routing can turn it into a redirect; with a leader per namespace, to the leader of the
+/// namespace it names.
+#[derive(Clone)]
+pub struct NotCurrentLeaderResponse {
+    pub namespace: Option<std::sync::Arc<str>>,
+}
 
 /// Whether any `User-Agent` agent is `atlasdb-http-client` at version 2.0 (AtlasDB's
 /// `ProtocolAwareness`: such clients follow 308 redirects).
@@ -75,13 +78,14 @@ fn without_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
 }
 
 /// Whether `path` is an operations endpoint every node answers. The status endpoint and page
-/// (at the root only) are each node's report on itself, so a follower answers them too.
+/// (at the root only) are each node's report on itself, so a follower answers them too; a
+/// takeover (`/tl/paxos/*`) asks the very node it is sent to to lead.
 fn answered_by_every_node(path: &str, prefix: &str) -> bool {
     if path == "/" || path == "/admin/status" {
         return true;
     }
     let path = without_prefix(path, prefix);
-    path == "/metrics" || path.starts_with("/health/")
+    path == "/metrics" || path.starts_with("/health/") || path.starts_with("/tl/paxos/")
 }
 
 /// The middleware: see the module docs.
@@ -100,27 +104,29 @@ pub async fn leader_only(
         // longer follows (it stopped campaigning, so what it knows of the leader goes stale).
         return crate::error::TimelockError::ForceKilled.into_response();
     }
-    if !state.leadership.serves() && !answered_by_every_node(path, &prefix) {
-        return not_leader(&state, redirect);
+    // One leader: a follower answers at once. A leader per namespace: the handler finds
+    // whether this node leads the request's namespaces (before it does anything).
+    if !state.leadership.per_namespace()
+        && !state.leadership.serves()
+        && !answered_by_every_node(path, &prefix)
+    {
+        return not_leader(&state, redirect, None);
     }
     let response = next.run(request).await;
-    if response
-        .extensions()
-        .get::<NotCurrentLeaderResponse>()
-        .is_some()
-    {
-        return not_leader(&state, redirect);
+    if let Some(marker) = response.extensions().get::<NotCurrentLeaderResponse>() {
+        return not_leader(&state, redirect, marker.namespace.as_deref());
     }
     response
 }
 
-/// A non-leader's answer: 308 to the leader when `redirect` and the leader is known, else 503.
-pub(super) fn not_leader(state: &AppState, redirect: bool) -> Response {
+/// A non-leader's answer: 308 to the leader (of `namespace`, with a leader per namespace)
+/// when `redirect` and the leader is known, else 503.
+pub(super) fn not_leader(state: &AppState, redirect: bool, namespace: Option<&str>) -> Response {
     let metrics = &state.metrics.cluster;
     if redirect {
         if let Some(location) = state
             .leadership
-            .leader_url()
+            .leader_url_for(namespace)
             .and_then(|url| HeaderValue::from_str(&url).ok())
         {
             metrics.redirects.inc();
@@ -205,6 +211,8 @@ mod tests {
             "/timelock/api/health/live",
             "/",
             "/admin/status",
+            "/tl/paxos/takeover/ns",
+            "/timelock/api/tl/paxos/takeoverNamespaces",
         ] {
             assert!(answered_by_every_node(p, "/timelock/api"), "{p}");
         }

@@ -36,7 +36,7 @@ pub(super) async fn fresh_timestamp(
     State(state): State<AppState>,
     NsName(ns): NsName,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     Ok(json_number(namespace.timestamps.fresh_timestamp().await?))
 }
 
@@ -47,7 +47,7 @@ pub(super) async fn fresh_timestamps(
 ) -> Result<Response, TimelockError> {
     let number = required_i64(query.as_deref(), "number")?;
     validate_count(number)?;
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     let range = namespace.timestamps.fresh_timestamps(number).await?;
     // `TimestampRange` of the legacy API: both ends inclusive.
     Ok(two_numbers(
@@ -64,7 +64,7 @@ pub(super) async fn conjure_fresh_timestamps(
     JsonBody(request): JsonBody<GetFreshTimestampsRequest>,
 ) -> Result<Response, TimelockError> {
     validate_count(request.num_timestamps)?;
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     let range = namespace
         .timestamps
         .fresh_timestamps(request.num_timestamps)
@@ -83,7 +83,7 @@ async fn conjure_fresh_timestamps_v2(
     JsonBody(requested): JsonBody<i64>,
 ) -> Result<Response, TimelockError> {
     validate_count(requested)?;
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     let range = namespace.timestamps.fresh_timestamps(requested).await?;
     // `[start, start + count)`.
     Ok(two_numbers("start", range.lower, "count", range.count()))

@@ -73,7 +73,7 @@ async fn do_start(
     r: &StartTransactionsRequest,
 ) -> Result<StartTransactionsResponse, TimelockError> {
     validate_count(r.num_transactions)?;
-    let namespace = state.namespaces()?.get_or_create(ns).await?;
+    let namespace = state.namespace(ns).await?;
     transactions::start_transactions(
         &namespace,
         r.request_id,
@@ -99,7 +99,7 @@ async fn do_commit_timestamps(
     r: &CommitTimestampsRequest,
 ) -> Result<transactions::CommitTimestampsResponse, TimelockError> {
     validate_count(r.num_timestamps)?;
-    let namespace = state.namespaces()?.get_or_create(ns).await?;
+    let namespace = state.namespace(ns).await?;
     transactions::commit_timestamps(&namespace, r.num_timestamps, r.last_known_version.as_ref())
         .await
 }
@@ -117,7 +117,7 @@ async fn commit_timestamp(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<CommitTimestampRequest>,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     let r =
         transactions::commit_timestamps(&namespace, 1, request.last_known_version.as_ref()).await?;
     Ok(json(
@@ -130,9 +130,12 @@ async fn multi_leader_times(
     JsonBody(names): JsonBody<Vec<String>>,
 ) -> Result<Response, TimelockError> {
     validate_names(&names)?;
+    state
+        .leadership
+        .check_leads_all(names.iter().map(String::as_str))?;
     let mut leader_times: BTreeMap<String, LeaderTime> = BTreeMap::new();
     for name in names {
-        let namespace = state.namespaces()?.get_or_create(&name).await?;
+        let namespace = state.namespace(&name).await?;
         leader_times.insert(name, namespace.locks().leader_time());
     }
     Ok(json(&serde_json::json!({"leaderTimes": leader_times})))
@@ -143,6 +146,9 @@ async fn multi_start_transactions(
     JsonBody(requests): JsonBody<BTreeMap<String, StartTransactionsRequest>>,
 ) -> Result<Response, TimelockError> {
     validate_names(requests.keys())?;
+    state
+        .leadership
+        .check_leads_all(requests.keys().map(String::as_str))?;
     let mut out = BTreeMap::new();
     for (name, request) in &requests {
         out.insert(name.clone(), do_start(&state, name, request).await?);
@@ -155,6 +161,9 @@ async fn multi_commit_timestamps(
     JsonBody(requests): JsonBody<BTreeMap<String, CommitTimestampsRequest>>,
 ) -> Result<Response, TimelockError> {
     validate_names(requests.keys())?;
+    state
+        .leadership
+        .check_leads_all(requests.keys().map(String::as_str))?;
     let mut out = BTreeMap::new();
     for (name, request) in &requests {
         out.insert(
@@ -170,9 +179,12 @@ async fn multi_unlock(
     JsonBody(requests): JsonBody<BTreeMap<String, Vec<Uuid>>>,
 ) -> Result<Response, TimelockError> {
     validate_names(requests.keys())?;
+    state
+        .leadership
+        .check_leads_all(requests.keys().map(String::as_str))?;
     let mut out = BTreeMap::new();
     for (name, tokens) in &requests {
-        let namespace = state.namespaces()?.get_or_create(name).await?;
+        let namespace = state.namespace(name).await?;
         out.insert(name.clone(), namespace.locks().unlock(tokens)?);
     }
     Ok(json(&out))
@@ -194,6 +206,9 @@ async fn multi_acquire_timestamp_leases(
     JsonBody(requests): JsonBody<BTreeMap<String, Vec<TimestampLeaseRequest>>>,
 ) -> Result<Response, TimelockError> {
     validate_names(requests.keys())?;
+    state
+        .leadership
+        .check_leads_all(requests.keys().map(String::as_str))?;
     for request in requests.values().flatten() {
         for (name, count) in &request.num_fresh_timestamps {
             validate_lease_name(name)?;
@@ -202,7 +217,7 @@ async fn multi_acquire_timestamp_leases(
     }
     let mut out = BTreeMap::new();
     for (ns, batch) in &requests {
-        let namespace = state.namespaces()?.get_or_create(ns).await?;
+        let namespace = state.namespace(ns).await?;
         let mut responses = Vec::new();
         for request in batch {
             let names: Vec<String> = request.num_fresh_timestamps.keys().cloned().collect();
@@ -247,12 +262,15 @@ async fn multi_min_leased_timestamps(
     JsonBody(requests): JsonBody<BTreeMap<String, Vec<String>>>,
 ) -> Result<Response, TimelockError> {
     validate_names(requests.keys())?;
+    state
+        .leadership
+        .check_leads_all(requests.keys().map(String::as_str))?;
     for name in requests.values().flatten() {
         validate_lease_name(name)?;
     }
     let mut out = BTreeMap::new();
     for (ns, names) in &requests {
-        let namespace = state.namespaces()?.get_or_create(ns).await?;
+        let namespace = state.namespace(ns).await?;
         let per_name: BTreeMap<&String, i64> =
             transactions::min_leased_timestamps(&namespace, names)
                 .await?
@@ -268,7 +286,7 @@ async fn legacy_lock_immutable_timestamp(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<IdentifiedRequest>,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     let (immutable, _lease) =
         transactions::lock_immutable_timestamp(&namespace, request.request_id).await?;
     Ok(json(&immutable))
@@ -278,7 +296,7 @@ async fn legacy_immutable_timestamp(
     State(state): State<AppState>,
     NsName(ns): NsName,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     Ok(json_number(
         transactions::immutable_timestamp(&namespace).await?,
     ))
@@ -289,7 +307,7 @@ async fn legacy_start_transaction(
     NsName(ns): NsName,
     JsonBody(request): JsonBody<IdentifiedRequest>,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespaces()?.get_or_create(&ns).await?;
+    let namespace = state.namespace(&ns).await?;
     let (immutable, _lease) =
         transactions::lock_immutable_timestamp(&namespace, request.request_id).await?;
     let fresh = namespace.timestamps.fresh_timestamp().await?;
@@ -313,7 +331,7 @@ async fn start_identified(
 ) -> Result<(LockTokenResponse, PartitionedTimestamps, Lease), TimelockError> {
     let requestor_id = requestor(request)?;
     validate_count(num_transactions)?;
-    let namespace = state.namespaces()?.get_or_create(ns).await?;
+    let namespace = state.namespace(ns).await?;
     let (immutable, lease) =
         transactions::lock_immutable_timestamp(&namespace, request.request_id).await?;
     let timestamps =

@@ -11,6 +11,8 @@
 //! the comparison fails and so does the write: a deposed leader can never extend a bound, and
 //! its allocator fail-stops instead of handing out timestamps from an old term.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
@@ -23,11 +25,15 @@ pub struct LeaderGuard {
     pub revision: i64,
 }
 
+/// Which namespaces a store loads (leader per namespace: those of one shard).
+pub type NamespaceFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct EtcdStore {
     client: Client,
     prefix: String,
     guard: Option<LeaderGuard>,
     endpoints: Vec<String>,
+    only: Option<NamespaceFilter>,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> StoreError {
@@ -45,6 +51,7 @@ impl EtcdStore {
             prefix: prefix.to_string(),
             guard: None,
             endpoints: endpoints.to_vec(),
+            only: None,
         })
     }
 
@@ -55,12 +62,20 @@ impl EtcdStore {
             prefix: prefix.to_string(),
             guard: None,
             endpoints: endpoints.to_vec(),
+            only: None,
         }
     }
 
     /// Writes only while `guard` is still the election's leader key.
     pub fn with_leader_guard(mut self, guard: LeaderGuard) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Loads only the namespaces `filter` keeps (a shard's, under a leader per namespace).
+    /// Writes are not filtered: the registry above asks only for its own namespaces.
+    pub fn only(mut self, filter: NamespaceFilter) -> Self {
+        self.only = Some(filter);
         self
     }
 
@@ -89,6 +104,9 @@ impl BoundStore for EtcdStore {
                     StoreError("namespace key in etcd is not UTF-8 under the prefix".into())
                 })?
                 .to_string();
+            if self.only.as_ref().is_some_and(|keep| !keep(&name)) {
+                continue;
+            }
             let record = codec::decode(kv.value())
                 .map_err(|e| StoreError(format!("namespace {name:?}: {e}")))?;
             out.push((name, record));
