@@ -14,8 +14,8 @@
 //! For every mode in `MODES` (comma-separated; default `single-leader`) a cluster of 3 nodes is
 //! started on one shared etcd (a key prefix per mode). A mode is `name` or
 //! `name:KEY=VALUE+KEY=VALUE`, the `KEY`s being extra environment settings of its nodes (for
-//! example `per-namespace:TIMELOCK__CLUSTER__LEADERSHIP=per-namespace` once the server has such
-//! a setting), so a new mode needs no change here. Then:
+//! example `per-namespace:TIMELOCK__CLUSTER__LEADER_MODE=per-namespace`), so a new mode needs
+//! no change here. Then:
 //! 1. **throughput**: `ROUNDS` rounds (default 5); in each, every mode in turn (the order
 //!    rotates per round) gets `NAMESPACES` namespaces (default 30) × `CLIENTS_PER_NS` clients
 //!    (default 2) for `WINDOW_MS` (default 3000) after a warm-up. A client is one HTTP/1.1
@@ -32,7 +32,11 @@
 //!    a successful answer over the `FAILOVER_WINDOW_MS` (default 8000) after the kill, split by
 //!    whether the killed node was serving that namespace, and beside it the worst gap of any
 //!    namespace in 2 s before the kill (the floor of this measure). With one leader for every
-//!    namespace (today) every namespace sees the failover gap.
+//!    namespace every namespace sees the failover gap.
+//! 3. **hand-off on SIGTERM**: the same paced load; SIGTERM the node serving the most
+//!    namespaces and report, per namespace it served, the time from the signal to the first
+//!    answer from another node (median and worst): a planned move, where the node steps down and
+//!    releases its leadership before it exits.
 //!
 //! Cgroups and processes are removed at exit, also on a panic (a failed check); cgroups left by
 //! a run that was killed outright are removed by the next run.
@@ -472,6 +476,9 @@ struct NsInner {
     last_success: Option<Instant>,
     max_gap: Duration,
     served_by: Option<SocketAddr>,
+    /// A hand-off being watched: the node leaving, since when, and the first answer from
+    /// another node after that.
+    handoff: Option<(SocketAddr, Instant, Option<Instant>)>,
 }
 
 impl NamespaceState {
@@ -483,6 +490,21 @@ impl NamespaceState {
         }
         inner.last_success = Some(now);
         inner.served_by = Some(by);
+        if let Some((leaving, since, first @ None)) = &mut inner.handoff {
+            if by != *leaving && now >= *since {
+                *first = Some(now);
+            }
+        }
+    }
+
+    /// From now on, notes the first answer from a node other than `leaving`.
+    fn watch_handoff(&self, leaving: SocketAddr, since: Instant) {
+        self.inner.lock().unwrap().handoff = Some((leaving, since, None));
+    }
+
+    /// When another node first answered after the watched hand-off began, if it has.
+    fn handed_off_at(&self) -> Option<Instant> {
+        self.inner.lock().unwrap().handoff.and_then(|(_, _, at)| at)
     }
 
     /// Starts a new measurement; a gap under way counts from its start.
@@ -526,6 +548,7 @@ impl Load {
                         last_success: None,
                         max_gap: Duration::ZERO,
                         served_by: None,
+                        handoff: None,
                     }),
                 })
             })
@@ -802,6 +825,10 @@ struct FailoverResult {
     quiet_worst: f64,
     others: Vec<f64>,
     unrecovered: usize,
+    /// SIGTERM of the node serving the most namespaces: per namespace it served, ms from the
+    /// signal to the first answer from another node (none if not within the window).
+    handoffs: Vec<f64>,
+    handoff_missing: usize,
 }
 
 async fn measure_failover(
@@ -833,12 +860,7 @@ async fn measure_failover(
         .iter()
         .map(|ns| ns.inner.lock().unwrap().served_by)
         .collect();
-    let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
-    for a in served_by.iter().flatten() {
-        *counts.entry(*a).or_default() += 1;
-    }
-    let victim_addr = *counts.iter().max_by_key(|(_, c)| **c).expect("served").0;
-    let victim = addrs.iter().position(|a| *a == victim_addr).unwrap();
+    let (victim, victim_addr) = busiest(&addrs, &served_by);
     for ns in &load.namespaces {
         ns.reset_gap();
     }
@@ -854,6 +876,8 @@ async fn measure_failover(
         quiet_worst: quiet.iter().max().unwrap().as_secs_f64() * 1000.0,
         others: Vec::new(),
         unrecovered: 0,
+        handoffs: Vec::new(),
+        handoff_missing: 0,
     };
     for (gap, by) in gaps.iter().zip(&served_by) {
         if *gap >= end - killed {
@@ -867,7 +891,67 @@ async fn measure_failover(
         }
     }
     cluster.nodes[victim].restart();
+    (result.handoffs, result.handoff_missing) =
+        measure_handoff(cluster, namespaces, window, pace).await;
     result
+}
+
+/// The node serving the most namespaces, by index and address.
+fn busiest(addrs: &[SocketAddr], served_by: &[Option<SocketAddr>]) -> (usize, SocketAddr) {
+    let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
+    for a in served_by.iter().flatten() {
+        *counts.entry(*a).or_default() += 1;
+    }
+    let addr = *counts.iter().max_by_key(|(_, c)| **c).expect("served").0;
+    (addrs.iter().position(|a| *a == addr).unwrap(), addr)
+}
+
+/// A planned move: SIGTERM the node serving the most namespaces under a paced load, and time
+/// for each namespace it served the first answer from another node, from the signal (so the
+/// step-down, the release and the new leader's takeover are all inside). Returns those times
+/// in ms and how many namespaces saw none within `window`.
+async fn measure_handoff(
+    cluster: &mut Cluster,
+    namespaces: usize,
+    window: Duration,
+    pace: Duration,
+) -> (Vec<f64>, usize) {
+    let addrs = cluster.addrs();
+    let load = Load::start(&addrs, namespaces, 1, (!pace.is_zero()).then_some(pace));
+    wait_until_served(&load, Duration::from_secs(60)).await;
+    // Let clients settle on their namespaces' leaders (the restarted node takes shards back).
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let served_by: Vec<Option<SocketAddr>> = load
+        .namespaces
+        .iter()
+        .map(|ns| ns.inner.lock().unwrap().served_by)
+        .collect();
+    let (victim, victim_addr) = busiest(&addrs, &served_by);
+    let pid = cluster.nodes[victim].server.pid().expect("running");
+    let signalled = Instant::now();
+    for ns in &load.namespaces {
+        ns.watch_handoff(victim_addr, signalled);
+    }
+    // SAFETY: a plain signal to a child process of this bench.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    tokio::time::sleep(window).await;
+    let mut times = Vec::new();
+    let mut missing = 0;
+    for (ns, by) in load.namespaces.iter().zip(&served_by) {
+        if *by != Some(victim_addr) {
+            continue;
+        }
+        match ns.handed_off_at() {
+            Some(at) => times.push(at.saturating_duration_since(signalled).as_secs_f64() * 1000.0),
+            None => missing += 1,
+        }
+    }
+    load.stop().await;
+    cluster.nodes[victim].server.terminate();
+    cluster.nodes[victim].restart();
+    (times, missing)
 }
 
 async fn run(settings: Settings) {
@@ -1049,6 +1133,26 @@ async fn run(settings: Settings) {
             summary(&mut f.others),
             f.unrecovered,
             f.quiet_worst
+        );
+    }
+    println!();
+    println!(
+        "Hand-off on SIGTERM of the node serving the most namespaces (same paced load): per namespace it served, ms from the signal to the first answer from another node:"
+    );
+    println!();
+    println!("| mode | namespaces moved | median ms | worst ms | not moved within the window |");
+    println!("|---|---:|---:|---:|---:|");
+    for (cluster, f) in clusters.iter().zip(&mut failovers) {
+        f.handoffs.sort_by(f64::total_cmp);
+        let (med, worst) = match f.handoffs.last() {
+            Some(w) => (format!("{:.0}", median(&f.handoffs)), format!("{w:.0}")),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {med} | {worst} | {} |",
+            cluster.mode.name,
+            f.handoffs.len(),
+            f.handoff_missing
         );
     }
     drop(clusters);

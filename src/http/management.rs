@@ -64,8 +64,9 @@ async fn do_fast_forward(
     ns: &str,
     timestamp: i64,
 ) -> Result<Response, TimelockError> {
-    let namespace = state.namespace(ns).await?;
-    validate_fast_forward(state.registry(ns)?.limits(), timestamp)?;
+    let registry = state.registry(ns)?;
+    validate_fast_forward(registry.limits(), timestamp)?;
+    let namespace = registry.get_or_create(ns).await?;
     namespace.timestamps.fast_forward(timestamp).await?;
     Ok(no_content())
 }
@@ -114,8 +115,9 @@ async fn revalidate(
     RawQuery(query): RawQuery,
 ) -> Result<Response, TimelockError> {
     let timestamp = required_i64(query.as_deref(), "currentTimestamp")?;
-    let namespace = state.namespace(&ns).await?;
-    validate_fast_forward(state.registry(&ns)?.limits(), timestamp)?;
+    let registry = state.registry(&ns)?;
+    validate_fast_forward(registry.limits(), timestamp)?;
+    let namespace = registry.get_or_create(&ns).await?;
     namespace.timestamps.revalidate(timestamp).await?;
     Ok(no_content())
 }
