@@ -310,7 +310,13 @@ impl Leadership {
         if slot.current.read().is_some() {
             return None;
         }
-        slot.view.read().leader_url.clone()
+        let view = slot.view.read();
+        if view.leader_node.as_deref() == Some(self.node_id.as_str()) {
+            // Keys of this node's that it no longer serves under (a release in flight): not a
+            // place to send a client back to.
+            return None;
+        }
+        view.leader_url.clone()
     }
 
     /// The single leader's URL when another node leads and it is known.

@@ -281,16 +281,28 @@ impl Node<'_> {
             node: leadership.node_id().to_string(),
             url: leadership.advertise_url().to_string(),
         };
-        with_timeout(
-            timeout,
-            "put",
-            ops.clone().put(
-                format!("{}nodes/{}", lead_prefix(settings), me.node),
+        // Join: `nodes/<id>`, only if no other process holds this id. One that does is an
+        // earlier run of this node killed outright (its keys expire with its lease within a
+        // TTL), or another node misconfigured with the same `cluster.node_id`: taking over its
+        // keys could let two processes serve one shard, so wait for them to go instead.
+        let node_key = format!("{}nodes/{}", lead_prefix(settings), me.node);
+        let join = Txn::new()
+            .when([Compare::create_revision(
+                node_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                node_key,
                 serde_json::to_vec(&me).expect("json"),
                 Some(PutOptions::new().with_lease(lease_id)),
-            ),
-        )
-        .await?;
+            )]);
+        let joined = with_timeout(timeout, "transaction", ops.clone().txn(join)).await?;
+        if !joined.succeeded() {
+            unrevoke(unrevoked, &ops, lease_id, timeout).await;
+            tracing::warn!(node = %me.node, "shards: node id in use under this etcd prefix (an earlier run of this node, or another node with the same cluster.node_id); waiting for its lease to expire");
+            return Ok(Exit::Again);
+        }
         tracing::info!(node = %me.node, lease = format_args!("{lease_id:x}"), shards = leadership.shard_count(), "shards: joined; leading the shards assigned to this node");
         leadership.set_idle_role(Role::Follower);
 
