@@ -58,9 +58,12 @@ fn shards_led(ready: &Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// Waits until every one of `shards` is led by exactly one node; returns each node's shards.
+/// Waits until every one of `shards` is led by exactly one node and the shares are balanced
+/// (differ by at most one: the first node up takes every shard, and hands some off as the
+/// others join), the same in two polls in a row; returns each node's shards.
 async fn settled(cluster: &Cluster, shards: u64, limit: Duration) -> Vec<Vec<u64>> {
     let deadline = Instant::now() + limit;
+    let mut previous = Vec::new();
     loop {
         let mut led = Vec::new();
         for base in cluster.bases() {
@@ -68,9 +71,12 @@ async fn settled(cluster: &Cluster, shards: u64, limit: Duration) -> Vec<Vec<u64
         }
         let mut all: Vec<u64> = led.iter().flatten().copied().collect();
         all.sort_unstable();
-        if all == (0..shards).collect::<Vec<_>>() {
+        let sizes = led.iter().map(Vec::len);
+        let balanced = sizes.clone().max().unwrap_or(0) - sizes.min().unwrap_or(0) <= 1;
+        if all == (0..shards).collect::<Vec<_>>() && balanced && led == previous {
             return led;
         }
+        previous = led.clone();
         assert!(
             Instant::now() < deadline,
             "shards never settled: {led:?}\n{}",
@@ -103,10 +109,6 @@ async fn cluster_status_and_takeover_with_a_leader_per_namespace() {
     .await;
     let led = settled(&cluster, 8, Duration::from_secs(30)).await;
     let bases = cluster.bases();
-    assert!(
-        led.iter().all(|shards| !shards.is_empty()),
-        "balanced: every node leads some shards: {led:?}"
-    );
     let id_of = |base: &str| format!("node{}", bases.iter().position(|b| b == base).unwrap());
 
     // Each namespace is created on its leader; remember who served it and its last timestamp.
@@ -157,6 +159,40 @@ async fn cluster_status_and_takeover_with_a_leader_per_namespace() {
     for ns in report["namespaces"].as_array().unwrap() {
         let name = ns["namespace"].as_str().unwrap();
         assert_eq!(ns["leaders"], serde_json::json!([id_of(&served[name].1)]));
+    }
+
+    // `timelock status` and every node's page show the node's own leadership.
+    let mut args = vec!["status"];
+    for base in &bases {
+        args.extend(["--server", base.as_str()]);
+    }
+    let o = cli(&args);
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}{}", stderr(&o));
+    for (i, base) in bases.iter().enumerate() {
+        assert!(
+            text.contains(&format!(
+                "  {base}: per-namespace, leads {} of 8 shards",
+                led[i].len()
+            )),
+            "{text}"
+        );
+        assert_eq!(row(&text, base)[3], "(per", "{text}");
+        let html = http()
+            .get(format!("{base}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            html.contains(&format!(
+                "<span id=\"shards-led\">{} of 8</span>",
+                led[i].len()
+            )),
+            "{html}"
+        );
     }
 
     // Move alpha to a node that does not lead it: it leads alpha's shard after, and alpha's
