@@ -19,7 +19,9 @@ use crate::client::{
 };
 use crate::operations::write_file_durably;
 
+mod cluster;
 mod status;
+pub use cluster::{run_cluster_command, ClusterCommand};
 pub use status::{run_status, StatusArgs};
 
 #[derive(Parser, Debug)]
@@ -49,6 +51,10 @@ pub enum Command {
     /// Show what a server or a whole cluster is doing: role and leader, every namespace's
     /// state, last timestamp, durable bound and locks, the last backup, migrations in flight.
     Status(StatusArgs),
+    /// A cluster's leadership: who leads which shards and namespaces (`status`), and moving
+    /// namespaces to a node (`takeover`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Check a running server's readiness (exit 0 when ready); used by the Docker HEALTHCHECK.
     Health {
         /// Base URL of the server.

@@ -213,6 +213,49 @@ impl Client {
         result
     }
 
+    /// Sends one request to one node and returns its status and body whatever the status:
+    /// for questions about that very node (its readiness, a takeover), where a redirect or a
+    /// 503 is an answer, not a reason to ask another node. A `base` with a path that answers
+    /// 404 is asked again at its root (see [`Client::call_admin`]).
+    pub(crate) async fn ask_node(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(StatusCode, String)> {
+        server_url(base)?;
+        let mut last = Err(anyhow!("no server given"));
+        for base in admin_bases(base) {
+            let url = format!("{}/{path}", base.trim_end_matches('/'));
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .header("Content-Type", "application/json");
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = request.send().await.map_err(|e| {
+                anyhow!(
+                    "cannot reach timelock server at {base}: {}",
+                    describe_reqwest(&e)
+                )
+            })?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            last = Ok((status, text));
+            if status != StatusCode::NOT_FOUND {
+                break;
+            }
+        }
+        last
+    }
+
+    /// Turns a non-2xx answer of [`Client::ask_node`] into the error the other commands give.
+    pub(crate) fn failure(base: &str, status: StatusCode, body: &str) -> anyhow::Error {
+        explain_failure(base, status, body)
+    }
+
     /// Sends the request to `base`/`path`, following up to 3 leader redirects. `base` may list
     /// several nodes of a cluster, comma-separated: a node that answers 503 (not the leader, leader
     /// unknown) or cannot be reached is skipped for the next. Returns the body of a 2xx

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Backup(command) => timelock::cli::run_backup_command(command).await,
             Command::Migrate(command) => timelock::cli::run_migrate_command(command).await,
             Command::Status(args) => timelock::cli::run_status(args).await,
+            Command::Cluster(command) => timelock::cli::run_cluster_command(command).await,
         }
     });
     match result {

@@ -369,6 +369,54 @@ fn step_name(step: migration::Step) -> &'static str {
     }
 }
 
+/// Shard numbers as ranges, `0-3,7,9-10`, `-` for none: 64 shards stay one short cell.
+pub fn shard_ranges(shards: &[usize]) -> String {
+    let mut sorted = shards.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// `850ms`, `1.2s`: a lease age or remainder for a person.
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// The lowest and highest term revision, `12` or `12..40`, `-` for none.
+pub fn revision_range(terms: &[TermStatus]) -> String {
+    let low = terms.iter().map(|t| t.revision).min();
+    let high = terms.iter().map(|t| t.revision).max();
+    match (low, high) {
+        (Some(l), Some(h)) if l == h => l.to_string(),
+        (Some(l), Some(h)) => format!("{l}..{h}"),
+        _ => "-".to_string(),
+    }
+}
+
 /// `45s`, `12m 05s`, `3h 07m`, `2d 04h`: an age for a person.
 pub fn human_age(seconds: u64) -> String {
     match seconds {
@@ -390,6 +438,24 @@ mod tests {
         assert_eq!(human_age(61), "1m 01s");
         assert_eq!(human_age(3600 + 7 * 60 + 5), "1h 07m");
         assert_eq!(human_age(2 * 86_400 + 4 * 3600), "2d 04h");
+    }
+
+    #[test]
+    fn shards_and_revisions_read_well() {
+        assert_eq!(shard_ranges(&[]), "-");
+        assert_eq!(shard_ranges(&[3]), "3");
+        assert_eq!(shard_ranges(&[9, 0, 1, 2, 3, 7, 10, 2]), "0-3,7,9-10");
+        assert_eq!(human_ms(850), "850ms");
+        assert_eq!(human_ms(1250), "1.2s");
+        let term = |revision| TermStatus {
+            shard: 0,
+            revision,
+            since_unix_ms: 0,
+            namespaces: vec![],
+        };
+        assert_eq!(revision_range(&[]), "-");
+        assert_eq!(revision_range(&[term(5)]), "5");
+        assert_eq!(revision_range(&[term(40), term(12)]), "12..40");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde::Serialize;
 
 use crate::client::{check_servers, Client};
-use crate::status::{human_age, Status};
+use crate::status::{human_age, human_ms, revision_range, shard_ranges, Status};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -76,29 +76,7 @@ impl Report {
 
 /// Runs `timelock status`; prints as it goes (watch) or returns the table.
 pub async fn run_status(args: StatusArgs) -> anyhow::Result<Option<String>> {
-    let servers: Vec<String> = args
-        .servers
-        .iter()
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .fold(Vec::new(), |mut all, s| {
-            // The same URL twice is one node, not two that both serve.
-            if !all
-                .iter()
-                .any(|a: &String| a.trim_end_matches('/') == s.trim_end_matches('/'))
-            {
-                all.push(s);
-            }
-            all
-        });
-    if servers.is_empty() {
-        bail!("--server is empty: give the server's base URL, e.g. http://127.0.0.1:8421");
-    }
-    for server in &servers {
-        check_servers(server)?;
-    }
+    let servers = server_list(&args.servers)?;
     let client = Arc::new(Client::new()?);
     let Some(every) = args.watch else {
         let report = gather(&client, &servers).await;
@@ -155,6 +133,34 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<Option<String>> {
             _ = tokio::time::sleep(Duration::from_secs(every)) => {}
         }
     }
+}
+
+/// The `--server` flags as a list of nodes: commas split, blanks dropped, the same URL given
+/// twice kept once (one node, not two that both serve), each checked before anything is sent.
+pub(super) fn server_list(flags: &[String]) -> anyhow::Result<Vec<String>> {
+    let servers: Vec<String> = flags
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .fold(Vec::new(), |mut all, s| {
+            // The same URL twice is one node, not two that both serve.
+            if !all
+                .iter()
+                .any(|a: &String| a.trim_end_matches('/') == s.trim_end_matches('/'))
+            {
+                all.push(s);
+            }
+            all
+        });
+    if servers.is_empty() {
+        bail!("--server is empty: give the server's base URL, e.g. http://127.0.0.1:8421");
+    }
+    for server in &servers {
+        check_servers(server)?;
+    }
+    Ok(servers)
 }
 
 /// Asks every node at once.
@@ -229,14 +235,14 @@ async fn ask(client: &Client, server: &str) -> anyhow::Result<Status> {
 
 /// Text from a server, made safe for a terminal: control characters (escape sequences) shown
 /// as `?`.
-fn clean(text: &str) -> String {
+pub(super) fn clean(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
 
 /// Left-aligned columns, two spaces apart.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -262,6 +268,14 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Whether the node is in a cluster with a leader per namespace (where many nodes lead).
+fn per_namespace(s: &Status) -> bool {
+    s.node
+        .leadership
+        .as_ref()
+        .is_some_and(|l| l.mode == "per-namespace")
+}
+
 /// The human table.
 pub fn render(report: &Report) -> String {
     let dash = || "-".to_string();
@@ -282,6 +296,7 @@ pub fn render(report: &Report) -> String {
                     s.node.node_id.as_deref().map_or_else(dash, clean),
                     match (s.node.role.as_str(), &s.node.leader_url) {
                         ("single", _) => dash(),
+                        _ if per_namespace(s) => "(per namespace)".to_string(),
                         ("leader", _) => "(this node)".to_string(),
                         (_, Some(url)) => clean(url),
                         (_, None) => "unknown".to_string(),
@@ -302,7 +317,11 @@ pub fn render(report: &Report) -> String {
     let leaders: Vec<&str> = report
         .nodes
         .iter()
-        .filter(|n| n.status.as_ref().is_some_and(|s| s.node.role == "leader"))
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .is_some_and(|s| s.node.role == "leader" && !per_namespace(s))
+        })
         .map(|n| n.server.as_str())
         .collect();
     if leaders.len() > 1 {
@@ -311,6 +330,36 @@ pub fn render(report: &Report) -> String {
             leaders.len(),
             clean(&leaders.join(", "))
         ));
+    }
+    let led: Vec<String> = report
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let l = n.status.as_ref()?.node.leadership.as_ref()?;
+            let shards: Vec<usize> = l.terms.iter().map(|t| t.shard).collect();
+            let namespaces: usize = l.terms.iter().map(|t| t.namespaces.len()).sum();
+            Some(format!(
+                "\n  {}: {}, leads {} of {} shards ({}), {namespaces} namespaces, terms {}, lease renewed {} ago{}",
+                clean(&n.server),
+                clean(&l.mode),
+                shards.len(),
+                l.shards,
+                shard_ranges(&shards),
+                revision_range(&l.terms),
+                human_ms(l.lease_renewal_age_ms),
+                if shards.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} left", human_ms(l.lease_remaining_ms))
+                }
+            ))
+        })
+        .collect();
+    if !led.is_empty() {
+        out.push_str("\nleadership (details: timelock cluster status):");
+        for line in led {
+            out.push_str(&line);
+        }
     }
     out.push_str("\n\n");
     let Some((from, status)) = report.primary() else {
@@ -322,7 +371,14 @@ pub fn render(report: &Report) -> String {
             "namespaces: unknown (no node that answered serves: the cluster has no leader, or it was not listed)",
         ),
         Some(list) => {
-            out.push_str(&format!("namespaces (from {}):\n", clean(from)));
+            if per_namespace(status) {
+                out.push_str(&format!(
+                    "namespaces led by {} (each node leads its own: list every node to see the rest):\n",
+                    clean(from)
+                ));
+            } else {
+                out.push_str(&format!("namespaces (from {}):\n", clean(from)));
+            }
             if list.is_empty() {
                 out.push_str("(none yet: a namespace is created on its first request)");
             } else {

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::error::TimelockError;
-use crate::status::{human_age, NamespaceState, Status};
+use crate::status::{human_age, human_ms, shard_ranges, LeadershipStatus, NamespaceState, Status};
 
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECS: u32 = 5;
@@ -94,8 +94,13 @@ pub fn render(s: &Status) -> String {
     if let Some(id) = &n.node_id {
         row(&mut out, "node id", &escape(id));
     }
+    let per_namespace = n
+        .leadership
+        .as_ref()
+        .is_some_and(|l| l.mode == "per-namespace");
     if n.role != "single" {
         let leader = match &n.leader_url {
+            _ if per_namespace => "one per shard: see Leadership".to_string(),
             Some(url) if n.role == "leader" => format!("this node ({})", escape(url)),
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 format!(
@@ -128,6 +133,10 @@ pub fn render(s: &Status) -> String {
         );
     }
     out.push_str("</table>\n");
+
+    if let Some(l) = &n.leadership {
+        leadership(&mut out, l);
+    }
 
     // Namespaces.
     out.push_str("<h2>Namespaces</h2>\n");
@@ -211,6 +220,76 @@ in a terminal: <code>timelock status --server URL</code>.</p>\n</body></html>\n"
     out
 }
 
+/// Cluster mode: the leader mode, this node's terms and lease, and who it knows leads what.
+fn leadership(out: &mut String, l: &LeadershipStatus) {
+    out.push_str("<h2>Leadership</h2>\n<table id=\"leadership\">");
+    let shards: Vec<usize> = l.terms.iter().map(|t| t.shard).collect();
+    let namespaces: usize = l.terms.iter().map(|t| t.namespaces.len()).sum();
+    row(out, "leader mode", &escape(&l.mode));
+    row(
+        out,
+        "shards led",
+        &format!(
+            "<span id=\"shards-led\">{} of {}</span> ({})",
+            shards.len(),
+            l.shards,
+            escape(&shard_ranges(&shards))
+        ),
+    );
+    row(out, "namespaces led", &namespaces.to_string());
+    row(
+        out,
+        "lease",
+        &format!(
+            "renewed {} ago{}",
+            human_ms(l.lease_renewal_age_ms),
+            if shards.is_empty() {
+                String::new()
+            } else {
+                format!(", {} left", human_ms(l.lease_remaining_ms))
+            }
+        ),
+    );
+    if !l.unled_shards.is_empty() {
+        row(
+            out,
+            "shards without a leader",
+            &format!(
+                "<span class=\"bad\">{}</span>",
+                escape(&shard_ranges(&l.unled_shards))
+            ),
+        );
+    }
+    out.push_str("</table>\n");
+    if !l.leaders.is_empty() {
+        out.push_str("<table id=\"leaders\"><tr><th>leader</th><th>url</th><th>shards</th></tr>\n");
+        for leader in &l.leaders {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&leader.node),
+                escape(&leader.url),
+                escape(&shard_ranges(&leader.shards))
+            ));
+        }
+        out.push_str("</table>\n");
+    }
+    if !l.terms.is_empty() {
+        out.push_str("<table id=\"terms\"><tr><th>shard</th><th>term (etcd revision)</th><th>since</th><th>namespaces</th></tr>\n");
+        for t in &l.terms {
+            out.push_str(&format!(
+                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>\n",
+                t.shard,
+                t.revision,
+                escape(&crate::operations::backup::utc_rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.since_unix_ms)
+                )),
+                escape(&t.namespaces.join(", "))
+            ));
+        }
+        out.push_str("</table>\n");
+    }
+}
+
 fn row(out: &mut String, key: &str, value_html: &str) {
     out.push_str(&format!("<tr><th>{key}</th><td>{value_html}</td></tr>"));
 }
@@ -243,7 +322,24 @@ mod tests {
                 leader_url: Some(format!("http://x/\"><{evil}")),
                 shutting_down: false,
                 force_killed: false,
-                leadership: None,
+                leadership: Some(crate::status::LeadershipStatus {
+                    mode: evil.into(),
+                    shards: 2,
+                    lease_renewal_age_ms: 1,
+                    lease_remaining_ms: 2,
+                    terms: vec![crate::status::TermStatus {
+                        shard: 0,
+                        revision: 7,
+                        since_unix_ms: 0,
+                        namespaces: vec![evil.into()],
+                    }],
+                    leaders: vec![crate::status::LeaderStatus {
+                        node: evil.into(),
+                        url: evil.into(),
+                        shards: vec![0],
+                    }],
+                    unled_shards: vec![1],
+                }),
             },
             namespaces: Some(vec![NamespaceStatus {
                 name: evil.into(),
@@ -262,5 +358,9 @@ mod tests {
         let html = render(&status);
         assert!(!html.contains("<script"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(
+            html.contains("<span id=\"shards-led\">1 of 2</span> (0)"),
+            "{html}"
+        );
     }
 }

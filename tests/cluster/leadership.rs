@@ -22,18 +22,27 @@ use serde_json::{json, Value};
 
 const NEW_PROTOCOL: &str = "test-client/1.0 atlasdb-http-client/2.0";
 
-struct Cluster {
-    nodes: Vec<TestServer>,
-    proxies: Vec<Proxy>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<TestServer>,
+    pub(crate) proxies: Vec<Proxy>,
     _dirs: Vec<tempfile::TempDir>,
-    etcd: Etcd,
+    pub(crate) etcd: Etcd,
 }
 
 impl Cluster {
     /// `reservation`: timestamps reserved per bound write. Small makes guarded bound writes to
     /// etcd frequent; large (TimeLock's 1,000,000) lets a leader serve from memory for long,
     /// so only the lease deadline can stop a partitioned one.
-    async fn start(size: usize, reservation: u32) -> Cluster {
+    pub(crate) async fn start(size: usize, reservation: u32) -> Cluster {
+        Self::start_with(size, reservation, &[]).await
+    }
+
+    /// [`Cluster::start`] with more settings for every node (such as the leader mode).
+    pub(crate) async fn start_with(
+        size: usize,
+        reservation: u32,
+        extra: &[(&str, &str)],
+    ) -> Cluster {
         let etcd = start_etcd().await;
         let prefix = format!("/timelock-test-{}/", uuid::Uuid::new_v4());
         let mut nodes = Vec::new();
@@ -53,7 +62,8 @@ impl Cluster {
                 ("TIMELOCK__CLUSTER__ETCD_TIMEOUT_MS", "500".to_string()),
                 ("TIMELOCK__TIMESTAMP__RESERVATION", reservation.to_string()),
             ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            env.extend_from_slice(extra);
             let node = TestServer::start(&dir.path().join("data"), &env);
             nodes.push(node);
             proxies.push(proxy);
@@ -69,14 +79,14 @@ impl Cluster {
 
     /// The nodes' current base URLs (a restarted node listens on a new port). Every URL ever
     /// used is remembered: a follower may redirect to a leader that has just died.
-    fn bases(&self) -> Vec<String> {
+    pub(crate) fn bases(&self) -> Vec<String> {
         let bases: Vec<String> = self.nodes.iter().map(|n| n.base()).collect();
         known_nodes().lock().extend(bases.iter().cloned());
         bases
     }
 
     /// The index of the node whose readiness says `leader`, waiting up to `limit`.
-    async fn leader(&self, limit: Duration) -> usize {
+    pub(crate) async fn leader(&self, limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
         loop {
             let mut leaders = Vec::new();
@@ -103,7 +113,7 @@ impl Cluster {
         }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.nodes
             .iter()
             .enumerate()
@@ -128,7 +138,7 @@ async fn role_of(base: &str) -> Option<String> {
     common::etcd::role_of(&http(), base, Duration::from_secs(2)).await
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     CLIENT
         .get_or_init(|| {
@@ -214,7 +224,7 @@ async fn call(
     }
 }
 
-async fn fresh(bases: &[String], ns: &str) -> (i64, String) {
+pub(crate) async fn fresh(bases: &[String], ns: &str) -> (i64, String) {
     let (v, node) = call(
         bases,
         0,

@@ -6,5 +6,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cli;
 mod etcd_store;
 mod leadership;
