@@ -261,6 +261,10 @@ impl ClusterMetrics {
             &["direction"],
         )
         .expect("metric");
+        // Both series exist from the start (at 0), so that rates over them have data.
+        for direction in ["in", "out"] {
+            handoffs.with_label_values(&[direction]);
+        }
         for m in [
             Box::new(shards_led.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(namespaces_led.clone()),
