@@ -326,6 +326,10 @@ impl Node<'_> {
                     if changes.is_none() {
                         changes = self.watch(&streams).await;
                     }
+                    // The revoke at the start can fail while etcd is just coming back; the
+                    // shard keys of an ended candidacy left behind would keep those shards
+                    // from anyone, this node included, for a TTL.
+                    unrevoked.revoke_ended(&ops, Some(lease_id), timeout).await;
                     leadership.metrics().cluster.lease_remaining.set(clock.remaining().as_secs_f64());
                     self.pass(&ops, &me, lease_id, &clock, timeout).await;
                 }
