@@ -8,3 +8,4 @@ mod common;
 
 mod etcd_store;
 mod leadership;
+mod per_namespace;
