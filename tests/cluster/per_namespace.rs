@@ -502,10 +502,28 @@ async fn a_node_paused_past_its_lease_stops_serving_and_rejoins() {
             None
         });
     }
-    // Past the lease for sure, with requests held by the paused node.
+    // Requests sent to the paused node now, after others serve its namespaces, wait in its
+    // socket queue: it must not answer them from its old term when it wakes.
+    let held: Vec<_> = namespaces
+        .iter()
+        .filter(|ns| moved(ns))
+        .map(|ns| {
+            let (base, path) = (bases[victim].clone(), format!("/tl/ts/{ns}"));
+            tokio::spawn(
+                async move { attempt(&base, &path, Some(&json!({"numTimestamps": 1}))).await },
+            )
+        })
+        .collect();
+    // Past the lease for sure.
     tokio::time::sleep((TTL + Duration::from_millis(1_000)).saturating_sub(paused.elapsed())).await;
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let resumed = Instant::now();
+    for answer in held {
+        match answer.await.unwrap() {
+            Attempt::Unavailable | Attempt::Redirect(_) => {}
+            other => panic!("the woken node answered a request it held with {other:?}"),
+        }
+    }
     owners(&cluster, &[0, 1, 2], Duration::from_secs(20)).await;
     let rejoined = resumed.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
