@@ -192,9 +192,11 @@ pub async fn run(
             Err(reason) => {
                 tracing::warn!(node = %leadership.node_id(), %reason, "shards: candidacy ended; retrying");
                 leadership.step_down(Role::NoQuorum, "etcd_error");
-                forget_views(&leadership);
             }
         }
+        // Between candidacies this node knows nothing current of the other leaders: answer
+        // 503 (clients try the other nodes) rather than redirect to a leader it last saw.
+        forget_views(&leadership);
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => {}
@@ -338,6 +340,10 @@ impl Node<'_> {
                     if changes.is_none() {
                         changes = self.watch(&streams).await;
                     }
+                    // The revoke at the start can fail while etcd is just coming back; the
+                    // shard keys of an ended candidacy left behind would keep those shards
+                    // from anyone, this node included, for a TTL.
+                    unrevoked.revoke_ended(&ops, Some(lease_id), timeout).await;
                     leadership.metrics().cluster.lease_remaining.set(clock.remaining().as_secs_f64());
                     self.pass(&ops, &me, lease_id, &clock, timeout).await;
                 }

@@ -20,13 +20,17 @@ use common::TestServer;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-const NEW_PROTOCOL: &str = "test-client/1.0 atlasdb-http-client/2.0";
+pub(crate) const NEW_PROTOCOL: &str = "test-client/1.0 atlasdb-http-client/2.0";
 
 pub(crate) struct Cluster {
     pub(crate) nodes: Vec<TestServer>,
     pub(crate) proxies: Vec<Proxy>,
     _dirs: Vec<tempfile::TempDir>,
     pub(crate) etcd: Etcd,
+    /// The etcd prefix every node of this cluster shares.
+    prefix: String,
+    /// Settings of every node: the fast lease, and those the cluster was started with.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -37,44 +41,62 @@ impl Cluster {
         Self::start_with(size, reservation, &[]).await
     }
 
-    /// [`Cluster::start`] with more settings for every node (such as the leader mode).
+    /// [`Cluster::start`] with `extra` settings on every node (e.g. the leader mode).
     pub(crate) async fn start_with(
         size: usize,
         reservation: u32,
         extra: &[(&str, &str)],
     ) -> Cluster {
         let etcd = start_etcd().await;
-        let prefix = format!("/timelock-test-{}/", uuid::Uuid::new_v4());
-        let mut nodes = Vec::new();
-        let mut proxies = Vec::new();
-        let mut dirs = Vec::new();
-        for i in 0..size {
-            let proxy = Proxy::start(etcd.addr).await;
-            let dir = tempfile::tempdir().unwrap();
-            let env = [
-                ("TIMELOCK__CLUSTER__MODE", "etcd".to_string()),
-                ("TIMELOCK__CLUSTER__ETCD_ENDPOINTS", proxy.endpoint()),
-                ("TIMELOCK__CLUSTER__ETCD_PREFIX", prefix.clone()),
-                ("TIMELOCK__CLUSTER__NODE_ID", format!("node{i}")),
-                ("TIMELOCK__CLUSTER__LEASE_TTL_SECS", "2".to_string()),
-                ("TIMELOCK__CLUSTER__RENEW_INTERVAL_MS", "250".to_string()),
-                ("TIMELOCK__CLUSTER__SAFETY_MARGIN_MS", "400".to_string()),
-                ("TIMELOCK__CLUSTER__ETCD_TIMEOUT_MS", "500".to_string()),
-                ("TIMELOCK__TIMESTAMP__RESERVATION", reservation.to_string()),
-            ];
-            let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            env.extend_from_slice(extra);
-            let node = TestServer::start(&dir.path().join("data"), &env);
-            nodes.push(node);
-            proxies.push(proxy);
-            dirs.push(dir);
-        }
-        Cluster {
-            nodes,
-            proxies,
-            _dirs: dirs,
+        let mut env: Vec<(String, String)> = [
+            ("TIMELOCK__CLUSTER__MODE", "etcd".to_string()),
+            ("TIMELOCK__CLUSTER__LEASE_TTL_SECS", "2".to_string()),
+            ("TIMELOCK__CLUSTER__RENEW_INTERVAL_MS", "250".to_string()),
+            ("TIMELOCK__CLUSTER__SAFETY_MARGIN_MS", "400".to_string()),
+            ("TIMELOCK__CLUSTER__ETCD_TIMEOUT_MS", "500".to_string()),
+            ("TIMELOCK__TIMESTAMP__RESERVATION", reservation.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            proxies: Vec::new(),
+            _dirs: Vec::new(),
             etcd,
+            prefix: format!("/timelock-test-{}/", uuid::Uuid::new_v4()),
+            env,
+        };
+        for _ in 0..size {
+            cluster.add_node(&[]).await;
         }
+        cluster
+    }
+
+    /// Starts one more node on this cluster's etcd prefix, behind a proxy of its own, with
+    /// `extra` settings over the cluster's (a later setting wins). Returns its index.
+    pub(crate) async fn add_node(&mut self, extra: &[(&str, &str)]) -> usize {
+        let i = self.nodes.len();
+        let proxy = Proxy::start(self.etcd.addr).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (endpoint, node_id) = (proxy.endpoint(), format!("node{i}"));
+        env.extend([
+            ("TIMELOCK__CLUSTER__ETCD_ENDPOINTS", endpoint.as_str()),
+            ("TIMELOCK__CLUSTER__ETCD_PREFIX", self.prefix.as_str()),
+            ("TIMELOCK__CLUSTER__NODE_ID", node_id.as_str()),
+        ]);
+        env.extend_from_slice(extra);
+        let node = TestServer::start(&dir.path().join("data"), &env);
+        self.nodes.push(node);
+        self.proxies.push(proxy);
+        self._dirs.push(dir);
+        i
     }
 
     /// The nodes' current base URLs (a restarted node listens on a new port). Every URL ever
@@ -123,7 +145,7 @@ impl Cluster {
     }
 }
 
-fn known_nodes() -> &'static Mutex<std::collections::HashSet<String>> {
+pub(crate) fn known_nodes() -> &'static Mutex<std::collections::HashSet<String>> {
     static KNOWN: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
         std::sync::OnceLock::new();
     KNOWN.get_or_init(Default::default)
@@ -134,7 +156,7 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-async fn role_of(base: &str) -> Option<String> {
+pub(crate) async fn role_of(base: &str) -> Option<String> {
     common::etcd::role_of(&http(), base, Duration::from_secs(2)).await
 }
 
@@ -154,7 +176,7 @@ pub(crate) fn http() -> reqwest::Client {
 
 /// One attempt against one node.
 #[derive(Debug)]
-enum Attempt {
+pub(crate) enum Attempt {
     Ok(Value),
     Redirect(String),
     Unavailable,
@@ -162,7 +184,7 @@ enum Attempt {
     Unreachable,
 }
 
-async fn attempt(base: &str, path: &str, body: Option<&Value>) -> Attempt {
+pub(crate) async fn attempt(base: &str, path: &str, body: Option<&Value>) -> Attempt {
     let mut request = http()
         .post(format!("{base}{path}"))
         .header("User-Agent", NEW_PROTOCOL);
@@ -190,7 +212,7 @@ async fn attempt(base: &str, path: &str, body: Option<&Value>) -> Attempt {
 
 /// What AtlasDB's client does: follow a 308 to the named node, try the next node on 503 or when
 /// unreachable. Returns the value and the base URL that served it.
-async fn call(
+pub(crate) async fn call(
     bases: &[String],
     start: usize,
     path: &str,
@@ -439,7 +461,7 @@ async fn only_the_leader_serves_and_followers_redirect_or_answer_503() {
 }
 
 /// Leadership id of `ns` from the leader's `/tl/lt` (changes with every term).
-async fn leadership_id(bases: &[String], ns: &str) -> String {
+pub(crate) async fn leadership_id(bases: &[String], ns: &str) -> String {
     let (v, _) = call(
         bases,
         0,
@@ -560,51 +582,101 @@ fn the_checker_catches_each_kind_of_violation() {
 }
 
 /// Stops the clients of [`spawn_clients`]: every operation recorded, and how many gave up.
-async fn stop_clients(
+pub(crate) async fn stop_clients(
     stop: &std::sync::atomic::AtomicBool,
     clients: Vec<tokio::task::JoinHandle<u64>>,
     ops: &Mutex<Vec<Op>>,
 ) -> (Vec<Op>, u64) {
+    let failures = join_clients(stop, clients).await;
+    let ops = ops.lock().clone();
+    (ops, failures)
+}
+
+/// Stops the clients of [`spawn_load`] and answers how many operations gave up.
+pub(crate) async fn join_clients(
+    stop: &std::sync::atomic::AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<u64>>,
+) -> u64 {
     stop.store(true, std::sync::atomic::Ordering::Release);
     let mut failures = 0;
     for c in clients {
         failures += c.await.unwrap();
     }
-    let ops = ops.lock().clone();
-    (ops, failures)
+    failures
 }
 
-/// Runs `clients` clients fetching timestamps until `stop`, recording every success.
-fn spawn_clients(
+/// Runs `clients` clients fetching timestamps of `lin` until `stop`, recording every success.
+pub(crate) fn spawn_clients(
     clients: usize,
     bases: Arc<Mutex<Vec<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     ops: Arc<Mutex<Vec<Op>>>,
 ) -> Vec<tokio::task::JoinHandle<u64>> {
-    (0..clients)
-        .map(|client| {
-            let (bases, stop, ops) = (bases.clone(), stop.clone(), ops.clone());
+    let work = || Work {
+        path: "/lin/timestamp/fresh-timestamp".into(),
+        body: None,
+        ops: ops.clone(),
+    };
+    spawn_load((0..clients).map(|_| vec![work()]).collect(), bases, stop)
+}
+
+/// A request for one fresh timestamp that a load client repeats, and where its operations go.
+pub(crate) struct Work {
+    pub(crate) path: String,
+    pub(crate) body: Option<Value>,
+    pub(crate) ops: Arc<Mutex<Vec<Op>>>,
+}
+
+/// Runs one client per entry of `load` until `stop`, each making its requests in turn and
+/// recording every success (client `i`'s operations as client `i`). Client `i` starts at node
+/// `i`, then at the node that served it last, as AtlasDB's clients stay with the node a
+/// redirect led them to.
+pub(crate) fn spawn_load(
+    load: Vec<Vec<Work>>,
+    bases: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    load.into_iter()
+        .enumerate()
+        .map(|(client, works)| {
+            let (bases, stop) = (bases.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut failures = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let mut last: Option<String> = None;
+                for work in works.iter().cycle() {
+                    if stop.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
                     let current = bases.lock().clone();
+                    let start = last
+                        .as_ref()
+                        .and_then(|l| current.iter().position(|b| b == l))
+                        .unwrap_or(client);
                     let invoked = Instant::now();
                     match call(
                         &current,
-                        client,
-                        "/lin/timestamp/fresh-timestamp",
-                        None,
+                        start,
+                        &work.path,
+                        work.body.as_ref(),
                         Duration::from_secs(30),
                     )
                     .await
                     {
-                        Ok((v, node)) => ops.lock().push(Op {
-                            client,
-                            invoked,
-                            completed: Instant::now(),
-                            value: v.as_i64().unwrap(),
-                            node,
-                        }),
+                        Ok((v, node)) => {
+                            // A legacy fresh timestamp is a number; `/tl/ts` a range.
+                            let value = v
+                                .as_i64()
+                                .or_else(|| v["inclusiveLower"].as_i64())
+                                .unwrap_or_else(|| panic!("{}: not a timestamp: {v}", work.path));
+                            work.ops.lock().push(Op {
+                                client,
+                                invoked,
+                                completed: Instant::now(),
+                                value,
+                                node: node.clone(),
+                            });
+                            last = Some(node);
+                        }
                         Err(e) => {
                             if failures < 3 {
                                 println!("client {client} gave up: {e}");

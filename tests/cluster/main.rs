@@ -9,3 +9,4 @@ mod common;
 mod cli;
 mod etcd_store;
 mod leadership;
+mod per_namespace;
