@@ -1,6 +1,6 @@
 //! A model of leadership per namespace on etcd, for the `stateright` model checker: the
-//! protocol that docs/cluster.md ("Leader per namespace (design, model-checked)") describes,
-//! not yet implemented by the server.
+//! protocol that docs/cluster.md ("Leader per namespace") describes, as the server implements
+//! it in src/cluster/shards.rs (a namespace here stands for one of its shards).
 //!
 //! What is modelled, each step one atomic transition that the checker interleaves in every
 //! possible order:
@@ -23,10 +23,17 @@
 //! * **hand-off**: a planned move is `HandOff`: the node stops serving the namespace, then
 //!   deletes its key on condition that it still has the revision of its term. `StepDown` is a
 //!   hand-off whose delete never reached etcd (or a node that noticed its key gone); `Release`
-//!   is that delete retried later. Any node may then take the namespace (`Acquire`, an etcd
-//!   put-if-absent attached to its lease, which reads the stored bound in the same
-//!   transaction): who *should* take it (the balancer's choice) does not matter for safety, so
-//!   every node is allowed to try.
+//!   is that delete retried later. Any node may then take the namespace in two steps, as the
+//!   server does: `Acquire`, an etcd put-if-absent attached to its lease, after which the node
+//!   holds a term that is still loading (it neither serves nor writes bounds); then `Load`, a
+//!   separate linearizable read of the stored bound into the term, which installs it only if
+//!   the node is up and its lease deadline is still ahead (the server's `clock.is_valid()`).
+//!   Anything may happen between the two (other writes applied, lease expiry, crash, pause);
+//!   a node whose deadline passed, or whose read failed, gives the loading term up, with the
+//!   key released (`HandOff`) or not (`StepDown`, `LeaseLost`). `Acquire` does not check the
+//!   node's deadline (the server does not either): only `Load` installs a term. Who *should*
+//!   take a namespace (the balancer's choice) does not matter for safety, so every node is
+//!   allowed to try.
 //!
 //! What is abstracted: clocks run at one rate (the drift allowance is part of the margin), a
 //! renewal is received by etcd when it is sent (a later receipt only extends etcd's expiry
@@ -35,13 +42,15 @@
 //! state space), a lost etcd write is one that never applies, locks are left out (they live and
 //! die with the term, so they follow from the term's exclusivity).
 //!
-//! Three mutants show that each ingredient is needed: `lease_check: false` removes the
+//! Four mutants show that each ingredient is needed: `lease_check: false` removes the
 //! request-path check of the lease deadline (a node serves for as long as it believes it holds
 //! a term, until its background task notices): two nodes serve one namespace, and one issues a
 //! timestamp below the other's. `guarded_writes: false` makes bound writes unconditional: a
 //! write still on its way when its term ended lowers the stored bound under a later term.
 //! `stop_before_delete: false` deletes the key at a hand-off before the term stops: two nodes
-//! serve one namespace.
+//! serve one namespace. `load_after_create: false` reads the bound before it creates the key:
+//! the old term's last write lands between the two, and the new term starts at or below a
+//! timestamp already issued.
 
 use stateright::{Model, Property};
 
@@ -59,7 +68,7 @@ pub struct Protocol {
     /// Leases granted over a whole run (a restarted node needs a new one).
     pub max_leases: u8,
     pub max_crashes: u8,
-    /// Hand-offs and step-downs over a whole run.
+    /// Hand-offs and step-downs over a whole run (giving up a loading term counts as one).
     pub max_handoffs: u8,
     /// Timestamps reserved per bound write.
     pub reservation: u8,
@@ -297,10 +306,9 @@ impl Protocol {
     /// request-path check, its lease deadline has not passed.
     pub fn can_serve(&self, state: &State, node: u8, ns: u8) -> bool {
         let n = &state.nodes[node as usize];
-        n.up
-            && n.terms[ns as usize]
-                .as_ref()
-                .is_some_and(|t| t.loaded && t.revision != 0)
+        n.up && n.terms[ns as usize]
+            .as_ref()
+            .is_some_and(|t| t.loaded && t.revision != 0)
             && (!self.lease_check || self.lease_valid(state, n))
     }
 

@@ -1,7 +1,7 @@
 //! The model checked exhaustively (breadth first, every reachable state within the bounds of
-//! each configuration), and three mutants caught: without the request-path lease check, with
+//! each configuration), and four mutants caught: without the request-path lease check, with
 //! bound writes not conditional on the key's revision, with a hand-off that deletes the key
-//! before it stops serving.
+//! before it stops serving, with the bound read before the key is created.
 
 use std::time::Instant;
 
