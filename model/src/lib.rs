@@ -1,6 +1,6 @@
 //! A model of leadership per namespace on etcd, for the `stateright` model checker: the
-//! protocol that docs/cluster.md ("Leader per namespace (design, model-checked)") describes,
-//! not yet implemented by the server.
+//! protocol that docs/cluster.md ("Leader per namespace") describes, as the server implements
+//! it in src/cluster/shards.rs (a namespace here stands for one of its shards).
 //!
 //! What is modelled, each step one atomic transition that the checker interleaves in every
 //! possible order:
@@ -23,10 +23,17 @@
 //! * **hand-off**: a planned move is `HandOff`: the node stops serving the namespace, then
 //!   deletes its key on condition that it still has the revision of its term. `StepDown` is a
 //!   hand-off whose delete never reached etcd (or a node that noticed its key gone); `Release`
-//!   is that delete retried later. Any node may then take the namespace (`Acquire`, an etcd
-//!   put-if-absent attached to its lease, which reads the stored bound in the same
-//!   transaction): who *should* take it (the balancer's choice) does not matter for safety, so
-//!   every node is allowed to try.
+//!   is that delete retried later. Any node may then take the namespace in two steps, as the
+//!   server does: `Acquire`, an etcd put-if-absent attached to its lease, after which the node
+//!   holds a term that is still loading (it neither serves nor writes bounds); then `Load`, a
+//!   separate linearizable read of the stored bound into the term, which installs it only if
+//!   the node is up and its lease deadline is still ahead (the server's `clock.is_valid()`).
+//!   Anything may happen between the two (other writes applied, lease expiry, crash, pause);
+//!   a node whose deadline passed, or whose read failed, gives the loading term up, with the
+//!   key released (`HandOff`) or not (`StepDown`, `LeaseLost`). `Acquire` does not check the
+//!   node's deadline (the server does not either): only `Load` installs a term. Who *should*
+//!   take a namespace (the balancer's choice) does not matter for safety, so every node is
+//!   allowed to try.
 //!
 //! What is abstracted: clocks run at one rate (the drift allowance is part of the margin), a
 //! renewal is received by etcd when it is sent (a later receipt only extends etcd's expiry
@@ -35,13 +42,15 @@
 //! state space), a lost etcd write is one that never applies, locks are left out (they live and
 //! die with the term, so they follow from the term's exclusivity).
 //!
-//! Three mutants show that each ingredient is needed: `lease_check: false` removes the
+//! Four mutants show that each ingredient is needed: `lease_check: false` removes the
 //! request-path check of the lease deadline (a node serves for as long as it believes it holds
 //! a term, until its background task notices): two nodes serve one namespace, and one issues a
 //! timestamp below the other's. `guarded_writes: false` makes bound writes unconditional: a
 //! write still on its way when its term ended lowers the stored bound under a later term.
 //! `stop_before_delete: false` deletes the key at a hand-off before the term stops: two nodes
-//! serve one namespace.
+//! serve one namespace. `load_after_create: false` reads the bound before it creates the key:
+//! the old term's last write lands between the two, and the new term starts at or below a
+//! timestamp already issued.
 
 use stateright::{Model, Property};
 
@@ -59,7 +68,7 @@ pub struct Protocol {
     /// Leases granted over a whole run (a restarted node needs a new one).
     pub max_leases: u8,
     pub max_crashes: u8,
-    /// Hand-offs and step-downs over a whole run.
+    /// Hand-offs and step-downs over a whole run (giving up a loading term counts as one).
     pub max_handoffs: u8,
     /// Timestamps reserved per bound write.
     pub reservation: u8,
@@ -74,6 +83,8 @@ pub struct Protocol {
     pub guarded_writes: bool,
     /// Whether a hand-off stops serving before it deletes the key.
     pub stop_before_delete: bool,
+    /// Whether a node reads the stored bound after it created the key (rather than before).
+    pub load_after_create: bool,
 }
 
 impl Protocol {
@@ -95,6 +106,7 @@ impl Protocol {
             lease_check: true,
             guarded_writes: true,
             stop_before_delete: true,
+            load_after_create: true,
         }
     }
 
@@ -147,6 +159,14 @@ impl Protocol {
             ..self
         }
     }
+
+    /// The same protocol with the stored bound read before the key is created.
+    pub fn loading_before_creating(self) -> Self {
+        Protocol {
+            load_after_create: false,
+            ..self
+        }
+    }
 }
 
 /// An etcd lease.
@@ -168,11 +188,16 @@ pub struct Key {
 /// A node's term for one namespace: the key revision it won, and what it may issue.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Term {
+    /// 0 only in the `load_after_create: false` mutant: the bound is read, the key not yet
+    /// created.
     pub revision: u8,
     pub next: u8,
     pub limit: u8,
     /// A bound write of this term is on its way.
     pub writing: bool,
+    /// The stored bound has been read into `next` and `limit`; until then the term neither
+    /// serves nor writes.
+    pub loaded: bool,
 }
 
 /// A bound write sent to etcd and not yet applied: the network may hold it for any time, and
@@ -236,7 +261,15 @@ pub enum Action {
     /// The node's background task finds its lease gone (deadline passed, or etcd says expired)
     /// and ends every term.
     LeaseLost(u8),
+    /// etcd creates the namespace's key, if absent, attached to the node's lease: the node
+    /// holds a term that is still loading.
     Acquire {
+        node: u8,
+        ns: u8,
+    },
+    /// A linearizable read of the stored bound into a loading term, installed only while the
+    /// node's lease deadline is ahead.
+    Load {
         node: u8,
         ns: u8,
     },
@@ -273,7 +306,10 @@ impl Protocol {
     /// request-path check, its lease deadline has not passed.
     pub fn can_serve(&self, state: &State, node: u8, ns: u8) -> bool {
         let n = &state.nodes[node as usize];
-        n.up && n.terms[ns as usize].is_some() && (!self.lease_check || self.lease_valid(state, n))
+        n.up && n.terms[ns as usize]
+            .as_ref()
+            .is_some_and(|t| t.loaded && t.revision != 0)
+            && (!self.lease_check || self.lease_valid(state, n))
     }
 
     fn lease_valid(&self, state: &State, node: &Node) -> bool {
@@ -362,11 +398,18 @@ impl Model for Protocol {
                 let term = &n.terms[ns as usize];
                 match term {
                     None => {
-                        if state.keys[ns as usize].is_none()
-                            && self.lease_valid(state, n)
+                        if !self.load_after_create {
+                            // The mutant reads the bound first, whenever it likes: its view of
+                            // the key being absent may be stale.
+                            if n.lease.is_some() {
+                                actions.push(Action::Load { node, ns });
+                            }
+                        } else if state.keys[ns as usize].is_none()
                             && n.lease
                                 .is_some_and(|(id, _)| Self::etcd_lease(state, id).is_some())
                         {
+                            // No check of the node's deadline here, as in the server: only the
+                            // load installs a term, and it checks.
                             actions.push(Action::Acquire { node, ns });
                         }
                         if let (Some(key), Some((id, _))) = (&state.keys[ns as usize], n.lease) {
@@ -376,6 +419,19 @@ impl Model for Protocol {
                         }
                     }
                     Some(term) => {
+                        if term.revision == 0 {
+                            // The mutant creates the key after its read, and installs the
+                            // term at once if its deadline is ahead.
+                            if state.keys[ns as usize].is_none()
+                                && self.lease_valid(state, n)
+                                && n.lease
+                                    .is_some_and(|(id, _)| Self::etcd_lease(state, id).is_some())
+                            {
+                                actions.push(Action::Acquire { node, ns });
+                            }
+                        } else if !term.loaded && self.lease_valid(state, n) {
+                            actions.push(Action::Load { node, ns });
+                        }
                         if self.can_serve(state, node, ns) {
                             if term.next <= term.limit {
                                 actions.push(Action::Serve { node, ns });
@@ -432,13 +488,12 @@ impl Model for Protocol {
             }
             Action::Acquire { node, ns } => {
                 let (id, _) = s.nodes[node as usize].lease?;
-                // One transaction: if the key is absent, create it with this lease; read the
-                // bound.
+                // One transaction: if the key is absent, create it with this lease.
                 Self::etcd_lease(&s, id)?;
-                if s.keys[ns as usize].is_some() {
+                let i = ns as usize;
+                if s.keys[i].is_some() {
                     return None;
                 }
-                let i = ns as usize;
                 s.revisions[i] += 1;
                 let revision = s.revisions[i];
                 s.keys[i] = Some(Key {
@@ -446,13 +501,45 @@ impl Model for Protocol {
                     lease: id,
                     revision,
                 });
+                let term = &mut s.nodes[node as usize].terms[i];
+                match term.as_mut() {
+                    // The mutant: the bound was read before; the term is installed now.
+                    Some(t) if !self.load_after_create && t.revision == 0 => t.revision = revision,
+                    Some(_) => return None,
+                    None if self.load_after_create => {
+                        *term = Some(Term {
+                            revision,
+                            next: 0,
+                            limit: 0,
+                            writing: false,
+                            loaded: false,
+                        })
+                    }
+                    None => return None,
+                }
+            }
+            Action::Load { node, ns } => {
+                let i = ns as usize;
                 let bound = s.bounds[i];
-                s.nodes[node as usize].terms[i] = Some(Term {
-                    revision,
+                let term = &mut s.nodes[node as usize].terms[i];
+                // Issuing starts above the bound, after a write of a new one (next > limit).
+                let loaded = Term {
+                    revision: 0,
                     next: bound + 1,
                     limit: bound,
                     writing: false,
-                });
+                    loaded: true,
+                };
+                match term.as_mut() {
+                    Some(t) if self.load_after_create && !t.loaded => {
+                        *t = Term {
+                            revision: t.revision,
+                            ..loaded
+                        }
+                    }
+                    None if !self.load_after_create => *term = Some(loaded),
+                    _ => return None,
+                }
             }
             Action::Extend { node, ns } => {
                 let term = s.nodes[node as usize].terms[ns as usize].as_mut()?;

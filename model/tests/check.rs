@@ -1,7 +1,7 @@
 //! The model checked exhaustively (breadth first, every reachable state within the bounds of
-//! each configuration), and three mutants caught: without the request-path lease check, with
+//! each configuration), and four mutants caught: without the request-path lease check, with
 //! bound writes not conditional on the key's revision, with a hand-off that deletes the key
-//! before it stops serving.
+//! before it stops serving, with the bound read before the key is created.
 
 use std::time::Instant;
 
@@ -103,6 +103,27 @@ fn with_a_hand_off_that_deletes_before_it_stops_two_nodes_serve() {
     );
     assert!(
         actions.iter().any(|a| matches!(a, Action::HandOff { .. })),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn with_the_bound_read_before_the_key_is_created_the_checker_finds_a_stale_bound() {
+    // Between the read and the create the old term's last bound write lands (or the old term
+    // ends and a term in between writes): the new term starts at or below an issued timestamp.
+    let actions = counterexample(
+        "load before create",
+        Protocol::with_crashes().loading_before_creating(),
+        RISING,
+    );
+    let load = actions
+        .iter()
+        .rposition(|a| matches!(a, Action::Load { .. }))
+        .expect("a load");
+    assert!(
+        actions[load..]
+            .iter()
+            .any(|a| matches!(a, Action::Apply(_))),
         "{actions:?}"
     );
 }
