@@ -171,7 +171,7 @@ impl Drop for Task {
     }
 }
 
-pub(super) fn connect_options(settings: &ClusterSettings) -> ConnectOptions {
+fn connect_options(settings: &ClusterSettings) -> ConnectOptions {
     let timeout = Duration::from_millis(settings.etcd_timeout_ms);
     ConnectOptions::new()
         .with_connect_timeout(timeout)
@@ -181,7 +181,7 @@ pub(super) fn connect_options(settings: &ClusterSettings) -> ConnectOptions {
 }
 
 /// How long after sending a renewal that etcd acknowledged with `ttl_secs` this node may serve.
-pub(super) fn serving_window(settings: &ClusterSettings, ttl_secs: i64) -> Duration {
+fn serving_window(settings: &ClusterSettings, ttl_secs: i64) -> Duration {
     ClusterSettings {
         lease_ttl_secs: ttl_secs.max(0) as u64,
         ..settings.clone()
@@ -200,6 +200,86 @@ pub(super) async fn with_timeout<T>(
     }
 }
 
+/// What every candidacy starts with, in either leader mode: two etcd clients and a lease
+/// renewed in a task of its own, whose acknowledgements move the lease clock.
+pub(super) struct Session {
+    /// For requests, each bounded by `etcd_timeout_ms`.
+    pub ops: Client,
+    /// For streams (keep-alive, campaign, watch), which last as long as the candidacy: no
+    /// request timeout (HTTP/2 keep-alive pings still detect a dead connection).
+    pub streams: Client,
+    pub lease_id: i64,
+    /// The TTL etcd granted, in seconds.
+    pub ttl: i64,
+    pub clock: Arc<LeaseClock>,
+    /// Ends when the lease is lost.
+    pub renewer: Task,
+}
+
+impl Session {
+    /// Connects, revokes the leases of earlier candidacies still known to etcd (their keys
+    /// would block this one's), grants a lease and starts renewing it.
+    pub(super) async fn open(
+        leadership: &Leadership,
+        settings: &ClusterSettings,
+        unrevoked: &mut Unrevoked,
+    ) -> Result<Session, Failure> {
+        let endpoints = settings.endpoints();
+        let timeout = Duration::from_millis(settings.etcd_timeout_ms);
+        let options = connect_options(settings);
+        let ops = with_timeout(
+            timeout * 2,
+            "connect",
+            Client::connect(&endpoints, Some(options.clone().with_timeout(timeout))),
+        )
+        .await?;
+        let streams = with_timeout(
+            timeout * 2,
+            "connect",
+            Client::connect(&endpoints, Some(options)),
+        )
+        .await?;
+        unrevoked.revoke_ended(&ops, None, timeout).await;
+
+        let clock = LeaseClock::expired();
+        let sent = Instant::now();
+        let grant = with_timeout(
+            timeout,
+            "lease grant",
+            ops.clone()
+                .lease_grant(settings.lease_ttl_secs as i64, None),
+        )
+        .await?;
+        let lease_id = grant.id();
+        // Until revoked: an error return leaves it for the next candidacy to revoke.
+        unrevoked.add(lease_id);
+        clock.extend_to(sent + serving_window(settings, grant.ttl()));
+        let (keeper, stream) = with_timeout(
+            timeout,
+            "lease keep-alive",
+            streams.clone().lease_keep_alive(lease_id),
+        )
+        .await?;
+        let renewer = Task(tokio::spawn(renew_lease(
+            streams.clone(),
+            lease_id,
+            keeper,
+            stream,
+            clock.clone(),
+            settings.clone(),
+            leadership.metrics().clone(),
+        )));
+        Ok(Session {
+            ops,
+            streams,
+            lease_id,
+            ttl: grant.ttl(),
+            clock,
+            renewer,
+        })
+    }
+}
+
 async fn candidacy(
     leadership: &Arc<Leadership>,
     settings: &ClusterSettings,
@@ -210,54 +290,15 @@ async fn candidacy(
     let endpoints = settings.endpoints();
     let timeout = Duration::from_millis(settings.etcd_timeout_ms);
     let election = format!("{}election", settings.etcd_prefix);
-    let options = connect_options(settings);
-    let ops = with_timeout(
-        timeout * 2,
-        "connect",
-        Client::connect(&endpoints, Some(options.clone().with_timeout(timeout))),
-    )
-    .await?;
-    // Campaigning waits for as long as another node leads: no request timeout on this client
-    // (HTTP/2 keep-alive pings still detect a dead connection).
-    let campaigner = with_timeout(
-        timeout * 2,
-        "connect",
-        Client::connect(&endpoints, Some(options)),
-    )
-    .await?;
-
-    // Earlier candidacies' election keys first, so that they do not block this one's.
-    unrevoked.revoke_ended(&ops, None, timeout).await;
-
-    let clock = LeaseClock::expired();
-    let sent = Instant::now();
-    let grant = with_timeout(
-        timeout,
-        "lease grant",
-        ops.clone()
-            .lease_grant(settings.lease_ttl_secs as i64, None),
-    )
-    .await?;
-    let lease_id = grant.id();
-    // Until revoked below: an error return leaves it for the next candidacy to revoke.
-    unrevoked.add(lease_id);
-    clock.extend_to(sent + serving_window(settings, grant.ttl()));
-    let (keeper, stream) = with_timeout(
-        timeout,
-        "lease keep-alive",
-        campaigner.clone().lease_keep_alive(lease_id),
-    )
-    .await?;
-    let mut renewer = Task(tokio::spawn(renew_lease(
-        campaigner.clone(),
+    let Session {
+        ops,
+        streams: campaigner,
         lease_id,
-        keeper,
-        stream,
-        clock.clone(),
-        settings.clone(),
-        leadership.metrics().clone(),
-    )));
-    tracing::info!(node = %leadership.node_id(), lease = format_args!("{lease_id:x}"), ttl = grant.ttl(), "election: campaigning");
+        ttl,
+        clock,
+        mut renewer,
+    } = Session::open(leadership, settings, unrevoked).await?;
+    tracing::info!(node = %leadership.node_id(), lease = format_args!("{lease_id:x}"), ttl, "election: campaigning");
 
     // Campaign, and meanwhile tell clients who leads.
     let mut campaign_client = campaigner.clone();
@@ -446,7 +487,7 @@ async fn revoke(ops: &Client, lease_id: i64, timeout: Duration) -> bool {
 /// Keeps the lease alive and moves `clock` forward on every acknowledgement. Returns when the
 /// lease is lost: etcd reports it expired, or no acknowledgement arrived before the clock ran
 /// out.
-pub(super) async fn renew_lease(
+async fn renew_lease(
     streams: Client,
     lease_id: i64,
     keeper: LeaseKeeper,

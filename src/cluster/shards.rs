@@ -34,10 +34,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::election::{
-    connect_options, renew_lease, serving_window, unrevoke, with_timeout, Exit, Failure, Task,
-    TermFactory, Unrevoked,
-};
+use super::election::{unrevoke, with_timeout, Exit, Failure, Session, TermFactory, Unrevoked};
 use super::{shard_of, Leadership, Role, ShardView, Takeover};
 use crate::config::ClusterSettings;
 use crate::storage::etcd::{EtcdStore, LeaderGuard};
@@ -233,52 +230,19 @@ impl Node<'_> {
     ) -> Result<Exit, Failure> {
         let settings = self.settings;
         let leadership = self.leadership;
-        let endpoints = settings.endpoints();
         let timeout = Duration::from_millis(settings.etcd_timeout_ms);
-        let options = connect_options(settings);
-        let ops = with_timeout(
-            timeout * 2,
-            "connect",
-            Client::connect(&endpoints, Some(options.clone().with_timeout(timeout))),
-        )
-        .await?;
-        // Streams (keep-alive, watch) live as long as the candidacy: no request timeout.
-        let streams = with_timeout(
-            timeout * 2,
-            "connect",
-            Client::connect(&endpoints, Some(options)),
-        )
-        .await?;
-        unrevoked.revoke_ended(&ops, None, timeout).await;
-        self.check_layout(&ops, timeout).await?;
-
-        let clock = LeaseClock::expired();
-        let sent = Instant::now();
-        let grant = with_timeout(
-            timeout,
-            "lease grant",
-            ops.clone()
-                .lease_grant(settings.lease_ttl_secs as i64, None),
-        )
-        .await?;
-        let lease_id = grant.id();
-        unrevoked.add(lease_id);
-        clock.extend_to(sent + serving_window(settings, grant.ttl()));
-        let (keeper, stream) = with_timeout(
-            timeout,
-            "lease keep-alive",
-            streams.clone().lease_keep_alive(lease_id),
-        )
-        .await?;
-        let mut renewer = Task(tokio::spawn(renew_lease(
-            streams.clone(),
+        let Session {
+            ops,
+            streams,
             lease_id,
-            keeper,
-            stream,
-            clock.clone(),
-            settings.clone(),
-            leadership.metrics().clone(),
-        )));
+            clock,
+            mut renewer,
+            ..
+        } = Session::open(leadership, settings, unrevoked).await?;
+        if let Err(reason) = self.check_layout(&ops, timeout).await {
+            unrevoke(unrevoked, &ops, lease_id, timeout).await;
+            return Err(reason);
+        }
         let me = Holder {
             node: leadership.node_id().to_string(),
             url: leadership.advertise_url().to_string(),
