@@ -150,28 +150,12 @@ async fn run_cluster_status(args: ClusterStatusArgs) -> anyhow::Result<Option<St
         })
         .collect();
     let report = analyse(nodes);
-    let failures = report.nodes.iter().filter(|n| n.error.is_some()).count();
-    if failures == report.nodes.len() {
-        let why: Vec<String> = report
-            .nodes
-            .iter()
-            .filter_map(|n| n.error.clone())
-            .collect();
-        bail!("{}", why.join("\n"));
-    }
-    let out = if args.json {
-        serde_json::to_string_pretty(&report)?
-    } else {
-        render(&report)
-    };
-    if failures > 0 {
-        println!("{out}");
-        bail!(
-            "{failures} of {} servers could not be asked (see above)",
-            report.nodes.len()
-        );
-    }
-    Ok(Some(out))
+    let errors = report
+        .nodes
+        .iter()
+        .filter_map(|n| n.error.clone())
+        .collect();
+    super::status::outcome(&report, errors, report.nodes.len(), args.json, render)
 }
 
 async fn ask_ready(client: &Client, server: &str) -> anyhow::Result<Ready> {

@@ -57,10 +57,6 @@ pub struct NodeReport {
 }
 
 impl Report {
-    fn failures(&self) -> usize {
-        self.nodes.iter().filter(|n| n.error.is_some()).count()
-    }
-
     /// The node whose namespaces are shown: the first that serves, else the first that answered.
     fn primary(&self) -> Option<(&str, &Status)> {
         let answered = || {
@@ -75,33 +71,45 @@ impl Report {
 }
 
 /// Runs `timelock status`; prints as it goes (watch) or returns the table.
+/// What a command that asks several servers ends with: the report (JSON or text) if every
+/// server answered; the report printed and an error if some could not be asked; only their
+/// errors if none could.
+pub(super) fn outcome<R: serde::Serialize>(
+    report: &R,
+    errors: Vec<String>,
+    asked: usize,
+    json: bool,
+    render: impl FnOnce(&R) -> String,
+) -> anyhow::Result<Option<String>> {
+    if errors.len() == asked {
+        bail!("{}", errors.join("\n"));
+    }
+    let out = if json {
+        serde_json::to_string_pretty(report)?
+    } else {
+        render(report)
+    };
+    if !errors.is_empty() {
+        println!("{out}");
+        bail!(
+            "{} of {asked} servers could not be asked (see above)",
+            errors.len()
+        );
+    }
+    Ok(Some(out))
+}
+
 pub async fn run_status(args: StatusArgs) -> anyhow::Result<Option<String>> {
     let servers = server_list(&args.servers)?;
     let client = Arc::new(Client::new()?);
     let Some(every) = args.watch else {
         let report = gather(&client, &servers).await;
-        let failures = report.failures();
-        if failures == report.nodes.len() {
-            let why: Vec<String> = report
-                .nodes
-                .iter()
-                .filter_map(|n| n.error.clone())
-                .collect();
-            bail!("{}", why.join("\n"));
-        }
-        let out = if args.json {
-            serde_json::to_string_pretty(&report)?
-        } else {
-            render(&report)
-        };
-        if failures > 0 {
-            println!("{out}");
-            bail!(
-                "{failures} of {} servers could not be asked (see above)",
-                report.nodes.len()
-            );
-        }
-        return Ok(Some(out));
+        let errors = report
+            .nodes
+            .iter()
+            .filter_map(|n| n.error.clone())
+            .collect();
+        return outcome(&report, errors, report.nodes.len(), args.json, render);
     };
     let clear = !args.json && std::io::stdout().is_terminal();
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
