@@ -14,7 +14,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::cluster::election::{EtcdBoundsElsewhere, TermFactory};
+use crate::cluster::election::EtcdBoundsElsewhere;
+use crate::cluster::lease::TermFactory;
 use crate::cluster::Leadership;
 use crate::config::{ClusterMode, ClusterSettings, LeaderMode, Settings};
 use crate::http::direct::Dispatch;

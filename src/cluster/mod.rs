@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 
 pub mod election;
+pub mod lease;
 pub mod shards;
 
 /// This node's part in serving.

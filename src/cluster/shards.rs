@@ -34,7 +34,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::election::{unrevoke, with_timeout, Exit, Failure, Session, TermFactory, Unrevoked};
+use super::lease::{unrevoke, with_timeout, Exit, Failure, Session, TermFactory, Unrevoked};
 use super::{shard_of, Leadership, Role, ShardView, Takeover};
 use crate::config::ClusterSettings;
 use crate::storage::etcd::{EtcdStore, LeaderGuard};

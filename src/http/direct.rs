@@ -294,7 +294,9 @@ impl Guards {
         memo: Option<&super::auth::TokenMemo>,
     ) -> Option<Response> {
         if let Some(state) = &self.leader {
-            if !state.leadership.serves_namespace(ns) {
+            // With a leader per namespace the handler finds out (as behind the router, where
+            // access control answers first), and its error names the namespace to redirect for.
+            if !state.leadership.per_namespace() && !state.leadership.serves() {
                 let redirect =
                     super::routing::redirects(request.headers(), request.uri().path(), prefix);
                 return Some(super::routing::not_leader(state, redirect, Some(ns)));
