@@ -314,7 +314,7 @@ pub enum ClusterMode {
 }
 
 /// Which node of a cluster leads which namespaces (`cluster.leader_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LeaderMode {
     /// One elected node leads every namespace (TimeLock's `SINGLE_LEADER`).
@@ -322,6 +322,20 @@ pub enum LeaderMode {
     /// Namespaces are spread over the live nodes in shards, each shard with its own leader
     /// and term (TimeLock's `LEADER_PER_CLIENT`). See docs/cluster.md.
     PerNamespace,
+}
+
+/// By hand, so that a wrong value is answered with the two right ones.
+impl<'de> Deserialize<'de> for LeaderMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "single-leader" => Ok(LeaderMode::SingleLeader),
+            "per-namespace" => Ok(LeaderMode::PerNamespace),
+            other => Err(serde::de::Error::custom(format!(
+                "cluster.leader_mode must be \"single-leader\" or \"per-namespace\", got {other:?}"
+            ))),
+        }
+    }
 }
 
 impl LeaderMode {
@@ -666,6 +680,12 @@ impl Settings {
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
         if c.mode == ClusterMode::Single {
+            if c.leader_mode == LeaderMode::PerNamespace {
+                // Most likely a forgotten `mode = "etcd"`: one node would ignore it silently.
+                return Err(ConfigError::Invalid(
+                    "cluster.leader_mode = \"per-namespace\" needs cluster.mode = \"etcd\" (a single node leads every namespace)".into(),
+                ));
+            }
             return Ok(());
         }
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
@@ -790,6 +810,14 @@ mod tests {
             s.validate()
         };
         assert!(with(&|_| {}).is_ok(), "shipped cluster defaults are valid");
+        assert!(with(&|c| c.leader_mode = LeaderMode::PerNamespace).is_ok());
+        for bad in [0, MAX_SHARDS + 1] {
+            assert!(with(&|c| c.shards = bad).is_err(), "shards {bad}");
+        }
+        assert!(with(&|c| c.shards = MAX_SHARDS).is_ok());
+        let mut single = Settings::default();
+        single.cluster.leader_mode = LeaderMode::PerNamespace;
+        assert!(single.validate().is_err(), "per-namespace without etcd");
         assert!(with(&|c| c.etcd_endpoints = " , ".into()).is_err());
         assert!(with(&|c| c.etcd_endpoints = "etcd1:2379".into()).is_err());
         assert!(with(&|c| c.etcd_prefix = "timelock".into()).is_err());

@@ -174,18 +174,19 @@ impl Server {
             census: Arc::default(),
             metrics,
         };
+        let store_description = format!(
+            "etcd at {} under {:?} (cluster mode, {}, node {})",
+            cluster.etcd_endpoints,
+            cluster.etcd_prefix,
+            cluster.leader_mode.as_str(),
+            state.leadership.node_id()
+        );
         Ok(Self {
             listener,
             state,
             service,
             data_dir: settings.storage.data_dir.clone(),
-            store_description: format!(
-                "etcd at {} under {:?} (cluster mode, {}, node {})",
-                cluster.etcd_endpoints,
-                cluster.etcd_prefix,
-                cluster.leader_mode.as_str(),
-                settings.cluster.node_id
-            ),
+            store_description,
             reaper_interval: std::time::Duration::from_millis(settings.lock.reaper_interval_ms),
             connections,
             tls,
