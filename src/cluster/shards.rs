@@ -251,20 +251,7 @@ impl Node<'_> {
         // earlier run of this node killed outright (its keys expire with its lease within a
         // TTL), or another node misconfigured with the same `cluster.node_id`: taking over its
         // keys could let two processes serve one shard, so wait for them to go instead.
-        let node_key = format!("{}nodes/{}", lead_prefix(settings), me.node);
-        let join = Txn::new()
-            .when([Compare::create_revision(
-                node_key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([TxnOp::put(
-                node_key,
-                serde_json::to_vec(&me).expect("json"),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )]);
-        let joined = with_timeout(timeout, "transaction", ops.clone().txn(join)).await?;
-        if !joined.succeeded() {
+        if !self.join(&ops, &me, lease_id, timeout).await? {
             unrevoke(unrevoked, &ops, lease_id, timeout).await;
             tracing::warn!(node = %me.node, "shards: node id in use under this etcd prefix (an earlier run of this node, or another node with the same cluster.node_id); waiting for its lease to expire");
             return Ok(Exit::Again);
@@ -319,6 +306,30 @@ impl Node<'_> {
         }
         unrevoke(unrevoked, &ops, lease_id, timeout).await;
         Ok(exit)
+    }
+
+    /// Creates `nodes/<id>` on this node's lease if no key of that name exists; whether it did.
+    async fn join(
+        &self,
+        ops: &Client,
+        me: &Holder,
+        lease_id: i64,
+        timeout: Duration,
+    ) -> Result<bool, Failure> {
+        let node_key = format!("{}nodes/{}", lead_prefix(self.settings), me.node);
+        let join = Txn::new()
+            .when([Compare::create_revision(
+                node_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                node_key,
+                serde_json::to_vec(me).expect("json"),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        let joined = with_timeout(timeout, "transaction", ops.clone().txn(join)).await?;
+        Ok(joined.succeeded())
     }
 
     /// Writes the shard count on first use; refuses a different one.
@@ -394,7 +405,17 @@ impl Node<'_> {
                 return;
             }
         };
-        let desired = assignment(shards, &observed.nodes, &observed.overrides);
+        let mut nodes = observed.nodes.clone();
+        if !nodes.contains_key(&me.node) {
+            // This node's key is gone while its lease lives (deleted by hand): without it the
+            // others would assign it nothing, so write it again, and meanwhile count this node
+            // in (else this pass would hand every shard off).
+            if let Err(reason) = self.join(ops, me, lease_id, timeout).await {
+                tracing::debug!(%reason, "shards: rejoining failed");
+            }
+            nodes.insert(me.node.clone(), me.url.clone());
+        }
+        let desired = assignment(shards, &nodes, &observed.overrides);
         let mut acquire = Vec::new();
         for (k, holder) in observed.holders.iter().enumerate() {
             if let Some(revision) = self.terms[k] {
